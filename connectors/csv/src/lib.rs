@@ -1,0 +1,512 @@
+//! The `csv` source connector: a directory of delimited text files.
+//!
+//! Each stream reads one file (`from: patients.csv`), streaming it record by
+//! record: a 10-million-row file never sits in memory. Values stay text
+//! (ZIP codes keep their leading zeros); an empty cell is null and drops
+//! its field. Settings, under `source:` or per stream:
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `path` | `.` | the folder holding the files (source only) |
+//! | `delimiter` | `,` | one ASCII character (`"\t"` for tab) |
+//! | `quote` | `"` | one ASCII character |
+//! | `header` | `true` | the first row names the columns |
+//! | `columns` | — | column names when `header: false` |
+//! | `encoding` | `utf-8` | `utf-8` (a BOM is skipped), `latin1`, `windows-1252`, or any WHATWG label |
+//!
+//! A row that cannot be read (bad UTF-8, wrong field count) is rejected with
+//! its `file:line`; the rest of the file goes on.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use encoding_rs::Encoding;
+use fhirlift_core::connector::{RecordError, RecordSender};
+use fhirlift_core::{
+    ConnectorContext, ConnectorError, Provenance, Record, RecordStream, Schema, SourceConnector,
+    SourceEvent, StreamSource, Value,
+};
+
+fhirlift_core::register_connector! {
+    name: "csv",
+    description: "a directory of CSV (or other delimited) files, one stream per file",
+    create: create,
+}
+
+fn create(
+    settings: &serde_json::Value,
+    context: &ConnectorContext,
+) -> Result<Box<dyn SourceConnector>, ConnectorError> {
+    let dir = match settings.get("path") {
+        None | Some(serde_json::Value::Null) => context.base_dir.clone(),
+        Some(serde_json::Value::String(p)) => context.base_dir.join(p),
+        Some(_) => return Err(setting("source.path", "must be a folder path")),
+    };
+    if !dir.is_dir() {
+        return Err(setting(
+            "source.path",
+            &format!(
+                "{} is not a folder (paths resolve against the migration file's folder)",
+                dir.display()
+            ),
+        ));
+    }
+    let defaults = Options::read(settings, &Options::default(), "source")?;
+    Ok(Box::new(CsvConnector { dir, defaults }))
+}
+
+fn setting(what: &str, message: &str) -> ConnectorError {
+    ConnectorError::Setting {
+        what: what.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// Reading options, from `source:` and overridden per stream.
+#[derive(Debug, Clone)]
+struct Options {
+    delimiter: u8,
+    quote: u8,
+    header: bool,
+    columns: Option<Vec<String>>,
+    encoding: &'static Encoding,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            delimiter: b',',
+            quote: b'"',
+            header: true,
+            columns: None,
+            encoding: encoding_rs::UTF_8,
+        }
+    }
+}
+
+fn one_ascii_char(v: &serde_json::Value, what: &str) -> Result<u8, ConnectorError> {
+    match v.as_str().map(|s| if s == "\\t" { "\t" } else { s }) {
+        Some(s) if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        _ => Err(setting(
+            what,
+            "must be one ASCII character, e.g. ',' or ';' or '\\t'",
+        )),
+    }
+}
+
+impl Options {
+    fn read(
+        settings: &serde_json::Value,
+        base: &Options,
+        scope: &str,
+    ) -> Result<Options, ConnectorError> {
+        let mut o = base.clone();
+        if let Some(v) = settings.get("delimiter") {
+            o.delimiter = one_ascii_char(v, &format!("{scope}.delimiter"))?;
+        }
+        if let Some(v) = settings.get("quote") {
+            o.quote = one_ascii_char(v, &format!("{scope}.quote"))?;
+        }
+        if let Some(v) = settings.get("header") {
+            o.header = v
+                .as_bool()
+                .ok_or_else(|| setting(&format!("{scope}.header"), "must be true or false"))?;
+        }
+        if let Some(v) = settings.get("columns") {
+            let cols: Option<Vec<String>> = v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            });
+            o.columns =
+                Some(cols.ok_or_else(|| {
+                    setting(&format!("{scope}.columns"), "must be a list of names")
+                })?);
+        }
+        if let Some(v) = settings.get("encoding") {
+            let label = v.as_str().unwrap_or("");
+            let label = if label.eq_ignore_ascii_case("latin1") {
+                "iso-8859-1"
+            } else {
+                label
+            };
+            let enc = Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+                setting(
+                    &format!("{scope}.encoding"),
+                    &format!(
+                        "{label:?} is not an encoding name (utf-8, latin1, windows-1252, ...)"
+                    ),
+                )
+            })?;
+            if enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE {
+                return Err(setting(
+                    &format!("{scope}.encoding"),
+                    "UTF-16 files are not read; convert them to UTF-8 first (iconv -f UTF-16 -t UTF-8)",
+                ));
+            }
+            o.encoding = enc;
+        }
+        Ok(o)
+    }
+}
+
+struct CsvConnector {
+    dir: PathBuf,
+    defaults: Options,
+}
+
+impl CsvConnector {
+    fn prepare(&self, source: &StreamSource) -> Result<(PathBuf, Options), ConnectorError> {
+        let options = Options::read(
+            &source.options,
+            &self.defaults,
+            &format!("streams.{}", source.stream),
+        )?;
+        Ok((self.dir.join(&source.from), options))
+    }
+}
+
+fn reader(
+    path: &PathBuf,
+    o: &Options,
+    from: &str,
+) -> Result<csv::Reader<BufReader<File>>, ConnectorError> {
+    let file = File::open(path).map_err(|e| ConnectorError::Source {
+        location: from.to_owned(),
+        message: format!("cannot open {}: {e}", path.display()),
+    })?;
+    Ok(csv::ReaderBuilder::new()
+        .delimiter(o.delimiter)
+        .quote(o.quote)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(256 * 1024, file)))
+}
+
+/// Decodes one field; `None` when it is not valid in the file's encoding.
+fn decode<'a>(bytes: &'a [u8], encoding: &'static Encoding) -> Option<std::borrow::Cow<'a, str>> {
+    if encoding == encoding_rs::UTF_8 {
+        std::str::from_utf8(bytes)
+            .ok()
+            .map(std::borrow::Cow::Borrowed)
+    } else {
+        let (text, had_errors) = encoding.decode_without_bom_handling(bytes);
+        (!had_errors).then_some(text)
+    }
+}
+
+/// Reads the header row (or the configured columns) of a file.
+fn read_schema(
+    rdr: &mut csv::Reader<BufReader<File>>,
+    o: &Options,
+    from: &str,
+) -> Result<(Schema, Option<csv::ByteRecord>), ConnectorError> {
+    let source_err = |message: String| ConnectorError::Source {
+        location: format!("{from}:1"),
+        message,
+    };
+    let mut first = csv::ByteRecord::new();
+    let has_row = rdr
+        .read_byte_record(&mut first)
+        .map_err(|e| source_err(format!("cannot read: {e}")))?;
+    let columns: Vec<String> = if let Some(cols) = &o.columns {
+        cols.clone()
+    } else if !has_row {
+        return Err(source_err("the file is empty: it has no header row".into()));
+    } else if o.header {
+        let mut names = Vec::with_capacity(first.len());
+        for (i, field) in first.iter().enumerate() {
+            let field = if i == 0 {
+                field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+            } else {
+                field
+            };
+            let name = decode(field, o.encoding).ok_or_else(|| {
+                source_err(format!(
+                    "header column {} is not valid {}; set `encoding:`",
+                    i + 1,
+                    o.encoding.name()
+                ))
+            })?;
+            names.push(name.trim().to_owned());
+        }
+        names
+    } else {
+        (1..=first.len()).map(|i| format!("column_{i}")).collect()
+    };
+    for (i, c) in columns.iter().enumerate() {
+        if c.is_empty() {
+            return Err(source_err(format!(
+                "header column {} has no name; name it or set `columns:`",
+                i + 1
+            )));
+        }
+        if columns[..i].contains(c) {
+            return Err(source_err(format!(
+                "column {c:?} appears twice in the header; rename one"
+            )));
+        }
+    }
+    // the first row is data unless it is a header
+    let pending = (!o.header && has_row).then_some(first);
+    Ok((Schema::new(columns), pending))
+}
+
+impl SourceConnector for CsvConnector {
+    fn schema(&self, source: &StreamSource) -> Result<Arc<Schema>, ConnectorError> {
+        let (path, o) = self.prepare(source)?;
+        let mut rdr = reader(&path, &o, &source.from)?;
+        let (schema, _) = read_schema(&mut rdr, &o, &source.from)?;
+        Ok(Arc::new(schema))
+    }
+
+    fn open(&self, source: &StreamSource) -> Result<RecordStream, ConnectorError> {
+        let (path, o) = self.prepare(source)?;
+        let mut rdr = reader(&path, &o, &source.from)?;
+        let (schema, pending) = read_schema(&mut rdr, &o, &source.from)?;
+        let schema = Arc::new(schema);
+        let key_columns: Vec<usize> = source
+            .key
+            .iter()
+            .map(|k| {
+                schema.index_of(k).ok_or_else(|| ConnectorError::Source {
+                    location: source.from.clone(),
+                    message: format!("key column {k:?} is not in the header"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let file: Arc<str> = Arc::from(source.from.as_str());
+        let stream = source.stream.clone();
+        RecordStream::from_blocking(&source.stream, move |tx| {
+            let mut reading = Reading {
+                tx,
+                schema,
+                file,
+                stream,
+                key_columns,
+                encoding: o.encoding,
+            };
+            if let Some(first) = pending
+                && !reading.emit(&first, 1)
+            {
+                return;
+            }
+            let mut row = csv::ByteRecord::new();
+            loop {
+                match rdr.read_byte_record(&mut row) {
+                    Ok(true) => {
+                        let line = row.position().map(|p| p.line()).unwrap_or(0);
+                        if !reading.emit(&row, line) {
+                            return;
+                        }
+                    }
+                    Ok(false) => return,
+                    Err(e) => {
+                        let line = e.position().map(|p| p.line()).unwrap_or(0);
+                        reading.tx.send(SourceEvent::Failed(ConnectorError::Source {
+                            location: format!("{}:{line}", reading.file),
+                            message: format!("reading stopped: {e}"),
+                        }));
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The state of one file being read.
+struct Reading<'a> {
+    tx: &'a mut RecordSender,
+    schema: Arc<Schema>,
+    file: Arc<str>,
+    stream: Arc<str>,
+    key_columns: Vec<usize>,
+    encoding: &'static Encoding,
+}
+
+impl Reading<'_> {
+    /// Sends one row as a record or a reject; false when the consumer is gone.
+    fn emit(&mut self, row: &csv::ByteRecord, line: u64) -> bool {
+        let provenance = Provenance::File {
+            file: self.file.clone(),
+            line,
+        };
+        if row.len() == 1 && row.get(0).is_some_and(<[u8]>::is_empty) {
+            return true; // a blank line
+        }
+        if row.len() != self.schema.len() {
+            return self.tx.send(SourceEvent::Rejected(RecordError {
+                provenance,
+                reason: format!(
+                    "the row has {} fields, the header has {}",
+                    row.len(),
+                    self.schema.len()
+                ),
+                hint: "check the quoting and the delimiter of this line".into(),
+            }));
+        }
+        let mut values = Vec::with_capacity(row.len());
+        for (i, field) in row.iter().enumerate() {
+            match decode(field, self.encoding) {
+                Some(text) if text.is_empty() => values.push(Value::Null),
+                Some(text) => values.push(Value::Text(text.into_owned())),
+                None => {
+                    return self.tx.send(SourceEvent::Rejected(RecordError {
+                        provenance,
+                        reason: format!(
+                            "column {} is not valid {}",
+                            self.schema.columns()[i],
+                            self.encoding.name()
+                        ),
+                        hint: "set `encoding:` on the stream to the file's encoding (e.g. windows-1252)".into(),
+                    }));
+                }
+            }
+        }
+        let key = if self.key_columns.is_empty() {
+            line.to_string()
+        } else {
+            let mut key = String::new();
+            for (n, &i) in self.key_columns.iter().enumerate() {
+                if n > 0 {
+                    key.push('|');
+                }
+                values[i].write_text(&mut key);
+            }
+            key
+        };
+        self.tx.send(SourceEvent::Record(Record {
+            stream: self.stream.clone(),
+            key,
+            schema: self.schema.clone(),
+            values,
+            provenance,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(dir: &std::path::Path, file: &str, options: serde_json::Value) -> Vec<SourceEvent> {
+        let c = create(
+            &serde_json::json!({}),
+            &ConnectorContext {
+                base_dir: dir.to_path_buf(),
+            },
+        )
+        .unwrap();
+        let source = StreamSource {
+            stream: Arc::from("s"),
+            from: file.into(),
+            key: vec![],
+            options,
+        };
+        let mut open = c.open(&source).unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = open.blocking_next_chunk() {
+            out.extend(chunk);
+        }
+        out
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fhirlift-csv-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn text(ev: &SourceEvent, col: usize) -> String {
+        match ev {
+            SourceEvent::Record(r) => match &r.values[col] {
+                Value::Text(t) => t.clone(),
+                Value::Null => "<null>".into(),
+                other => format!("{other:?}"),
+            },
+            other => panic!("not a record: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bom_quotes_leading_zeros_and_empty_cells() {
+        let dir = temp_dir("bom");
+        std::fs::write(
+            dir.join("a.csv"),
+            "\u{feff}id,zip,note\n1,01234,\"a, \"\"quoted\"\"\nline\"\n2,,x\n",
+        )
+        .unwrap();
+        let ev = read_all(&dir, "a.csv", serde_json::json!({}));
+        assert_eq!(ev.len(), 2);
+        let SourceEvent::Record(r) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!(r.schema.columns(), ["id", "zip", "note"]);
+        assert_eq!(text(&ev[0], 1), "01234");
+        assert_eq!(text(&ev[0], 2), "a, \"quoted\"\nline");
+        assert_eq!(text(&ev[1], 1), "<null>");
+        let SourceEvent::Record(r2) = &ev[1] else {
+            panic!()
+        };
+        assert_eq!(r2.provenance.to_string(), "a.csv:4");
+    }
+
+    #[test]
+    fn windows_1252_and_semicolons() {
+        let dir = temp_dir("1252");
+        std::fs::write(dir.join("b.csv"), b"name;city\nM\xfcller;K\xf6ln\n").unwrap();
+        let ev = read_all(
+            &dir,
+            "b.csv",
+            serde_json::json!({"delimiter": ";", "encoding": "windows-1252"}),
+        );
+        assert_eq!(text(&ev[0], 0), "Müller");
+        assert_eq!(text(&ev[0], 1), "Köln");
+    }
+
+    #[test]
+    fn bad_rows_are_rejected_with_their_line_and_the_rest_goes_on() {
+        let dir = temp_dir("bad");
+        std::fs::write(dir.join("c.csv"), b"a,b\n1,2\n3\nM\xfcller,4\n5,6\n").unwrap();
+        let ev = read_all(&dir, "c.csv", serde_json::json!({}));
+        assert_eq!(ev.len(), 4);
+        let SourceEvent::Rejected(e) = &ev[1] else {
+            panic!("{:?}", ev[1])
+        };
+        assert_eq!(e.provenance.to_string(), "c.csv:3");
+        assert!(e.reason.contains("1 fields, the header has 2"));
+        let SourceEvent::Rejected(e) = &ev[2] else {
+            panic!()
+        };
+        assert_eq!(e.provenance.to_string(), "c.csv:4");
+        assert!(e.hint.contains("encoding"));
+        assert_eq!(text(&ev[3], 0), "5");
+    }
+
+    #[test]
+    fn duplicate_header_names_are_refused() {
+        let dir = temp_dir("dup");
+        std::fs::write(dir.join("d.csv"), "a,b,a\n1,2,3\n").unwrap();
+        let c = create(
+            &serde_json::json!({}),
+            &ConnectorContext {
+                base_dir: dir.clone(),
+            },
+        )
+        .unwrap();
+        let source = StreamSource {
+            stream: Arc::from("s"),
+            from: "d.csv".into(),
+            key: vec![],
+            options: serde_json::json!({}),
+        };
+        let err = c.schema(&source).unwrap_err().to_string();
+        assert!(
+            err.contains("d.csv:1") && err.contains("\"a\" appears twice"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! The migration file: source, target, vars and streams, read from YAML with
+//! positions so that every complaint points at `file:line`.
+//!
+//! This module only checks the file's shape; expressions are compiled by
+//! [`crate::mapping`], and columns are checked against the source there.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::yaml::{self, Node, NodeKind, Pos};
+
+/// A whole migration file.
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Relative paths in the file resolve against this folder.
+    pub base_dir: PathBuf,
+    pub source: SourceConfig,
+    pub target: TargetConfig,
+    /// Constants usable in every expression (`{{ src }}`).
+    pub vars: Vec<(String, serde_json::Value)>,
+    /// Streams in file order.
+    pub streams: Vec<StreamConfig>,
+}
+
+/// `source:`: which connector, and its settings.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub connector: String,
+    /// Everything under `source:` but `connector`, for the connector to read.
+    pub settings: serde_json::Value,
+    pub pos: Pos,
+}
+
+/// `target:`: the server profile and any limits the user narrows.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub profile: String,
+    pub batch_entries: Option<usize>,
+    pub body_bytes: Option<usize>,
+    pub pos: Pos,
+}
+
+/// One stream: what to read and what to emit for each record.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub name: String,
+    pub pos: Pos,
+    pub from: String,
+    pub key: Vec<String>,
+    pub lookups: Vec<LookupConfig>,
+    /// Everything one record emits is written atomically.
+    pub transaction: bool,
+    /// Streams that must be written before this one, beyond those its references imply.
+    pub after: Vec<(String, Pos)>,
+    /// The `emit:` entries, compiled by the mapping module.
+    pub emit: Vec<Node>,
+    /// Other keys, passed to the connector (delimiter, encoding, ...).
+    pub options: serde_json::Value,
+}
+
+/// A side table joined to each record by key.
+#[derive(Debug, Clone)]
+pub struct LookupConfig {
+    pub name: String,
+    pub pos: Pos,
+    pub from: String,
+    /// The side table's key column.
+    pub key: String,
+    /// The record's column holding the key (defaults to `key`). Not `on:`,
+    /// which YAML 1.1 reads as `true`.
+    pub by: String,
+    /// A record with no matching row goes on without it instead of being rejected.
+    pub optional: bool,
+    pub options: serde_json::Value,
+}
+
+/// One thing wrong with a migration file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub pos: Option<Pos>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pos {
+            Some(pos) => write!(f, "{pos}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn at(pos: &Pos, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            pos: Some(pos.clone()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything wrong with a migration file, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl MigrationConfig {
+    /// Reads and shape-checks a migration file.
+    pub fn load(path: &Path) -> Result<MigrationConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            pos: None,
+            message: format!("{}: cannot read the migration file: {e}", path.display()),
+        })?;
+        MigrationConfig::parse(path, &text)
+    }
+
+    /// Shape-checks migration YAML; `path` names it in errors and sets the base folder.
+    pub fn parse(path: &Path, text: &str) -> Result<MigrationConfig, ConfigErrors> {
+        let root = yaml::parse(path, text).map_err(|e| ConfigError {
+            pos: None,
+            message: e.to_string(),
+        })?;
+        let mut errors = Vec::new();
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let config = read_root(&root, path, base_dir, &mut errors);
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+fn map_entries<'a>(
+    node: &'a Node,
+    what: &str,
+    errors: &mut Vec<ConfigError>,
+) -> &'a [(Node, Node)] {
+    match &node.kind {
+        NodeKind::Map(entries) => entries,
+        NodeKind::Null => &[],
+        _ => {
+            errors.push(ConfigError::at(
+                &node.pos,
+                format!("{what} must be a mapping, found {}", node.describe()),
+            ));
+            &[]
+        }
+    }
+}
+
+fn string_of(node: &Node, what: &str, errors: &mut Vec<ConfigError>) -> Option<String> {
+    match &node.kind {
+        NodeKind::String(s) => Some(s.clone()),
+        NodeKind::Integer(i) => Some(i.to_string()),
+        _ => {
+            errors.push(ConfigError::at(
+                &node.pos,
+                format!("{what} must be a string, found {}", node.describe()),
+            ));
+            None
+        }
+    }
+}
+
+fn bool_of(node: &Node, what: &str, errors: &mut Vec<ConfigError>) -> bool {
+    match node.kind {
+        NodeKind::Bool(b) => b,
+        _ => {
+            errors.push(ConfigError::at(
+                &node.pos,
+                format!("{what} must be true or false, found {}", node.describe()),
+            ));
+            false
+        }
+    }
+}
+
+fn usize_of(node: &Node, what: &str, errors: &mut Vec<ConfigError>) -> Option<usize> {
+    match node.kind {
+        NodeKind::Integer(i) if i > 0 => Some(i as usize),
+        _ => {
+            errors.push(ConfigError::at(
+                &node.pos,
+                format!("{what} must be a positive whole number"),
+            ));
+            None
+        }
+    }
+}
+
+/// A string or a list of strings (`key: id` or `key: [a, b]`).
+fn strings_of(node: &Node, what: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    match &node.kind {
+        NodeKind::Seq(items) => items
+            .iter()
+            .filter_map(|i| string_of(i, what, errors))
+            .collect(),
+        _ => string_of(node, what, errors).into_iter().collect(),
+    }
+}
+
+fn read_root(
+    root: &Node,
+    path: &Path,
+    base_dir: PathBuf,
+    errors: &mut Vec<ConfigError>,
+) -> Option<MigrationConfig> {
+    let entries = map_entries(root, "the migration file", errors);
+    let mut source = None;
+    let mut target = None;
+    let mut vars = Vec::new();
+    let mut streams = Vec::new();
+    for (k, v) in entries {
+        match k.as_str() {
+            Some("source") => source = read_source(v, errors),
+            Some("target") => target = Some(read_target(v, errors)),
+            Some("vars") => {
+                for (name, value) in map_entries(v, "vars", errors) {
+                    vars.push((name.key_text(), value.to_json()));
+                }
+            }
+            Some("streams") => {
+                for (name, body) in map_entries(v, "streams", errors) {
+                    if let Some(s) = read_stream(name, body, errors) {
+                        streams.push(s);
+                    }
+                }
+            }
+            _ => errors.push(ConfigError::at(
+                &k.pos,
+                format!(
+                    "unknown key {:?}: the top level holds source, target, vars and streams",
+                    k.key_text()
+                ),
+            )),
+        }
+    }
+    if source.is_none() && errors.is_empty() {
+        errors.push(ConfigError::at(
+            &root.pos,
+            "no source: add `source: { connector: csv, path: data/ }` (or another connector)",
+        ));
+    }
+    if streams.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::at(
+            &root.pos,
+            "no streams: add `streams:` with at least one stream to migrate",
+        ));
+    }
+    let target = target.unwrap_or_else(|| TargetConfig {
+        profile: "generic".into(),
+        batch_entries: None,
+        body_bytes: None,
+        pos: root.pos.clone(),
+    });
+    Some(MigrationConfig {
+        path: path.to_path_buf(),
+        base_dir,
+        source: source?,
+        target,
+        vars,
+        streams,
+    })
+}
+
+fn read_source(node: &Node, errors: &mut Vec<ConfigError>) -> Option<SourceConfig> {
+    let mut connector = None;
+    let mut settings = serde_json::Map::new();
+    for (k, v) in map_entries(node, "source", errors) {
+        if k.as_str() == Some("connector") {
+            connector = string_of(v, "source.connector", errors);
+        } else {
+            settings.insert(k.key_text(), v.to_json());
+        }
+    }
+    match connector {
+        Some(connector) => Some(SourceConfig {
+            connector,
+            settings: settings.into(),
+            pos: node.pos.clone(),
+        }),
+        None => {
+            errors.push(ConfigError::at(
+                &node.pos,
+                "source needs `connector:` (run `fhirlift connectors` to list them)",
+            ));
+            None
+        }
+    }
+}
+
+fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
+    let mut target = TargetConfig {
+        profile: "generic".into(),
+        batch_entries: None,
+        body_bytes: None,
+        pos: node.pos.clone(),
+    };
+    for (k, v) in map_entries(node, "target", errors) {
+        match k.as_str() {
+            Some("profile") => {
+                if let Some(p) = string_of(v, "target.profile", errors) {
+                    target.profile = p;
+                }
+            }
+            Some("batch_entries") => target.batch_entries = usize_of(v, "target.batch_entries", errors),
+            Some("body_bytes") => target.body_bytes = usize_of(v, "target.body_bytes", errors),
+            // Server, auth and the like belong to the sender; accepted and kept for it.
+            Some("server" | "auth") => {}
+            _ => errors.push(ConfigError::at(
+                &k.pos,
+                format!(
+                    "unknown target key {:?}: expected profile, batch_entries, body_bytes, server or auth",
+                    k.key_text()
+                ),
+            )),
+        }
+    }
+    target
+}
+
+fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Option<StreamConfig> {
+    let stream_name = name.key_text();
+    let mut stream = StreamConfig {
+        name: stream_name.clone(),
+        pos: name.pos.clone(),
+        from: String::new(),
+        key: Vec::new(),
+        lookups: Vec::new(),
+        transaction: false,
+        after: Vec::new(),
+        emit: Vec::new(),
+        options: serde_json::Value::Null,
+    };
+    let mut options = serde_json::Map::new();
+    let mut has_from = false;
+    for (k, v) in map_entries(body, &format!("stream {stream_name}"), errors) {
+        match k.as_str() {
+            Some("from") => {
+                if let Some(f) = string_of(v, "from", errors) {
+                    stream.from = f;
+                    has_from = true;
+                }
+            }
+            Some("key") => stream.key = strings_of(v, "key", errors),
+            Some("transaction") => stream.transaction = bool_of(v, "transaction", errors),
+            Some("after") => {
+                let items: Vec<&Node> = match &v.kind {
+                    NodeKind::Seq(items) => items.iter().collect(),
+                    _ => vec![v],
+                };
+                for item in items {
+                    if let Some(s) = string_of(item, "after", errors) {
+                        stream.after.push((s, item.pos.clone()));
+                    }
+                }
+            }
+            Some("lookup") => {
+                for (lname, lbody) in map_entries(v, "lookup", errors) {
+                    if let Some(l) = read_lookup(lname, lbody, errors) {
+                        stream.lookups.push(l);
+                    }
+                }
+            }
+            Some("emit") => match &v.kind {
+                NodeKind::Seq(items) => stream.emit = items.clone(),
+                NodeKind::Map(_) => stream.emit = vec![v.clone()],
+                _ => errors.push(ConfigError::at(
+                    &v.pos,
+                    "emit must be a list of resources (or one resource)",
+                )),
+            },
+            _ => {
+                options.insert(k.key_text(), v.to_json());
+            }
+        }
+    }
+    if !has_from {
+        errors.push(ConfigError::at(
+            &name.pos,
+            format!("stream {stream_name} needs `from:` (the file, table or query to read)"),
+        ));
+    }
+    if stream.emit.is_empty() {
+        errors.push(ConfigError::at(
+            &name.pos,
+            format!("stream {stream_name} needs `emit:` with at least one resource"),
+        ));
+    }
+    stream.options = options.into();
+    Some(stream)
+}
+
+fn read_lookup(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Option<LookupConfig> {
+    let lookup_name = name.key_text();
+    let mut from = None;
+    let mut key = None;
+    let mut by = None;
+    let mut optional = false;
+    let mut options = serde_json::Map::new();
+    for (k, v) in map_entries(body, &format!("lookup {lookup_name}"), errors) {
+        match k.as_str() {
+            Some("from") => from = string_of(v, "lookup from", errors),
+            Some("key") => key = string_of(v, "lookup key", errors),
+            Some("by") => by = string_of(v, "lookup by", errors),
+            Some("optional") => optional = bool_of(v, "lookup optional", errors),
+            _ => {
+                options.insert(k.key_text(), v.to_json());
+            }
+        }
+    }
+    let (Some(from), Some(key)) = (from, key) else {
+        errors.push(ConfigError::at(
+            &name.pos,
+            format!(
+                "lookup {lookup_name} needs `from:` (the side table) and `key:` (its key column)"
+            ),
+        ));
+        return None;
+    };
+    Some(LookupConfig {
+        name: lookup_name,
+        pos: name.pos.clone(),
+        from,
+        by: by.unwrap_or_else(|| key.clone()),
+        key,
+        optional,
+        options: options.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_missing_parts_are_reported_with_lines() {
+        let text = "source: { connector: csv }\nstreamz: {}\nstreams:\n  p:\n    emit: []\n";
+        let errs = MigrationConfig::parse(Path::new("m.yaml"), text).unwrap_err();
+        let all = errs.to_string();
+        assert!(all.contains("m.yaml:2:1: unknown key \"streamz\""), "{all}");
+        assert!(all.contains("m.yaml:4:3: stream p needs `from:`"), "{all}");
+    }
+
+    #[test]
+    fn connector_options_and_lookups_are_kept() {
+        let text = "source: { connector: csv, path: data }\nstreams:\n  c:\n    from: c.csv\n    delimiter: ';'\n    lookup: { cond: { from: k.csv, key: id, by: cond_id } }\n    emit: { resourceType: Condition }\n";
+        let cfg = MigrationConfig::parse(Path::new("dir/m.yaml"), text).unwrap();
+        assert_eq!(cfg.base_dir, PathBuf::from("dir"));
+        assert_eq!(cfg.source.settings["path"], "data");
+        let s = &cfg.streams[0];
+        assert_eq!(s.options["delimiter"], ";");
+        assert_eq!(s.lookups[0].by, "cond_id");
+        assert_eq!(s.emit.len(), 1);
+    }
+}

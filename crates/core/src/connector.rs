@@ -1,0 +1,150 @@
+//! The source side: the [`SourceConnector`] trait and the record stream.
+//!
+//! A connector opens one named stream at a time. Records flow through a
+//! bounded channel in chunks, so a slow consumer holds the producer back
+//! (back-pressure) and memory stays flat whatever the source size.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::record::{Provenance, Record, Schema};
+
+/// Records per chunk sent through the channel.
+pub const CHUNK: usize = 256;
+/// Chunks buffered between a connector and its consumer.
+pub const CHANNEL_CHUNKS: usize = 8;
+
+/// What the mapping asks a connector to read for one stream.
+#[derive(Debug, Clone)]
+pub struct StreamSource {
+    /// The stream's name in the mapping (goes into every record).
+    pub stream: Arc<str>,
+    /// What to read: a file name, a table or a query, as the connector defines.
+    pub from: String,
+    /// Columns whose values make the record's stable key (empty: the connector's default).
+    pub key: Vec<String>,
+    /// Connector-specific settings for this stream (delimiter, encoding, ...).
+    pub options: serde_json::Value,
+}
+
+/// Where a migration runs from: relative paths in settings resolve against `base_dir`.
+#[derive(Debug, Clone)]
+pub struct ConnectorContext {
+    pub base_dir: PathBuf,
+}
+
+/// A source system: opens named streams of records.
+pub trait SourceConnector: Send + Sync {
+    /// The columns the stream will yield, read without streaming the data
+    /// (a header row, a prepared query). `check` uses it to validate mappings.
+    fn schema(&self, source: &StreamSource) -> Result<Arc<Schema>, ConnectorError>;
+
+    /// Starts reading the stream. Records arrive in order through the
+    /// returned [`RecordStream`]; reading stops when the stream is dropped.
+    fn open(&self, source: &StreamSource) -> Result<RecordStream, ConnectorError>;
+}
+
+/// An error that stops a stream (or prevents opening it).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("{what}: {message}")]
+    Setting { what: String, message: String },
+    #[error("{location}: {message}")]
+    Source { location: String, message: String },
+}
+
+/// One record the connector could not turn into a [`Record`]; the stream goes on.
+#[derive(Debug, Clone)]
+pub struct RecordError {
+    pub provenance: Provenance,
+    /// What is wrong, without the record's data.
+    pub reason: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// What a record stream yields.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Record(Record),
+    /// A bad record: reject it and go on.
+    Rejected(RecordError),
+    /// The stream cannot go on (I/O error, lost connection).
+    Failed(ConnectorError),
+}
+
+/// The consumer's end of an open stream.
+pub struct RecordStream {
+    rx: mpsc::Receiver<Vec<SourceEvent>>,
+}
+
+impl RecordStream {
+    /// Runs `produce` on its own thread, feeding a bounded channel.
+    /// The producer blocks while the consumer is behind.
+    pub fn from_blocking<F>(name: &str, produce: F) -> Result<RecordStream, ConnectorError>
+    where
+        F: FnOnce(&mut RecordSender) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        std::thread::Builder::new()
+            .name(format!("source-{name}"))
+            .spawn(move || {
+                let mut sender = RecordSender {
+                    tx,
+                    buf: Vec::with_capacity(CHUNK),
+                    closed: false,
+                };
+                produce(&mut sender);
+                sender.flush();
+            })
+            .map_err(|e| ConnectorError::Setting {
+                what: format!("stream {name}"),
+                message: format!("cannot start a reader thread: {e}"),
+            })?;
+        Ok(RecordStream { rx })
+    }
+
+    /// The next chunk of events; `None` at the end of the stream.
+    pub async fn next_chunk(&mut self) -> Option<Vec<SourceEvent>> {
+        self.rx.recv().await
+    }
+
+    /// The same, for consumers running on a blocking thread.
+    pub fn blocking_next_chunk(&mut self) -> Option<Vec<SourceEvent>> {
+        self.rx.blocking_recv()
+    }
+}
+
+/// The producer's end of a stream, used inside [`RecordStream::from_blocking`].
+pub struct RecordSender {
+    tx: mpsc::Sender<Vec<SourceEvent>>,
+    buf: Vec<SourceEvent>,
+    closed: bool,
+}
+
+impl RecordSender {
+    /// Queues an event. Returns false once the consumer has gone away:
+    /// the producer should stop reading.
+    pub fn send(&mut self, event: SourceEvent) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.buf.push(event);
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+        !self.closed
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() || self.closed {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        if self.tx.blocking_send(chunk).is_err() {
+            self.closed = true;
+        }
+    }
+}

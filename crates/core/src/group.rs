@@ -1,0 +1,203 @@
+//! Write groups: what one record turns into.
+//!
+//! A [`WriteGroup`] holds one or more idempotent write operations that must
+//! succeed or fail together. Identity comes from each resource's first
+//! identifier: `PUT Type?identifier=system|value`, never a bare POST unless
+//! the mapping asks for one explicitly.
+
+use std::sync::Arc;
+
+use crate::record::Provenance;
+
+/// How an operation writes its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Method {
+    /// Conditional update on the identifier: idempotent.
+    Put,
+    /// A plain create: only when the mapping says `write: create`.
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Put => "PUT",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// A resource's identity: its first identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub resource_type: String,
+    pub system: String,
+    pub value: String,
+}
+
+impl Identity {
+    /// The search that finds this resource: `Type?identifier=system|value`.
+    pub fn search_url(&self) -> String {
+        conditional_url(&self.resource_type, &self.system, &self.value)
+    }
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub resource_type: String,
+    pub method: Method,
+    /// The request URL: `Type?identifier=…` for PUT, `Type` for POST.
+    pub url: String,
+    /// `urn:uuid:…` when other resources of the group point at this one.
+    pub full_url: Option<String>,
+    pub identity: Option<Identity>,
+    pub resource: serde_json::Value,
+}
+
+/// Everything one record emits.
+#[derive(Debug, Clone)]
+pub struct WriteGroup {
+    pub stream: Arc<str>,
+    pub key: String,
+    pub provenance: Provenance,
+    /// All operations succeed or fail together (a transaction).
+    pub atomic: bool,
+    pub operations: Vec<Operation>,
+}
+
+/// Escapes a token value for a FHIR search: `\` `|` `,` `$` get a backslash.
+pub fn escape_search_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '|', ',', '$']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        if matches!(c, '\\' | '|' | ',' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Percent-encodes what may not stand raw in a query parameter value.
+///
+/// Kept raw: unreserved characters and `:/@!'()*;?` (so systems stay
+/// readable, as servers and the FHIR guides write them). `|` inside a part
+/// is encoded; the one between system and value is added raw by
+/// [`conditional_url`].
+pub fn encode_query_part(part: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in part.as_bytes() {
+        let raw = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b':'
+                    | b'/'
+                    | b'@'
+                    | b'!'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b';'
+                    | b'?'
+            );
+        if raw {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+}
+
+/// `Type?identifier=system|value`, with the value escaped for search and
+/// both parts URL-encoded.
+pub fn conditional_url(resource_type: &str, system: &str, value: &str) -> String {
+    let mut url = String::with_capacity(resource_type.len() + system.len() + value.len() + 16);
+    url.push_str(resource_type);
+    url.push_str("?identifier=");
+    encode_query_part(system, &mut url);
+    url.push('|');
+    encode_query_part(&escape_search_value(value), &mut url);
+    url
+}
+
+/// A stable 128-bit hash (two FNV-1a lanes, finalised with splitmix64).
+/// Stable across runs, builds and platforms: used for urn:uuid values.
+pub fn stable_hash128(parts: &[&str]) -> u128 {
+    fn lane(parts: &[&str], seed: u64) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+        for part in parts {
+            for &b in part.as_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            // a separator no UTF-8 text contains
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    ((lane(parts, 0) as u128) << 64) | lane(parts, 0x5bd1_e995) as u128
+}
+
+/// A deterministic `urn:uuid:` from the given parts (a version-8 UUID).
+pub fn derived_urn_uuid(parts: &[&str]) -> String {
+    let mut h = stable_hash128(parts);
+    h = (h & !(0xf << 76)) | (0x8 << 76); // version 8
+    h = (h & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
+    let hex = format!("{h:032x}");
+    format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_values_are_escaped_then_encoded() {
+        assert_eq!(escape_search_value("B,1|x"), "B\\,1\\|x");
+        assert_eq!(escape_search_value("a\\b$c"), "a\\\\b\\$c");
+        assert_eq!(
+            conditional_url("Patient", "http://sys.example/id", "P001"),
+            "Patient?identifier=http://sys.example/id|P001"
+        );
+        assert_eq!(
+            conditional_url("Patient", "urn:oid:1.2", "B,1|x y&z=Ü"),
+            "Patient?identifier=urn:oid:1.2|B%5C%2C1%5C%7Cx%20y%26z%3D%C3%9C"
+        );
+    }
+
+    #[test]
+    fn derived_uuids_are_stable_and_well_formed() {
+        let a = derived_urn_uuid(&["encounters", "E001", "encounter"]);
+        assert_eq!(a, derived_urn_uuid(&["encounters", "E001", "encounter"]));
+        assert_ne!(a, derived_urn_uuid(&["encounters", "E002", "encounter"]));
+        // parts are separated: ("ab","c") differs from ("a","bc")
+        assert_ne!(
+            derived_urn_uuid(&["ab", "c"]),
+            derived_urn_uuid(&["a", "bc"])
+        );
+        let uuid = a.strip_prefix("urn:uuid:").unwrap();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(&uuid[14..15], "8");
+        assert!(matches!(&uuid[19..20], "8" | "9" | "a" | "b"));
+    }
+}

@@ -1,0 +1,221 @@
+//! The functions and filters mapping expressions can call.
+//!
+//! - `value | code(M='male', F='female', _default='unknown')` (or a dict:
+//!   `code({'1': 'male'})`): a value map; an unmapped value is an error
+//!   unless `_default` is given.
+//! - `value | fhir_date` / `fhir_date('DD/MM/YYYY')`: a FHIR date.
+//! - `value | fhir_datetime(format=None, offset='+01:00')`: a FHIR dateTime.
+//! - `ref('Patient', system, value)`: a conditional reference
+//!   `{reference: "Patient?identifier=system|value"}`; nothing when value is empty.
+//! - `local('name')`: a reference to the resource emitted `as: name` in the
+//!   same record (`urn:uuid:` inside a transaction).
+//!
+//! Empty input gives nothing (the field is dropped), never an error.
+
+use minijinja::value::{Kwargs, Rest, Value as Mj, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State};
+
+use super::dates;
+use crate::group::conditional_url;
+
+/// The name under which a record's local urn:uuids are visible to `local()`.
+pub(crate) const LOCALS_KEY: &str = "__fhirlift_locals";
+
+/// Names callable in expressions, not columns: skipped by the column check.
+pub(crate) const GLOBAL_NAMES: &[&str] = &[
+    "ref",
+    "local",
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "none",
+    "true",
+    "false",
+    "loop",
+];
+
+fn is_empty(v: &Mj) -> bool {
+    v.is_undefined() || v.is_none() || v.as_str().is_some_and(str::is_empty)
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorKind::InvalidOperation, message)
+}
+
+fn code(value: Mj, maps: Rest<Mj>, kwargs: Kwargs) -> Result<Mj, Error> {
+    if is_empty(&value) {
+        return Ok(Mj::from(()));
+    }
+    let key = match value.as_str() {
+        Some(s) => s.trim().to_owned(),
+        None => value.to_string(),
+    };
+    for map in maps.iter() {
+        if map.kind() != ValueKind::Map {
+            return Err(invalid(
+                "code(...) takes dicts and keyword arguments".into(),
+            ));
+        }
+        if let Ok(found) = map.get_item(&Mj::from(key.as_str()))
+            && !found.is_undefined()
+        {
+            return Ok(found);
+        }
+    }
+    let mut result = None;
+    for name in kwargs.args() {
+        if name == key {
+            result = Some(kwargs.get::<Mj>(name)?);
+        }
+    }
+    let default: Option<Mj> = kwargs.get("_default")?;
+    // mark every kwarg used: unused ones are the unmapped codes
+    for name in kwargs.args() {
+        let _: Mj = kwargs.get(name)?;
+    }
+    kwargs.assert_all_used()?;
+    match result.or(default) {
+        Some(v) => Ok(v),
+        None => Err(invalid(format!(
+            "code {key:?} is not in the value map; add it to code(...) or give _default=..."
+        ))),
+    }
+}
+
+fn text_arg(value: &Mj) -> String {
+    match value.as_str() {
+        Some(s) => s.to_owned(),
+        None => value.to_string(),
+    }
+}
+
+fn fhir_date(value: Mj, format: Option<String>) -> Result<Mj, Error> {
+    if is_empty(&value) {
+        return Ok(Mj::from(()));
+    }
+    dates::to_fhir_date(&text_arg(&value), format.as_deref())
+        .map(Mj::from)
+        .map_err(|e| invalid(e.0))
+}
+
+fn fhir_datetime(value: Mj, format: Option<String>, kwargs: Kwargs) -> Result<Mj, Error> {
+    let offset: Option<String> = kwargs.get("offset")?;
+    let format = match format {
+        Some(f) => Some(f),
+        None => kwargs.get("format")?,
+    };
+    kwargs.assert_all_used()?;
+    if is_empty(&value) {
+        return Ok(Mj::from(()));
+    }
+    dates::to_fhir_datetime(&text_arg(&value), format.as_deref(), offset.as_deref())
+        .map(Mj::from)
+        .map_err(|e| invalid(e.0))
+}
+
+fn reference(resource_type: String, system: Mj, value: Mj) -> Result<Mj, Error> {
+    if is_empty(&value) {
+        return Ok(Mj::from(()));
+    }
+    if is_empty(&system) {
+        return Err(invalid(format!(
+            "ref('{resource_type}', ...) has an empty system; an identifier without a system matches any system"
+        )));
+    }
+    let url = conditional_url(&resource_type, &text_arg(&system), &text_arg(&value));
+    Ok(Mj::from_pairs([("reference", Mj::from(url))]))
+}
+
+fn local(state: &State, name: String) -> Result<Mj, Error> {
+    let locals = state.lookup(LOCALS_KEY).unwrap_or_default();
+    match locals.get_attr(&name) {
+        Ok(v) if !v.is_undefined() => Ok(Mj::from_pairs([("reference", v)])),
+        _ => Err(invalid(format!(
+            "local('{name}'): no resource of this stream is emitted with `as: {name}`"
+        ))),
+    }
+}
+
+/// The expression environment shared by every mapping of a run.
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.add_filter("code", code);
+    env.add_filter("fhir_date", fhir_date);
+    env.add_filter("fhir_datetime", fhir_datetime);
+    env.add_function("ref", reference);
+    env.add_function("local", local);
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(expr: &str, ctx: Mj) -> Result<Mj, Error> {
+        let env = environment();
+        env.compile_expression(expr)?.eval(ctx)
+    }
+
+    #[test]
+    fn code_maps_values_and_refuses_unknown_ones() {
+        let ctx = Mj::from_pairs([("g", "F"), ("x", "Q"), ("n", "1"), ("e", "")]);
+        assert_eq!(
+            eval("g | code(M='male', F='female')", ctx.clone())
+                .unwrap()
+                .to_string(),
+            "female"
+        );
+        assert_eq!(
+            eval("n | code({'1': 'one'})", ctx.clone())
+                .unwrap()
+                .to_string(),
+            "one"
+        );
+        assert_eq!(
+            eval("x | code(M='male', _default='unknown')", ctx.clone())
+                .unwrap()
+                .to_string(),
+            "unknown"
+        );
+        assert!(eval("e | code(M='male')", ctx.clone()).unwrap().is_none());
+        let err = eval("x | code(M='male', F='female')", ctx).unwrap_err();
+        assert!(
+            err.to_string().contains("\"Q\" is not in the value map"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ref_builds_an_escaped_conditional_reference() {
+        let ctx = Mj::from_pairs([("id", "B,1")]);
+        let v = eval("ref('Patient', 'http://s/id', id)", ctx).unwrap();
+        assert_eq!(
+            v.get_attr("reference").unwrap().to_string(),
+            "Patient?identifier=http://s/id|B%5C%2C1"
+        );
+        assert!(
+            eval("ref('Patient', 'http://s/id', '')", Mj::from(()))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn dates_through_filters() {
+        let ctx = Mj::from_pairs([("d", "15/07/1980"), ("t", "2023-06-15 09:30")]);
+        assert_eq!(
+            eval("d | fhir_date('DD/MM/YYYY')", ctx.clone())
+                .unwrap()
+                .to_string(),
+            "1980-07-15"
+        );
+        assert_eq!(
+            eval("t | fhir_datetime(offset='Z')", ctx.clone())
+                .unwrap()
+                .to_string(),
+            "2023-06-15T09:30:00Z"
+        );
+        assert!(eval("d | fhir_date", ctx).is_err());
+    }
+}

@@ -1,0 +1,462 @@
+//! Mapping: records to write groups, through FHIR-shaped templates.
+//!
+//! Invariant: a mapper does no I/O. Side tables are loaded before mapping
+//! starts ([`LookupTable`]); everything a mapper needs is in memory, and
+//! everything it produces is a [`WriteGroup`] or a [`MapError`].
+
+mod dates;
+mod functions;
+mod template;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use minijinja::Environment;
+
+pub use dates::{DateError, to_fhir_date, to_fhir_datetime};
+pub use functions::environment;
+
+use crate::config::{ConfigError, StreamConfig};
+use crate::group::{Identity, Method, Operation, WriteGroup, conditional_url, derived_urn_uuid};
+use crate::record::{Provenance, Record, Schema, Value};
+use crate::yaml::{Node, NodeKind, Pos};
+use template::{Compiler, Eval, Names, Scope, ScopeShared, Tmpl};
+
+/// Turns one record into the writes it stands for.
+pub trait ResourceMapper: Send + Sync {
+    /// The stream this mapper serves.
+    fn stream(&self) -> &str;
+    /// The record's write group; `None` when every emit entry was skipped (`when:`).
+    fn map(&self, record: Record) -> Result<Option<WriteGroup>, MapError>;
+}
+
+/// A record that could not be mapped. `message` may quote the record's data:
+/// it goes to the rejects file, never to logs.
+#[derive(Debug, Clone)]
+pub struct MapError {
+    pub stream: Arc<str>,
+    pub key: String,
+    pub provenance: Provenance,
+    /// The mapping line and field that failed, when one did.
+    pub at: Option<(Pos, String)>,
+    pub message: String,
+}
+
+impl MapError {
+    /// Where it went wrong, without the record's data: safe for logs.
+    pub fn location(&self) -> String {
+        match &self.at {
+            Some((pos, field)) => format!("{} ({field} at {pos})", self.provenance),
+            None => self.provenance.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location(), self.message)
+    }
+}
+
+/// A side table held in memory, keyed by one column.
+#[derive(Debug)]
+pub struct LookupTable {
+    /// The name expressions use (`condition.condition_name`).
+    pub name: String,
+    /// What it was read from, for messages.
+    pub source: String,
+    pub schema: Arc<Schema>,
+    rows: HashMap<String, Arc<Vec<Value>>>,
+}
+
+impl LookupTable {
+    /// Builds the table from records; a key seen twice is an error naming both places.
+    pub fn build(
+        name: &str,
+        source: &str,
+        schema: Arc<Schema>,
+        key_column: &str,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<LookupTable, String> {
+        let key = schema.index_of(key_column).ok_or_else(|| {
+            format!(
+                "lookup {name}: {source} has no column {key_column:?}; its columns: {}",
+                schema.columns().join(", ")
+            )
+        })?;
+        let mut rows = HashMap::new();
+        let mut seen: HashMap<String, Provenance> = HashMap::new();
+        for record in records {
+            let mut k = String::new();
+            record.values[key].write_text(&mut k);
+            if let Some(first) = seen.get(&k) {
+                return Err(format!(
+                    "{}: lookup {name}: key {k:?} is also at {first}; keys of a lookup table must be unique",
+                    record.provenance
+                ));
+            }
+            seen.insert(k.clone(), record.provenance.clone());
+            rows.insert(k, Arc::new(record.values));
+        }
+        Ok(LookupTable {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            schema,
+            rows,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<&Arc<Vec<Value>>> {
+        self.rows.get(key)
+    }
+}
+
+/// How an emitted resource is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// `PUT Type?identifier=…`: idempotent (the default).
+    Update,
+    /// A plain POST, asked for with `write: create`: duplicates on re-run.
+    Create,
+}
+
+struct EmitEntry {
+    resource_type: String,
+    local: Option<usize>,
+    when: Option<(Eval, Pos)>,
+    write: WriteMode,
+    body: Tmpl,
+    pos: Pos,
+}
+
+struct BoundLookup {
+    /// The record column holding the key.
+    on: usize,
+    optional: bool,
+    from: String,
+}
+
+/// The compiled mapping of one stream.
+pub struct StreamMapper {
+    stream: Arc<str>,
+    transaction: bool,
+    entries: Vec<EmitEntry>,
+    lookups: Vec<BoundLookup>,
+    shared: Arc<ScopeShared>,
+    /// Resource types this stream writes.
+    pub emitted_types: BTreeSet<String>,
+    /// Resource types its references point at (`ref('Patient', …)`).
+    pub referenced_types: BTreeSet<String>,
+}
+
+impl StreamMapper {
+    /// Compiles a stream's emit entries against its source's columns.
+    /// Every error is collected, each with its mapping file:line.
+    pub fn compile(
+        env: &'static Environment<'static>,
+        stream: &StreamConfig,
+        vars: &[(String, serde_json::Value)],
+        columns: &Schema,
+        lookups: Vec<Arc<LookupTable>>,
+    ) -> Result<StreamMapper, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut bound = Vec::new();
+        for cfg in &stream.lookups {
+            match columns.index_of(&cfg.by) {
+                Some(on) => bound.push(BoundLookup {
+                    on,
+                    optional: cfg.optional,
+                    from: cfg.from.clone(),
+                }),
+                None => errors.push(ConfigError::at(
+                    &cfg.pos,
+                    format!(
+                        "lookup {} joins on {:?}, which is not a column of {}; columns: {}",
+                        cfg.name,
+                        cfg.by,
+                        stream.from,
+                        columns.columns().join(", ")
+                    ),
+                )),
+            }
+        }
+        for key in &stream.key {
+            if columns.index_of(key).is_none() {
+                errors.push(ConfigError::at(
+                    &stream.pos,
+                    format!(
+                        "key column {key:?} is not in {}; columns: {}",
+                        stream.from,
+                        columns.columns().join(", ")
+                    ),
+                ));
+            }
+        }
+        let local_names: Vec<String> = stream
+            .emit
+            .iter()
+            .filter_map(|e| e.get("as").and_then(Node::as_str).map(str::to_owned))
+            .collect();
+        if !local_names.is_empty() && !stream.transaction {
+            errors.push(ConfigError::at(
+                &stream.pos,
+                format!(
+                    "stream {} names resources with `as:`, which only links resources inside a transaction; add `transaction: true`",
+                    stream.name
+                ),
+            ));
+        }
+        let mut compiler = Compiler::new(Names {
+            env,
+            columns,
+            vars,
+            lookups: &lookups,
+            locals: &local_names,
+        });
+        let mut entries = Vec::new();
+        let mut emitted_types = BTreeSet::new();
+        for node in &stream.emit {
+            if let Some(entry) = compile_entry(&mut compiler, node, &local_names) {
+                emitted_types.insert(entry.resource_type.clone());
+                entries.push(entry);
+            }
+        }
+        errors.append(&mut compiler.errors);
+        let referenced_types = std::mem::take(&mut compiler.referenced_types);
+        drop(compiler);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(StreamMapper {
+            stream: Arc::from(stream.name.as_str()),
+            transaction: stream.transaction,
+            entries,
+            lookups: bound,
+            shared: Arc::new(ScopeShared {
+                vars: vars
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.clone(),
+                            minijinja::Value::from(minijinja::value::Serde(v)),
+                        )
+                    })
+                    .collect(),
+                lookups,
+                local_names,
+            }),
+            emitted_types,
+            referenced_types,
+        })
+    }
+
+    fn error(&self, record: &Record, at: Option<(Pos, String)>, message: String) -> MapError {
+        MapError {
+            stream: self.stream.clone(),
+            key: record.key.clone(),
+            provenance: record.provenance.clone(),
+            at,
+            message,
+        }
+    }
+}
+
+fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) -> Option<EmitEntry> {
+    let NodeKind::Map(fields) = &node.kind else {
+        compiler.errors.push(ConfigError::at(
+            &node.pos,
+            format!(
+                "an emit entry is a resource (a mapping), found {}",
+                node.describe()
+            ),
+        ));
+        return None;
+    };
+    let Some(resource_type) = node.get("resourceType").and_then(Node::as_str) else {
+        compiler.errors.push(ConfigError::at(
+            &node.pos,
+            "an emitted resource needs `resourceType:` (Patient, Condition, ...)",
+        ));
+        return None;
+    };
+    let resource_type = resource_type.to_owned();
+    let mut write = WriteMode::Update;
+    let mut when = None;
+    let mut local = None;
+    let mut body_fields = Vec::new();
+    for (k, v) in fields {
+        match k.as_str() {
+            Some("as") => local = v.as_str().and_then(|n| locals.iter().position(|l| l == n)),
+            Some("write") => match v.as_str() {
+                Some("update") => write = WriteMode::Update,
+                Some("create") => write = WriteMode::Create,
+                _ => compiler.errors.push(ConfigError::at(
+                    &v.pos,
+                    "write: is `update` (conditional PUT on the identifier, the default) or `create` (plain POST: duplicates on every re-run)",
+                )),
+            },
+            Some("when") => {
+                let expr = v.as_str().map(|s| s.trim_start_matches('=').trim().to_owned());
+                match expr.map(|e| compiler.compile(&Node { pos: v.pos.clone(), kind: NodeKind::String(format!("= {e}")) }, "when")) {
+                    Some(Tmpl::Typed(eval, _)) => when = Some((eval, v.pos.clone())),
+                    Some(Tmpl::Const(c)) => {
+                        if c.is_null() || c == serde_json::Value::Bool(false) {
+                            return None;
+                        }
+                    }
+                    _ => compiler.errors.push(ConfigError::at(&v.pos, "when: takes an expression")),
+                }
+            }
+            Some("for_each") => compiler.errors.push(ConfigError::at(
+                &k.pos,
+                "for_each is not supported by this version of fhirlift yet (repeated parts arrive with the HL7v2 connector)",
+            )),
+            _ => body_fields.push((k.clone(), v.clone())),
+        }
+    }
+    if write == WriteMode::Update && node.get("identifier").is_none() {
+        compiler.errors.push(ConfigError::at(
+            &node.pos,
+            format!(
+                "{resource_type} has no identifier: fhirlift writes PUT {resource_type}?identifier=system|value so that a re-run updates instead of duplicating; add an identifier (derived from the parent's key if the source has none), or `write: create` to accept a duplicate on every re-run"
+            ),
+        ));
+    }
+    let body_node = Node {
+        pos: node.pos.clone(),
+        kind: NodeKind::Map(body_fields),
+    };
+    let body = compiler.compile(&body_node, &resource_type);
+    Some(EmitEntry {
+        resource_type,
+        local,
+        when,
+        write,
+        body,
+        pos: node.pos.clone(),
+    })
+}
+
+/// The first identifier's system and value.
+fn identity_of(resource_type: &str, resource: &serde_json::Value) -> Option<Identity> {
+    let first = resource.get("identifier")?.get(0)?;
+    Some(Identity {
+        resource_type: resource_type.to_owned(),
+        system: first.get("system")?.as_str()?.to_owned(),
+        value: first.get("value")?.as_str()?.to_owned(),
+    })
+}
+
+impl ResourceMapper for StreamMapper {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    fn map(&self, record: Record) -> Result<Option<WriteGroup>, MapError> {
+        let mut hits = Vec::with_capacity(self.lookups.len());
+        let mut key_text = String::new();
+        for (i, lookup) in self.lookups.iter().enumerate() {
+            key_text.clear();
+            record.values[lookup.on].write_text(&mut key_text);
+            let table = &self.shared.lookups[i];
+            match table.get(&key_text) {
+                Some(row) => hits.push(Some(row.clone())),
+                None if lookup.optional || key_text.is_empty() => hits.push(None),
+                None => {
+                    return Err(self.error(
+                        &record,
+                        None,
+                        format!(
+                            "lookup {} found no row in {} whose {} is {key_text:?}; add the row, or mark the lookup `optional: true`",
+                            table.name,
+                            lookup.from,
+                            self.shared.lookups[i].schema.columns().first().map(String::as_str).unwrap_or("key"),
+                        ),
+                    ));
+                }
+            }
+        }
+        let locals: Vec<String> = if self.shared.local_names.is_empty() && !self.transaction {
+            Vec::new()
+        } else {
+            let where_from = record.provenance.to_string();
+            self.shared
+                .local_names
+                .iter()
+                .map(|n| derived_urn_uuid(&[&self.stream, &record.key, &where_from, n]))
+                .collect()
+        };
+        let record = Arc::new(record);
+        let scope = Scope::new(&record, &hits, &locals, &self.shared);
+        let mut operations = Vec::with_capacity(self.entries.len());
+        for (index, entry) in self.entries.iter().enumerate() {
+            if let Some((cond, pos)) = &entry.when {
+                match cond.truthy(&scope, pos) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => return Err(self.error(&record, Some((e.pos, e.path)), e.message)),
+                }
+            }
+            let resource = entry
+                .body
+                .render(&scope)
+                .map_err(|e| self.error(&record, Some((e.pos, e.path)), e.message))?
+                .unwrap_or_else(|| serde_json::json!({ "resourceType": entry.resource_type }));
+            let identity = identity_of(&entry.resource_type, &resource);
+            let (method, url) = match (entry.write, &identity) {
+                (WriteMode::Update, Some(id)) => (
+                    Method::Put,
+                    conditional_url(&id.resource_type, &id.system, &id.value),
+                ),
+                (WriteMode::Update, None) => {
+                    return Err(self.error(
+                        &record,
+                        Some((entry.pos.clone(), format!("{}.identifier", entry.resource_type))),
+                        format!(
+                            "the {} has no identifier system and value for this record (empty key column?); without one it cannot be written idempotently",
+                            entry.resource_type
+                        ),
+                    ));
+                }
+                (WriteMode::Create, _) => (Method::Post, entry.resource_type.clone()),
+            };
+            let full_url = match entry.local {
+                Some(i) => Some(locals[i].clone()),
+                None if self.transaction => Some(derived_urn_uuid(&[
+                    &self.stream,
+                    &record.key,
+                    &record.provenance.to_string(),
+                    &index.to_string(),
+                ])),
+                None => None,
+            };
+            operations.push(Operation {
+                resource_type: entry.resource_type.clone(),
+                method,
+                url,
+                full_url,
+                identity,
+                resource,
+            });
+        }
+        if operations.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(WriteGroup {
+            stream: self.stream.clone(),
+            key: record.key.clone(),
+            provenance: record.provenance.clone(),
+            atomic: self.transaction && operations.len() > 1,
+            operations,
+        }))
+    }
+}

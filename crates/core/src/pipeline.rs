@@ -1,0 +1,530 @@
+//! The pipeline: prepares a migration (connector, lookups, compiled
+//! mappings, phases) and drives it, phase by phase, to a [`RequestSink`].
+//!
+//! Data moves one way: connector → mapper → packer → sink. Rejects are
+//! written as they happen; memory holds one open bundle per stream and the
+//! channel between the connector and the mapper, whatever the source size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use minijinja::Environment;
+use serde::Serialize;
+
+use crate::config::{ConfigError, ConfigErrors, MigrationConfig, StreamConfig};
+use crate::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
+use crate::mapping::{self, LookupTable, MapError, ResourceMapper, StreamMapper};
+use crate::planner::{self, Packer, Phase, Request, StreamDeps};
+use crate::profile::ServerProfile;
+use crate::record::Schema;
+use crate::registry::Registry;
+use crate::rejects::{Reject, RejectWriter, Stage};
+
+/// Rejects logged per stream before the log only counts them.
+const LOGGED_REJECTS: u64 = 10;
+
+/// The expression environment: one per process, shared by every mapping.
+pub fn expression_env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(mapping::environment)
+}
+
+/// A stream ready to run.
+pub struct PlannedStream {
+    pub source: StreamSource,
+    pub columns: Arc<Schema>,
+    pub mapper: StreamMapper,
+    /// Lookup names with their row counts.
+    pub lookups: Vec<(String, usize)>,
+}
+
+/// A validated migration: everything checked, nothing read yet.
+pub struct Plan {
+    pub config: MigrationConfig,
+    pub profile: ServerProfile,
+    pub connector_name: String,
+    connector: Box<dyn SourceConnector>,
+    pub streams: Vec<PlannedStream>,
+    pub phases: Vec<Phase>,
+}
+
+fn stream_source(
+    name: &str,
+    from: &str,
+    key: &[String],
+    options: &serde_json::Value,
+) -> StreamSource {
+    StreamSource {
+        stream: Arc::from(name),
+        from: from.to_owned(),
+        key: key.to_vec(),
+        options: options.clone(),
+    }
+}
+
+fn load_lookups(
+    connector: &dyn SourceConnector,
+    stream: &StreamConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Arc<LookupTable>> {
+    let mut tables = Vec::new();
+    for lookup in &stream.lookups {
+        let source = stream_source(
+            &format!("{}.{}", stream.name, lookup.name),
+            &lookup.from,
+            &[],
+            &lookup.options,
+        );
+        let result = connector.schema(&source).and_then(|schema| {
+            let mut records = Vec::new();
+            let mut bad = None;
+            let mut open = connector.open(&source)?;
+            while let Some(chunk) = open.blocking_next_chunk() {
+                for event in chunk {
+                    match event {
+                        SourceEvent::Record(r) => records.push(r),
+                        SourceEvent::Rejected(e) => {
+                            bad.get_or_insert(format!(
+                                "{}: {} ({})",
+                                e.provenance, e.reason, e.hint
+                            ));
+                        }
+                        SourceEvent::Failed(e) => return Err(e),
+                    }
+                }
+            }
+            Ok((schema, records, bad))
+        });
+        match result {
+            Ok((_, _, Some(bad))) => errors.push(ConfigError::at(
+                &lookup.pos,
+                format!(
+                    "lookup {}: a row of {} is unreadable: {bad}",
+                    lookup.name, lookup.from
+                ),
+            )),
+            Ok((schema, records, None)) => {
+                match LookupTable::build(&lookup.name, &lookup.from, schema, &lookup.key, records) {
+                    Ok(t) => tables.push(Arc::new(t)),
+                    Err(message) => errors.push(ConfigError::at(&lookup.pos, message)),
+                }
+            }
+            Err(e) => errors.push(ConfigError::at(
+                &lookup.pos,
+                format!("lookup {}: {e}", lookup.name),
+            )),
+        }
+    }
+    tables
+}
+
+impl Plan {
+    /// Checks a migration against its source: the connector exists, every
+    /// stream opens, every column an expression uses exists, phases order.
+    /// Nothing is sent anywhere.
+    pub fn prepare(config: MigrationConfig, registry: &Registry) -> Result<Plan, ConfigErrors> {
+        let mut errors = Vec::new();
+        let profile = ServerProfile::for_target(&config.target).map_err(|m| ConfigError {
+            pos: None,
+            message: m,
+        })?;
+        let registration = registry
+            .get(&config.source.connector)
+            .map_err(|e| ConfigError::at(&config.source.pos, e.to_string()))?;
+        let context = ConnectorContext {
+            base_dir: config.base_dir.clone(),
+        };
+        let connector = (registration.create)(&config.source.settings, &context)
+            .map_err(|e| ConfigError::at(&config.source.pos, format!("source: {e}")))?;
+        let mut streams = Vec::new();
+        for stream in &config.streams {
+            let source = stream_source(&stream.name, &stream.from, &stream.key, &stream.options);
+            let columns = match connector.schema(&source) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(ConfigError::at(
+                        &stream.pos,
+                        format!("stream {}: {e}", stream.name),
+                    ));
+                    continue;
+                }
+            };
+            let lookups = load_lookups(connector.as_ref(), stream, &mut errors);
+            if lookups.len() != stream.lookups.len() {
+                continue;
+            }
+            let counts = lookups.iter().map(|l| (l.name.clone(), l.len())).collect();
+            match StreamMapper::compile(expression_env(), stream, &config.vars, &columns, lookups) {
+                Ok(mapper) => streams.push(PlannedStream {
+                    source,
+                    columns,
+                    mapper,
+                    lookups: counts,
+                }),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let deps: Vec<StreamDeps> = streams
+            .iter()
+            .zip(&config.streams)
+            .map(|(s, c)| StreamDeps {
+                name: c.name.clone(),
+                emitted_types: s.mapper.emitted_types.clone(),
+                referenced_types: s.mapper.referenced_types.clone(),
+                after: c.after.clone(),
+            })
+            .collect();
+        let phases = planner::phases(&deps).map_err(|m| ConfigError {
+            pos: None,
+            message: m,
+        })?;
+        Ok(Plan {
+            connector_name: config.source.connector.clone(),
+            config,
+            profile,
+            connector,
+            streams,
+            phases,
+        })
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&PlannedStream> {
+        self.streams.iter().find(|s| &*s.source.stream == name)
+    }
+
+    /// The first `limit` records of a stream, mapped: for `preview`.
+    pub fn preview(
+        &self,
+        stream: &str,
+        limit: usize,
+    ) -> Result<Vec<Result<serde_json::Value, MapError>>, String> {
+        let planned = self.stream(stream).ok_or_else(|| {
+            format!(
+                "no stream {stream:?}; streams: {}",
+                self.streams
+                    .iter()
+                    .map(|s| &*s.source.stream)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let mut open = self
+            .connector
+            .open(&planned.source)
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        'read: while let Some(chunk) = open.blocking_next_chunk() {
+            for event in chunk {
+                if out.len() >= limit {
+                    break 'read;
+                }
+                match event {
+                    SourceEvent::Record(record) => {
+                        let provenance = record.provenance.to_string();
+                        out.push(planned.mapper.map(record).map(|group| {
+                            let resources: Vec<serde_json::Value> = group
+                                .into_iter()
+                                .flat_map(|g| g.operations)
+                                .map(|op| {
+                                    serde_json::json!({
+                                        "request": { "method": op.method.as_str(), "url": op.url },
+                                        "resource": op.resource,
+                                    })
+                                })
+                                .collect();
+                            serde_json::json!({ "record": provenance, "writes": resources })
+                        }));
+                    }
+                    SourceEvent::Rejected(e) => out.push(Ok(serde_json::json!({
+                        "record": e.provenance.to_string(),
+                        "unreadable": e.reason,
+                    }))),
+                    SourceEvent::Failed(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs every phase in order into `sink`.
+    pub fn run(
+        &self,
+        sink: &mut dyn RequestSink,
+        rejects: &mut RejectWriter,
+    ) -> Result<RunSummary, SinkError> {
+        let started = Instant::now();
+        let mut summaries = Vec::new();
+        for phase in &self.phases {
+            for name in &phase.streams {
+                let planned = self.stream(name).expect("phases name planned streams");
+                summaries.push(self.run_stream(phase.number, planned, sink, rejects)?);
+            }
+            sink.end_phase(phase.number)?;
+        }
+        rejects
+            .flush()
+            .map_err(|e| SinkError(format!("rejects file: {e}")))?;
+        Ok(RunSummary {
+            streams: summaries,
+            elapsed: started.elapsed(),
+            rejects_file: rejects
+                .path()
+                .filter(|_| rejects.count() > 0)
+                .map(Path::to_path_buf),
+        })
+    }
+
+    fn run_stream(
+        &self,
+        phase: usize,
+        planned: &PlannedStream,
+        sink: &mut dyn RequestSink,
+        rejects: &mut RejectWriter,
+    ) -> Result<StreamSummary, SinkError> {
+        let name = planned.source.stream.clone();
+        let mut summary = StreamSummary {
+            stream: name.to_string(),
+            phase,
+            ..StreamSummary::default()
+        };
+        let started = Instant::now();
+        let mut packer = Packer::new(self.profile.clone(), phase, name.clone());
+        let mut ready: Vec<Request> = Vec::new();
+        let mut reject = |summary: &mut StreamSummary, r: Reject<'_>| -> Result<(), SinkError> {
+            summary.rejected += 1;
+            if summary.rejected <= LOGGED_REJECTS {
+                tracing::warn!(
+                    stream = %name,
+                    record = %r.provenance,
+                    mapping = r.mapping.as_deref().unwrap_or(""),
+                    stage = ?r.stage,
+                    "record rejected; the reason is in the rejects file"
+                );
+            }
+            rejects
+                .write(&r)
+                .map_err(|e| SinkError(format!("rejects file: {e}")))
+        };
+        tracing::info!(stream = %name, phase, "stream started");
+        let mut open = match self.connector.open(&planned.source) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(stream = %name, error = %e, "stream could not be opened");
+                summary.failed = Some(e.to_string());
+                return Ok(summary);
+            }
+        };
+        'read: while let Some(chunk) = open.blocking_next_chunk() {
+            for event in chunk {
+                match event {
+                    SourceEvent::Record(record) => {
+                        summary.records += 1;
+                        match planned.mapper.map(record) {
+                            Ok(Some(group)) => {
+                                let counted: Vec<String> = group
+                                    .operations
+                                    .iter()
+                                    .map(|o| o.resource_type.clone())
+                                    .collect();
+                                match packer.push(group, &mut |r| ready.push(r)) {
+                                    Ok(()) => {
+                                        for t in counted {
+                                            *summary.resources.entry(t).or_default() += 1;
+                                        }
+                                    }
+                                    Err(e) => reject(
+                                        &mut summary,
+                                        Reject {
+                                            stream: &name,
+                                            key: Some(&e.key),
+                                            provenance: &e.provenance,
+                                            stage: Stage::Plan,
+                                            mapping: None,
+                                            reason: &e.message,
+                                        },
+                                    )?,
+                                }
+                            }
+                            Ok(None) => summary.skipped += 1,
+                            Err(e) => reject(
+                                &mut summary,
+                                Reject {
+                                    stream: &name,
+                                    key: Some(&e.key),
+                                    provenance: &e.provenance,
+                                    stage: Stage::Map,
+                                    mapping: e
+                                        .at
+                                        .as_ref()
+                                        .map(|(pos, field)| format!("{field} at {pos}")),
+                                    reason: &e.message,
+                                },
+                            )?,
+                        }
+                    }
+                    SourceEvent::Rejected(e) => {
+                        summary.records += 1;
+                        let reason = format!("{} ({})", e.reason, e.hint);
+                        reject(
+                            &mut summary,
+                            Reject {
+                                stream: &name,
+                                key: None,
+                                provenance: &e.provenance,
+                                stage: Stage::Source,
+                                mapping: None,
+                                reason: &reason,
+                            },
+                        )?;
+                    }
+                    SourceEvent::Failed(e) => {
+                        tracing::error!(stream = %name, error = %e, records = summary.records, "stream stopped");
+                        summary.failed = Some(e.to_string());
+                        break 'read;
+                    }
+                }
+                for request in ready.drain(..) {
+                    summary.requests += 1;
+                    summary.bytes += request.body.len() as u64;
+                    sink.submit(request)?;
+                }
+            }
+        }
+        packer.finish(&mut |r| ready.push(r));
+        for request in ready.drain(..) {
+            summary.requests += 1;
+            summary.bytes += request.body.len() as u64;
+            sink.submit(request)?;
+        }
+        summary.elapsed = started.elapsed();
+        tracing::info!(stream = %name, records = summary.records, rejected = summary.rejected, requests = summary.requests, "stream done");
+        Ok(summary)
+    }
+}
+
+/// A sink that cannot take more requests: the run stops.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// Where planned requests go: a server (the sender), files, or nowhere.
+pub trait RequestSink {
+    fn submit(&mut self, request: Request) -> Result<(), SinkError>;
+    /// Every request of `phase` has been submitted.
+    fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Counts requests and drops them: `check` and benchmarks.
+#[derive(Debug, Default)]
+pub struct DiscardSink {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+impl RequestSink for DiscardSink {
+    fn submit(&mut self, request: Request) -> Result<(), SinkError> {
+        self.requests += 1;
+        self.bytes += request.body.len() as u64;
+        Ok(())
+    }
+}
+
+/// Writes every request bundle as a numbered JSON file per phase:
+/// `DIR/phase-1/000001-patients.json`, exactly the bytes that would be sent.
+pub struct DryRunSink {
+    dir: PathBuf,
+    numbers: BTreeMap<usize, u64>,
+}
+
+impl DryRunSink {
+    /// Empties (or creates) `dir` for a fresh set of bundles.
+    pub fn create(dir: &Path) -> Result<DryRunSink, SinkError> {
+        let io = |e: std::io::Error| SinkError(format!("{}: {e}", dir.display()));
+        if dir.exists() {
+            for entry in std::fs::read_dir(dir).map_err(io)? {
+                let path = entry.map_err(io)?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if path.is_dir() && name.starts_with("phase-") {
+                    std::fs::remove_dir_all(&path).map_err(io)?;
+                }
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        Ok(DryRunSink {
+            dir: dir.to_path_buf(),
+            numbers: BTreeMap::new(),
+        })
+    }
+}
+
+impl RequestSink for DryRunSink {
+    fn submit(&mut self, request: Request) -> Result<(), SinkError> {
+        let n = self.numbers.entry(request.phase).or_default();
+        *n += 1;
+        let dir = self.dir.join(format!("phase-{}", request.phase));
+        let path = dir.join(format!("{:06}-{}.json", n, request.stream));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&path, &request.body)
+        };
+        write().map_err(|e| SinkError(format!("{}: {e}", path.display())))
+    }
+}
+
+/// What happened to one stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamSummary {
+    pub stream: String,
+    pub phase: usize,
+    /// Records read from the source (rejected ones included).
+    pub records: u64,
+    /// Resources planned, by type.
+    pub resources: BTreeMap<String, u64>,
+    /// Records whose every emit entry was skipped by `when:`.
+    pub skipped: u64,
+    pub rejected: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    /// Set when the stream stopped early (the source failed).
+    pub failed: Option<String>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// What happened in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub streams: Vec<StreamSummary>,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub rejects_file: Option<PathBuf>,
+}
+
+impl RunSummary {
+    pub fn rejected(&self) -> u64 {
+        self.streams.iter().map(|s| s.rejected).sum()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.streams.iter().any(|s| s.failed.is_some())
+    }
+
+    pub fn resources(&self) -> u64 {
+        self.streams.iter().flat_map(|s| s.resources.values()).sum()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.streams.iter().map(|s| s.requests).sum()
+    }
+}

@@ -1,0 +1,639 @@
+//! The planner: phases from references between streams, and write groups
+//! packed into HTTP request bundles within a server profile's limits.
+//!
+//! - A stream that references a resource type another stream writes runs in
+//!   a later phase; a cycle is an error naming the streams.
+//! - Single writes are packed into `batch` bundles bounded by entries and
+//!   bytes; two writes to the same identifier never share a bundle (Medplum
+//!   refuses the second with 400 "Resource ID did not match resolved ID").
+//! - Atomic groups become `transaction` bundles, sent alone or packed as
+//!   `POST /` entries of a batch where the profile allows it.
+//!
+//! Bundle bodies are built as bytes once: what is measured is what is sent.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use crate::group::{Identity, Method, Operation, WriteGroup};
+use crate::profile::ServerProfile;
+use crate::record::Provenance;
+use crate::yaml::Pos;
+
+/// What the planner knows of a stream to order it.
+#[derive(Debug, Clone)]
+pub struct StreamDeps {
+    pub name: String,
+    pub emitted_types: BTreeSet<String>,
+    pub referenced_types: BTreeSet<String>,
+    /// Explicit `after:` streams.
+    pub after: Vec<(String, Pos)>,
+}
+
+/// Streams that may run together; every request of a phase is answered
+/// before the next phase starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phase {
+    pub number: usize,
+    pub streams: Vec<String>,
+}
+
+/// Orders streams into phases. Streams keep file order within a phase.
+pub fn phases(streams: &[StreamDeps]) -> Result<Vec<Phase>, String> {
+    let index: BTreeMap<&str, usize> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    // deps[i]: the streams i must follow, with why
+    let mut deps: Vec<BTreeMap<usize, String>> = vec![BTreeMap::new(); streams.len()];
+    for (i, s) in streams.iter().enumerate() {
+        for t in &s.referenced_types {
+            for (j, other) in streams.iter().enumerate() {
+                if i != j && other.emitted_types.contains(t) {
+                    deps[i].insert(j, format!("references {t}"));
+                }
+            }
+        }
+        for (name, pos) in &s.after {
+            match index.get(name.as_str()) {
+                Some(&j) if j != i => {
+                    deps[i].insert(j, "after:".into());
+                }
+                Some(_) => return Err(format!("{pos}: stream {name} cannot come after itself")),
+                None => {
+                    return Err(format!(
+                        "{pos}: after: names {name:?}, which is not a stream; streams: {}",
+                        streams
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    let mut phase_of: Vec<Option<usize>> = vec![None; streams.len()];
+    let mut placed = 0;
+    while placed < streams.len() {
+        let mut progressed = false;
+        for i in 0..streams.len() {
+            if phase_of[i].is_some() {
+                continue;
+            }
+            if deps[i].keys().all(|&j| phase_of[j].is_some()) {
+                let p = deps[i]
+                    .keys()
+                    .map(|&j| phase_of[j].unwrap_or(0) + 1)
+                    .max()
+                    .unwrap_or(1);
+                phase_of[i] = Some(p);
+                placed += 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            return Err(describe_cycle(streams, &deps, &phase_of));
+        }
+    }
+    let count = phase_of.iter().flatten().copied().max().unwrap_or(0);
+    Ok((1..=count)
+        .map(|number| Phase {
+            number,
+            streams: streams
+                .iter()
+                .zip(&phase_of)
+                .filter(|(_, p)| **p == Some(number))
+                .map(|(s, _)| s.name.clone())
+                .collect(),
+        })
+        .collect())
+}
+
+fn describe_cycle(
+    streams: &[StreamDeps],
+    deps: &[BTreeMap<usize, String>],
+    phase_of: &[Option<usize>],
+) -> String {
+    // walk unplaced dependencies until a stream repeats
+    let start = phase_of.iter().position(Option::is_none).unwrap_or(0);
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let Some((&next, _)) = deps[at].iter().find(|(j, _)| phase_of[**j].is_none()) else {
+            break;
+        };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            path.drain(..pos);
+            path.push(next);
+            break;
+        }
+        path.push(next);
+        at = next;
+    }
+    let steps: Vec<String> = path
+        .windows(2)
+        .map(|w| {
+            format!(
+                "{} {} written by {}",
+                streams[w[0]].name, deps[w[0]][&w[1]], streams[w[1]].name
+            )
+        })
+        .collect();
+    format!(
+        "streams reference each other in a cycle ({}); break it by splitting one stream, or by writing one reference in a later stream",
+        steps.join(", ")
+    )
+}
+
+/// What kind of bundle a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestKind {
+    Batch,
+    Transaction,
+    /// A batch whose entries are transactions (`POST /`).
+    BatchOfTransactions,
+}
+
+/// One group inside a request, to account for its outcome.
+#[derive(Debug, Clone)]
+pub struct GroupRef {
+    pub key: String,
+    pub provenance: Provenance,
+    pub operations: usize,
+}
+
+/// One HTTP request: a bundle body, ready to send.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub phase: usize,
+    pub stream: Arc<str>,
+    pub kind: RequestKind,
+    /// The bundle, exactly as it will be sent.
+    pub body: Vec<u8>,
+    /// Entries at the top level of the bundle.
+    pub entries: usize,
+    /// Resources written by it, nested transactions included.
+    pub operations: usize,
+    pub groups: Vec<GroupRef>,
+}
+
+/// A group the planner cannot fit into any request.
+#[derive(Debug, Clone)]
+pub struct PlanError {
+    pub key: String,
+    pub provenance: Provenance,
+    pub message: String,
+}
+
+const BATCH_PREFIX: &[u8] = br#"{"resourceType":"Bundle","type":"batch","entry":["#;
+const TRANSACTION_PREFIX: &[u8] = br#"{"resourceType":"Bundle","type":"transaction","entry":["#;
+const SUFFIX: &[u8] = b"]}";
+
+/// Writes one bundle entry: `{"fullUrl":…,"request":{…},"resource":…}`.
+fn write_entry(out: &mut Vec<u8>, op: &Operation) {
+    out.extend_from_slice(b"{");
+    if let Some(full_url) = &op.full_url {
+        out.extend_from_slice(b"\"fullUrl\":");
+        serde_json::to_writer(&mut *out, full_url).expect("a string serializes");
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"request\":{\"method\":\"");
+    out.extend_from_slice(op.method.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"url\":");
+    serde_json::to_writer(&mut *out, &op.url).expect("a string serializes");
+    out.extend_from_slice(b"},\"resource\":");
+    serde_json::to_writer(&mut *out, &op.resource).expect("JSON values serialize");
+    out.push(b'}');
+}
+
+/// The bundle being filled.
+struct OpenBundle {
+    kind: RequestKind,
+    body: Vec<u8>,
+    entries: usize,
+    operations: usize,
+    identities: HashSet<Identity>,
+    groups: Vec<GroupRef>,
+}
+
+impl OpenBundle {
+    fn new(kind: RequestKind) -> Self {
+        let mut body = Vec::with_capacity(64 * 1024);
+        body.extend_from_slice(BATCH_PREFIX);
+        OpenBundle {
+            kind,
+            body,
+            entries: 0,
+            operations: 0,
+            identities: HashSet::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Body size once closed, with `extra` more entry bytes.
+    fn size_with(&self, extra: usize) -> usize {
+        self.body.len() + extra + usize::from(self.entries > 0) + SUFFIX.len()
+    }
+}
+
+/// Packs one stream's groups into requests.
+pub struct Packer {
+    profile: ServerProfile,
+    phase: usize,
+    stream: Arc<str>,
+    open: Option<OpenBundle>,
+    scratch: Vec<u8>,
+}
+
+impl Packer {
+    pub fn new(profile: ServerProfile, phase: usize, stream: Arc<str>) -> Packer {
+        Packer {
+            profile,
+            phase,
+            stream,
+            open: None,
+            scratch: Vec::with_capacity(4096),
+        }
+    }
+
+    fn close(&mut self, out: &mut impl FnMut(Request)) {
+        if let Some(mut b) = self.open.take()
+            && b.entries > 0
+        {
+            b.body.extend_from_slice(SUFFIX);
+            out(Request {
+                phase: self.phase,
+                stream: self.stream.clone(),
+                kind: b.kind,
+                body: b.body,
+                entries: b.entries,
+                operations: b.operations,
+                groups: b.groups,
+            });
+        }
+    }
+
+    /// Adds one group; full bundles go to `out`. A group that fits no
+    /// request under the profile is returned as an error (reject it).
+    pub fn push(
+        &mut self,
+        group: WriteGroup,
+        out: &mut impl FnMut(Request),
+    ) -> Result<(), PlanError> {
+        if group.atomic {
+            self.push_transaction(group, out)
+        } else {
+            self.push_singles(group, out)
+        }
+    }
+
+    fn refuse(group: &WriteGroup, message: String) -> PlanError {
+        PlanError {
+            key: group.key.clone(),
+            provenance: group.provenance.clone(),
+            message,
+        }
+    }
+
+    /// Places `scratch` (one entry's bytes) into a batch of `kind`.
+    fn place(
+        &mut self,
+        kind: RequestKind,
+        identities: &[&Identity],
+        operations: usize,
+        group: Option<GroupRef>,
+        out: &mut impl FnMut(Request),
+    ) {
+        let len = self.scratch.len();
+        let must_close = match &self.open {
+            None => false,
+            Some(b) => {
+                b.kind != kind
+                    || b.entries >= self.profile.max_batch_entries
+                    || b.size_with(len) > self.profile.max_body_bytes
+                    || identities.iter().any(|id| b.identities.contains(*id))
+            }
+        };
+        if must_close {
+            self.close(out);
+        }
+        let b = self.open.get_or_insert_with(|| OpenBundle::new(kind));
+        if b.entries > 0 {
+            b.body.push(b',');
+        }
+        b.body.extend_from_slice(&self.scratch);
+        b.entries += 1;
+        b.operations += operations;
+        b.identities.extend(identities.iter().map(|i| (*i).clone()));
+        if let Some(g) = group {
+            b.groups.push(g);
+        }
+    }
+
+    fn push_singles(
+        &mut self,
+        group: WriteGroup,
+        out: &mut impl FnMut(Request),
+    ) -> Result<(), PlanError> {
+        let empty = BATCH_PREFIX.len() + SUFFIX.len();
+        for (i, op) in group.operations.iter().enumerate() {
+            self.scratch.clear();
+            write_entry(&mut self.scratch, op);
+            if empty + self.scratch.len() > self.profile.max_body_bytes {
+                return Err(Self::refuse(
+                    &group,
+                    format!(
+                        "the {} is {} bytes as a batch entry, over the {} profile's request limit of {} bytes; shorten it (large notes or attachments) or raise target.body_bytes if the server allows",
+                        op.resource_type,
+                        self.scratch.len(),
+                        self.profile.name,
+                        self.profile.max_body_bytes
+                    ),
+                ));
+            }
+            let ids: Vec<&Identity> = op.identity.iter().collect();
+            let group_ref = (i == 0).then(|| GroupRef {
+                key: group.key.clone(),
+                provenance: group.provenance.clone(),
+                operations: group.operations.len(),
+            });
+            self.place(RequestKind::Batch, &ids, 1, group_ref, out);
+        }
+        Ok(())
+    }
+
+    fn push_transaction(
+        &mut self,
+        group: WriteGroup,
+        out: &mut impl FnMut(Request),
+    ) -> Result<(), PlanError> {
+        let p = &self.profile;
+        let n = group.operations.len();
+        let conditional = group.operations.iter().any(|o| o.url.contains('?'));
+        let updates = group
+            .operations
+            .iter()
+            .filter(|o| o.method == Method::Put)
+            .count();
+        if n > p.max_transaction_entries {
+            return Err(Self::refuse(
+                &group,
+                format!(
+                    "this record emits {n} resources in one transaction; the {} profile allows {}",
+                    p.name, p.max_transaction_entries
+                ),
+            ));
+        }
+        if conditional && n > p.max_conditional_transaction_entries {
+            return Err(Self::refuse(
+                &group,
+                format!(
+                    "this record emits {n} resources in one transaction with conditional writes; the {} profile allows {} (the server runs such transactions in strict isolation)",
+                    p.name, p.max_conditional_transaction_entries
+                ),
+            ));
+        }
+        if updates > p.max_transaction_updates {
+            return Err(Self::refuse(
+                &group,
+                format!(
+                    "this record's transaction holds {updates} updates; the {} profile allows {}",
+                    p.name, p.max_transaction_updates
+                ),
+            ));
+        }
+        let mut tx = Vec::with_capacity(4096);
+        tx.extend_from_slice(TRANSACTION_PREFIX);
+        for (i, op) in group.operations.iter().enumerate() {
+            if i > 0 {
+                tx.push(b',');
+            }
+            write_entry(&mut tx, op);
+        }
+        tx.extend_from_slice(SUFFIX);
+        let group_ref = GroupRef {
+            key: group.key.clone(),
+            provenance: group.provenance.clone(),
+            operations: n,
+        };
+        if !self.profile.batch_may_hold_transactions {
+            if tx.len() > self.profile.max_body_bytes {
+                return Err(Self::refuse(
+                    &group,
+                    format!(
+                        "this record's transaction is {} bytes, over the {} profile's request limit of {} bytes",
+                        tx.len(),
+                        self.profile.name,
+                        self.profile.max_body_bytes
+                    ),
+                ));
+            }
+            out(Request {
+                phase: self.phase,
+                stream: self.stream.clone(),
+                kind: RequestKind::Transaction,
+                body: tx,
+                entries: n,
+                operations: n,
+                groups: vec![group_ref],
+            });
+            return Ok(());
+        }
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(br#"{"request":{"method":"POST","url":"/"},"resource":"#);
+        self.scratch.extend_from_slice(&tx);
+        self.scratch.push(b'}');
+        if BATCH_PREFIX.len() + SUFFIX.len() + self.scratch.len() > self.profile.max_body_bytes {
+            return Err(Self::refuse(
+                &group,
+                format!(
+                    "this record's transaction is {} bytes, over the {} profile's request limit of {} bytes",
+                    tx.len(),
+                    self.profile.name,
+                    self.profile.max_body_bytes
+                ),
+            ));
+        }
+        let ids: Vec<&Identity> = group
+            .operations
+            .iter()
+            .filter_map(|o| o.identity.as_ref())
+            .collect();
+        self.place(
+            RequestKind::BatchOfTransactions,
+            &ids,
+            n,
+            Some(group_ref),
+            out,
+        );
+        Ok(())
+    }
+
+    /// Sends what is left in the open bundle.
+    pub fn finish(&mut self, out: &mut impl FnMut(Request)) {
+        self.close(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::conditional_url;
+
+    fn deps(name: &str, emits: &[&str], refs: &[&str]) -> StreamDeps {
+        StreamDeps {
+            name: name.into(),
+            emitted_types: emits.iter().map(|s| s.to_string()).collect(),
+            referenced_types: refs.iter().map(|s| s.to_string()).collect(),
+            after: vec![],
+        }
+    }
+
+    #[test]
+    fn references_order_streams_into_phases() {
+        let p = phases(&[
+            deps(
+                "encounters",
+                &["Encounter", "ClinicalImpression"],
+                &["Patient"],
+            ),
+            deps("conditions", &["Condition"], &["Patient"]),
+            deps("patients", &["Patient"], &[]),
+        ])
+        .unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].streams, vec!["patients"]);
+        assert_eq!(p[1].streams, vec!["encounters", "conditions"]);
+    }
+
+    #[test]
+    fn a_cycle_is_an_error_that_names_its_streams() {
+        let err = phases(&[
+            deps("a", &["Patient"], &["Practitioner"]),
+            deps("b", &["Practitioner"], &["Patient"]),
+            deps("c", &["Condition"], &[]),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("a references Practitioner written by b"),
+            "{err}"
+        );
+        assert!(err.contains("b references Patient written by a"), "{err}");
+    }
+
+    fn single(key: &str, value: &str, pad: usize) -> WriteGroup {
+        let identity = Identity {
+            resource_type: "Patient".into(),
+            system: "http://s".into(),
+            value: value.into(),
+        };
+        WriteGroup {
+            stream: Arc::from("p"),
+            key: key.into(),
+            provenance: Provenance::File {
+                file: Arc::from("p.csv"),
+                line: 2,
+            },
+            atomic: false,
+            operations: vec![Operation {
+                resource_type: "Patient".into(),
+                method: Method::Put,
+                url: conditional_url("Patient", "http://s", value),
+                full_url: None,
+                identity: Some(identity),
+                resource: serde_json::json!({"resourceType": "Patient", "note": "x".repeat(pad)}),
+            }],
+        }
+    }
+
+    fn pack(profile: ServerProfile, groups: Vec<WriteGroup>) -> (Vec<Request>, Vec<PlanError>) {
+        let mut packer = Packer::new(profile, 1, Arc::from("p"));
+        let mut requests = Vec::new();
+        let mut errors = Vec::new();
+        for g in groups {
+            if let Err(e) = packer.push(g, &mut |r| requests.push(r)) {
+                errors.push(e);
+            }
+        }
+        packer.finish(&mut |r| requests.push(r));
+        (requests, errors)
+    }
+
+    #[test]
+    fn batches_are_bounded_by_entries_and_bytes_and_parse_as_json() {
+        let mut profile = ServerProfile::named("medplum").unwrap();
+        profile.max_batch_entries = 3;
+        let groups = (0..7)
+            .map(|i| single(&i.to_string(), &format!("P{i}"), 10))
+            .collect();
+        let (reqs, errs) = pack(profile.clone(), groups);
+        assert!(errs.is_empty());
+        assert_eq!(
+            reqs.iter().map(|r| r.entries).collect::<Vec<_>>(),
+            vec![3, 3, 1]
+        );
+        for r in &reqs {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["entry"].as_array().unwrap().len(), r.entries);
+        }
+        profile.max_batch_entries = 100;
+        profile.max_body_bytes = 1000;
+        let groups = (0..10)
+            .map(|i| single(&i.to_string(), &format!("P{i}"), 200))
+            .collect();
+        let (reqs, _) = pack(profile.clone(), groups);
+        assert!(reqs.len() > 1);
+        assert!(
+            reqs.iter().all(|r| r.body.len() <= 1000),
+            "{:?}",
+            reqs.iter().map(|r| r.body.len()).collect::<Vec<_>>()
+        );
+        let (reqs, errs) = pack(
+            profile,
+            vec![single("big", "P1", 2000), single("ok", "P2", 1)],
+        );
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0]
+                .message
+                .contains("over the medplum profile's request limit"),
+            "{}",
+            errs[0].message
+        );
+        assert_eq!(reqs.len(), 1);
+    }
+
+    #[test]
+    fn the_same_identifier_never_shares_a_batch() {
+        let profile = ServerProfile::named("medplum").unwrap();
+        let (reqs, _) = pack(
+            profile,
+            vec![
+                single("1", "P1", 1),
+                single("2", "P2", 1),
+                single("3", "P1", 1),
+            ],
+        );
+        assert_eq!(
+            reqs.iter().map(|r| r.entries).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+    }
+
+    #[test]
+    fn oversized_conditional_transactions_are_refused_under_medplum() {
+        let mut g = single("1", "P1", 1);
+        g.atomic = true;
+        let op = g.operations[0].clone();
+        g.operations = (0..9).map(|_| op.clone()).collect();
+        let (reqs, errs) = pack(ServerProfile::named("medplum").unwrap(), vec![g.clone()]);
+        assert!(reqs.is_empty());
+        assert!(errs[0].message.contains("allows 8"), "{}", errs[0].message);
+        let (reqs, errs) = pack(ServerProfile::named("generic").unwrap(), vec![g]);
+        assert!(errs.is_empty());
+        assert_eq!(reqs[0].kind, RequestKind::Transaction);
+    }
+}

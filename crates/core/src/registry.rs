@@ -1,0 +1,140 @@
+//! The connector registry: connector crates register a factory by name with
+//! [`register_connector!`](crate::register_connector); the runner looks them
+//! up by the name a mapping gives.
+
+use std::collections::BTreeMap;
+
+use crate::connector::{ConnectorContext, ConnectorError, SourceConnector};
+
+/// Builds a connector from the mapping's `source:` settings.
+pub type CreateConnector =
+    fn(&serde_json::Value, &ConnectorContext) -> Result<Box<dyn SourceConnector>, ConnectorError>;
+
+/// One registered connector.
+pub struct ConnectorRegistration {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub description: &'static str,
+    pub create: CreateConnector,
+}
+
+inventory::collect!(ConnectorRegistration);
+
+/// Registers a connector under a name. Use once per connector crate:
+///
+/// ```ignore
+/// fhirlift_core::register_connector! {
+///     name: "csv",
+///     description: "a directory of CSV files",
+///     create: create_csv_connector,
+/// }
+/// ```
+#[macro_export]
+macro_rules! register_connector {
+    (name: $name:expr, description: $description:expr, create: $create:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::registry::ConnectorRegistration {
+                name: $name,
+                version: env!("CARGO_PKG_VERSION"),
+                description: $description,
+                create: $create,
+            }
+        }
+    };
+}
+
+/// A registry that is not usable as it stands.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "two connectors are registered as {0:?}; remove one of them from the runner's dependencies"
+    )]
+    Duplicate(String),
+    #[error("no connector is named {name:?}; known connectors: {known}")]
+    Unknown { name: String, known: String },
+}
+
+/// Every connector this binary knows, by name.
+pub struct Registry {
+    entries: BTreeMap<&'static str, &'static ConnectorRegistration>,
+}
+
+impl Registry {
+    /// Everything registered through `inventory` in this binary.
+    pub fn from_inventory() -> Result<Registry, RegistryError> {
+        Registry::from_entries(inventory::iter::<ConnectorRegistration>)
+    }
+
+    /// A registry from explicit entries; a name seen twice is an error.
+    pub fn from_entries<I>(entries: I) -> Result<Registry, RegistryError>
+    where
+        I: IntoIterator<Item = &'static ConnectorRegistration>,
+    {
+        let mut map = BTreeMap::new();
+        for entry in entries {
+            if map.insert(entry.name, entry).is_some() {
+                return Err(RegistryError::Duplicate(entry.name.to_owned()));
+            }
+        }
+        Ok(Registry { entries: map })
+    }
+
+    /// The connector registered under `name`.
+    pub fn get(&self, name: &str) -> Result<&'static ConnectorRegistration, RegistryError> {
+        self.entries
+            .get(name)
+            .copied()
+            .ok_or_else(|| RegistryError::Unknown {
+                name: name.to_owned(),
+                known: self.entries.keys().copied().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// All connectors, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static ConnectorRegistration> + '_ {
+        self.entries.values().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never(
+        _: &serde_json::Value,
+        _: &ConnectorContext,
+    ) -> Result<Box<dyn SourceConnector>, ConnectorError> {
+        Err(ConnectorError::Setting {
+            what: "test".into(),
+            message: "not a real connector".into(),
+        })
+    }
+
+    static A: ConnectorRegistration = ConnectorRegistration {
+        name: "same",
+        version: "1",
+        description: "first",
+        create: never,
+    };
+    static B: ConnectorRegistration = ConnectorRegistration {
+        name: "same",
+        version: "1",
+        description: "second",
+        create: never,
+    };
+
+    #[test]
+    fn a_name_registered_twice_is_an_error() {
+        let err = Registry::from_entries([&A, &B])
+            .err()
+            .expect("duplicate refused");
+        assert!(matches!(err, RegistryError::Duplicate(ref n) if n == "same"));
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_known_ones() {
+        let registry = Registry::from_entries([&A]).unwrap();
+        let err = registry.get("sql").err().unwrap().to_string();
+        assert!(err.contains("\"sql\"") && err.contains("same"), "{err}");
+    }
+}

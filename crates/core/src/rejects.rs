@@ -1,0 +1,121 @@
+//! The rejects file: one NDJSON line per record that could not go, with its
+//! provenance, the stage that refused it and why.
+//!
+//! The file may quote patient data (the reason can name a bad value), so it
+//! is created readable by its owner only, and only once a reject occurs.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::record::Provenance;
+
+/// Which step refused a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The connector could not read it.
+    Source,
+    /// The mapping failed for it.
+    Map,
+    /// It does not fit the server's limits.
+    Plan,
+}
+
+/// One rejected record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reject<'a> {
+    pub stream: &'a str,
+    pub key: Option<&'a str>,
+    pub provenance: &'a Provenance,
+    pub stage: Stage,
+    /// The mapping file:line and field, when a leaf failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<String>,
+    pub reason: &'a str,
+}
+
+/// Appends rejects to an NDJSON file, created on the first one.
+pub struct RejectWriter {
+    /// `None`: count only (used by `check`).
+    path: Option<PathBuf>,
+    out: Option<BufWriter<File>>,
+    count: u64,
+}
+
+impl RejectWriter {
+    pub fn new(path: impl Into<PathBuf>) -> RejectWriter {
+        RejectWriter {
+            path: Some(path.into()),
+            out: None,
+            count: 0,
+        }
+    }
+
+    /// A writer that counts rejects and writes nothing.
+    pub fn counting_only() -> RejectWriter {
+        RejectWriter {
+            path: None,
+            out: None,
+            count: 0,
+        }
+    }
+
+    /// The file, when rejects are written to one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Rejects written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn write(&mut self, reject: &Reject<'_>) -> std::io::Result<()> {
+        self.count += 1;
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if self.out.is_none() {
+            self.out = Some(BufWriter::new(create_private(path)?));
+        }
+        let out = self.out.as_mut().expect("opened above");
+        serde_json::to_writer(&mut *out, reject)?;
+        out.write_all(b"\n")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.as_mut() {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RejectWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// Creates (truncating) a file only its owner can read.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        // an existing file keeps its old mode through open(): narrow it
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
+}

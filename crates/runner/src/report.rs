@@ -1,0 +1,107 @@
+//! What the command prints: the plan, and the summary of a run.
+//!
+//! Only counts, stream names and provenance are printed: never record data.
+
+use std::io::Write;
+
+use fhirlift_core::pipeline::{Plan, RunSummary};
+
+/// The phases and streams of a plan.
+pub fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "migration {} (connector {}, profile {}: batches of at most {} entries and {} bytes)",
+        plan.config.path.display(),
+        plan.connector_name,
+        plan.profile.name,
+        plan.profile.max_batch_entries,
+        plan.profile.max_body_bytes
+    )?;
+    for phase in &plan.phases {
+        writeln!(out, "phase {}:", phase.number)?;
+        for name in &phase.streams {
+            let s = plan.stream(name).expect("phases name planned streams");
+            let config = plan
+                .config
+                .stream(name)
+                .expect("planned streams are configured");
+            let writes: Vec<&str> = s.mapper.emitted_types.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = s
+                .mapper
+                .referenced_types
+                .iter()
+                .map(String::as_str)
+                .collect();
+            write!(
+                out,
+                "  {name}: {} ({} columns) -> {}",
+                s.source.from,
+                s.columns.len(),
+                writes.join(", ")
+            )?;
+            if config.transaction {
+                write!(out, " as one transaction per record")?;
+            }
+            if !refs.is_empty() {
+                write!(out, "; references {}", refs.join(", "))?;
+            }
+            for (lookup, rows) in &s.lookups {
+                write!(out, "; lookup {lookup} ({rows} rows)")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process, from /proc (Linux), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The per-stream table and the totals.
+pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<5} {:<20} {:>10} {:>9} {:>9} {:>9}  resources",
+        "phase", "stream", "records", "rejected", "skipped", "requests"
+    )?;
+    for s in &summary.streams {
+        let types: Vec<String> = s
+            .resources
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<5} {:<20} {:>10} {:>9} {:>9} {:>9}  {}",
+            s.phase,
+            s.stream,
+            s.records,
+            s.rejected,
+            s.skipped,
+            s.requests,
+            types.join(", ")
+        )?;
+        if let Some(why) = &s.failed {
+            writeln!(out, "      stopped early: {why}")?;
+        }
+    }
+    let secs = summary.elapsed.as_secs_f64();
+    let resources = summary.resources();
+    write!(
+        out,
+        "{resources} resources {verb} in {} requests, {} records rejected, {:.2} s ({:.0} resources/s)",
+        summary.requests(),
+        summary.rejected(),
+        secs,
+        resources as f64 / secs.max(1e-9)
+    )?;
+    if let Some(rss) = peak_rss() {
+        write!(out, ", peak memory {} MB", rss / (1024 * 1024))?;
+    }
+    writeln!(out)
+}
