@@ -42,6 +42,51 @@ impl Identity {
     }
 }
 
+/// A FHIR resource as compact JSON text, exactly as it will be sent.
+///
+/// Mappers render straight to JSON bytes; nothing downstream re-serializes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceJson(String);
+
+impl ResourceJson {
+    /// Wraps text the caller guarantees is one JSON object.
+    pub(crate) fn from_rendered(json: String) -> ResourceJson {
+        ResourceJson(json)
+    }
+
+    pub fn from_value(value: &serde_json::Value) -> ResourceJson {
+        ResourceJson(value.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parsed, for the rare consumer that needs to look inside.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).expect("ResourceJson holds valid JSON")
+    }
+
+    /// The first identifier's system and value, read without building a tree.
+    pub fn first_identifier(&self) -> Option<(String, String)> {
+        #[derive(serde::Deserialize)]
+        struct Probe<'a> {
+            #[serde(borrow, default)]
+            identifier: Option<Vec<IdentifierProbe<'a>>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct IdentifierProbe<'a> {
+            #[serde(borrow, default)]
+            system: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            value: Option<std::borrow::Cow<'a, str>>,
+        }
+        let probe: Probe<'_> = serde_json::from_str(&self.0).ok()?;
+        let first = probe.identifier?.into_iter().next()?;
+        Some((first.system?.into_owned(), first.value?.into_owned()))
+    }
+}
+
 /// One write.
 #[derive(Debug, Clone)]
 pub struct Operation {
@@ -52,7 +97,7 @@ pub struct Operation {
     /// `urn:uuid:…` when other resources of the group point at this one.
     pub full_url: Option<String>,
     pub identity: Option<Identity>,
-    pub resource: serde_json::Value,
+    pub resource: ResourceJson,
 }
 
 /// Everything one record emits.
@@ -89,7 +134,9 @@ pub fn escape_search_value(value: &str) -> std::borrow::Cow<'_, str> {
 /// [`conditional_url`].
 pub fn encode_query_part(part: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in part.as_bytes() {
+    let bytes = part.as_bytes();
+    let mut raw_from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         let raw = b.is_ascii_alphanumeric()
             || matches!(
                 b,
@@ -107,14 +154,18 @@ pub fn encode_query_part(part: &str, out: &mut String) {
                     | b';'
                     | b'?'
             );
-        if raw {
-            out.push(b as char);
-        } else {
+        if !raw {
+            // a run of raw bytes is ASCII, so both ends are char boundaries
+            if raw_from < i {
+                out.push_str(&part[raw_from..i]);
+            }
             out.push('%');
             out.push(HEX[(b >> 4) as usize] as char);
             out.push(HEX[(b & 15) as usize] as char);
+            raw_from = i + 1;
         }
     }
+    out.push_str(&part[raw_from..]);
 }
 
 /// `Type?identifier=system|value`, with the value escaped for search and
@@ -129,26 +180,26 @@ pub fn conditional_url(resource_type: &str, system: &str, value: &str) -> String
     url
 }
 
-/// A stable 128-bit hash (two FNV-1a lanes, finalised with splitmix64).
-/// Stable across runs, builds and platforms: used for urn:uuid values.
+/// A stable 128-bit hash (FNV-1a, finalised twice with splitmix64).
+/// Stable across runs, builds and platforms: used for urn:uuid values and
+/// to tell identities apart within a bundle; not for security.
 pub fn stable_hash128(parts: &[&str]) -> u128 {
-    fn lane(parts: &[&str], seed: u64) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-        for part in parts {
-            for &b in part.as_bytes() {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            // a separator no UTF-8 text contains
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.as_bytes() {
+            h = (h ^ b as u64).wrapping_mul(PRIME);
         }
-        let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        // a separator no UTF-8 text contains
+        h = (h ^ 0xff).wrapping_mul(PRIME);
+    }
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    ((lane(parts, 0) as u128) << 64) | lane(parts, 0x5bd1_e995) as u128
+    ((mix(h) as u128) << 64) | mix(h ^ 0x5bd1_e995_5bd1_e995) as u128
 }
 
 /// A deterministic `urn:uuid:` from the given parts (a version-8 UUID).
@@ -156,15 +207,16 @@ pub fn derived_urn_uuid(parts: &[&str]) -> String {
     let mut h = stable_hash128(parts);
     h = (h & !(0xf << 76)) | (0x8 << 76); // version 8
     h = (h & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    let hex = format!("{h:032x}");
-    format!(
-        "urn:uuid:{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(45);
+    out.push_str("urn:uuid:");
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(HEX[((h >> (124 - 4 * i)) & 0xf) as usize] as char);
+    }
+    out
 }
 
 #[cfg(test)]

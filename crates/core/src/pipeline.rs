@@ -233,7 +233,7 @@ impl Plan {
                                 .map(|op| {
                                     serde_json::json!({
                                         "request": { "method": op.method.as_str(), "url": op.url },
-                                        "resource": op.resource,
+                                        "resource": op.resource.to_value(),
                                     })
                                 })
                                 .collect();
@@ -326,28 +326,27 @@ impl Plan {
                         summary.records += 1;
                         match planned.mapper.map(record) {
                             Ok(Some(group)) => {
-                                let counted: Vec<String> = group
-                                    .operations
-                                    .iter()
-                                    .map(|o| o.resource_type.clone())
-                                    .collect();
+                                for op in &group.operations {
+                                    count(&mut summary.resources, &op.resource_type, 1);
+                                }
                                 match packer.push(group, &mut |r| ready.push(r)) {
-                                    Ok(()) => {
-                                        for t in counted {
-                                            *summary.resources.entry(t).or_default() += 1;
+                                    Ok(()) => {}
+                                    Err(e) => {
+                                        for t in &e.resource_types {
+                                            count(&mut summary.resources, t, -1);
                                         }
+                                        reject(
+                                            &mut summary,
+                                            Reject {
+                                                stream: &name,
+                                                key: Some(&e.key),
+                                                provenance: &e.provenance,
+                                                stage: Stage::Plan,
+                                                mapping: None,
+                                                reason: &e.message,
+                                            },
+                                        )?
                                     }
-                                    Err(e) => reject(
-                                        &mut summary,
-                                        Reject {
-                                            stream: &name,
-                                            key: Some(&e.key),
-                                            provenance: &e.provenance,
-                                            stage: Stage::Plan,
-                                            mapping: None,
-                                            reason: &e.message,
-                                        },
-                                    )?,
                                 }
                             }
                             Ok(None) => summary.skipped += 1,
@@ -404,6 +403,16 @@ impl Plan {
         summary.elapsed = started.elapsed();
         tracing::info!(stream = %name, records = summary.records, rejected = summary.rejected, requests = summary.requests, "stream done");
         Ok(summary)
+    }
+}
+
+/// Adds `delta` to a per-type count without allocating for known types.
+fn count(counts: &mut BTreeMap<String, u64>, resource_type: &str, delta: i64) {
+    match counts.get_mut(resource_type) {
+        Some(n) => *n = n.saturating_add_signed(delta),
+        None => {
+            counts.insert(resource_type.to_owned(), delta.max(0) as u64);
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use crate::group::{Identity, Method, Operation, WriteGroup};
+use crate::group::{Identity, Method, Operation, WriteGroup, stable_hash128};
 use crate::profile::ServerProfile;
 use crate::record::Provenance;
 use crate::yaml::Pos;
@@ -183,6 +183,8 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct PlanError {
     pub key: String,
+    /// The types of the resources that were not planned.
+    pub resource_types: Vec<String>,
     pub provenance: Provenance,
     pub message: String,
 }
@@ -190,6 +192,8 @@ pub struct PlanError {
 const BATCH_PREFIX: &[u8] = br#"{"resourceType":"Bundle","type":"batch","entry":["#;
 const TRANSACTION_PREFIX: &[u8] = br#"{"resourceType":"Bundle","type":"transaction","entry":["#;
 const SUFFIX: &[u8] = b"]}";
+/// A transaction as an entry of a batch (closed by one `}`).
+const NESTED_PREFIX: &[u8] = br#"{"request":{"method":"POST","url":"/"},"resource":"#;
 
 /// Writes one bundle entry: `{"fullUrl":…,"request":{…},"resource":…}`.
 fn write_entry(out: &mut Vec<u8>, op: &Operation) {
@@ -204,8 +208,13 @@ fn write_entry(out: &mut Vec<u8>, op: &Operation) {
     out.extend_from_slice(b"\",\"url\":");
     serde_json::to_writer(&mut *out, &op.url).expect("a string serializes");
     out.extend_from_slice(b"},\"resource\":");
-    serde_json::to_writer(&mut *out, &op.resource).expect("JSON values serialize");
+    out.extend_from_slice(op.resource.as_str().as_bytes());
     out.push(b'}');
+}
+
+/// A 64-bit hash of an identity. A collision only closes a bundle early.
+fn identity_hash(id: &Identity) -> u64 {
+    stable_hash128(&[&id.resource_type, &id.system, &id.value]) as u64
 }
 
 /// The bundle being filled.
@@ -214,7 +223,8 @@ struct OpenBundle {
     body: Vec<u8>,
     entries: usize,
     operations: usize,
-    identities: HashSet<Identity>,
+    /// Hashes of the identities written by this bundle.
+    identities: HashSet<u64>,
     groups: Vec<GroupRef>,
 }
 
@@ -289,19 +299,28 @@ impl Packer {
         }
     }
 
-    fn refuse(group: &WriteGroup, message: String) -> PlanError {
+    /// Refuses the group's operations from `from` on (the earlier ones are planned).
+    fn refuse_from(group: &WriteGroup, from: usize, message: String) -> PlanError {
         PlanError {
             key: group.key.clone(),
+            resource_types: group.operations[from..]
+                .iter()
+                .map(|o| o.resource_type.clone())
+                .collect(),
             provenance: group.provenance.clone(),
             message,
         }
+    }
+
+    fn refuse(group: &WriteGroup, message: String) -> PlanError {
+        Self::refuse_from(group, 0, message)
     }
 
     /// Places `scratch` (one entry's bytes) into a batch of `kind`.
     fn place(
         &mut self,
         kind: RequestKind,
-        identities: &[&Identity],
+        identities: &[u64],
         operations: usize,
         group: Option<GroupRef>,
         out: &mut impl FnMut(Request),
@@ -313,7 +332,7 @@ impl Packer {
                 b.kind != kind
                     || b.entries >= self.profile.max_batch_entries
                     || b.size_with(len) > self.profile.max_body_bytes
-                    || identities.iter().any(|id| b.identities.contains(*id))
+                    || identities.iter().any(|id| b.identities.contains(id))
             }
         };
         if must_close {
@@ -326,7 +345,7 @@ impl Packer {
         b.body.extend_from_slice(&self.scratch);
         b.entries += 1;
         b.operations += operations;
-        b.identities.extend(identities.iter().map(|i| (*i).clone()));
+        b.identities.extend(identities.iter().copied());
         if let Some(g) = group {
             b.groups.push(g);
         }
@@ -342,8 +361,9 @@ impl Packer {
             self.scratch.clear();
             write_entry(&mut self.scratch, op);
             if empty + self.scratch.len() > self.profile.max_body_bytes {
-                return Err(Self::refuse(
+                return Err(Self::refuse_from(
                     &group,
+                    i,
                     format!(
                         "the {} is {} bytes as a batch entry, over the {} profile's request limit of {} bytes; shorten it (large notes or attachments) or raise target.body_bytes if the server allows",
                         op.resource_type,
@@ -353,7 +373,7 @@ impl Packer {
                     ),
                 ));
             }
-            let ids: Vec<&Identity> = op.identity.iter().collect();
+            let ids: Vec<u64> = op.identity.iter().map(identity_hash).collect();
             let group_ref = (i == 0).then(|| GroupRef {
                 key: group.key.clone(),
                 provenance: group.provenance.clone(),
@@ -404,7 +424,19 @@ impl Packer {
                 ),
             ));
         }
-        let mut tx = Vec::with_capacity(4096);
+        let group_ref = GroupRef {
+            key: group.key.clone(),
+            provenance: group.provenance.clone(),
+            operations: n,
+        };
+        // as a batch entry the transaction is wrapped; alone it is the body
+        let nested = self.profile.batch_may_hold_transactions;
+        let mut tx = std::mem::take(&mut self.scratch);
+        tx.clear();
+        if nested {
+            tx.extend_from_slice(NESTED_PREFIX);
+        }
+        let tx_start = tx.len();
         tx.extend_from_slice(TRANSACTION_PREFIX);
         for (i, op) in group.operations.iter().enumerate() {
             if i > 0 {
@@ -413,23 +445,24 @@ impl Packer {
             write_entry(&mut tx, op);
         }
         tx.extend_from_slice(SUFFIX);
-        let group_ref = GroupRef {
-            key: group.key.clone(),
-            provenance: group.provenance.clone(),
-            operations: n,
+        let tx_len = tx.len() - tx_start;
+        let body_len = if nested {
+            tx.push(b'}');
+            BATCH_PREFIX.len() + SUFFIX.len() + tx.len()
+        } else {
+            tx_len
         };
-        if !self.profile.batch_may_hold_transactions {
-            if tx.len() > self.profile.max_body_bytes {
-                return Err(Self::refuse(
-                    &group,
-                    format!(
-                        "this record's transaction is {} bytes, over the {} profile's request limit of {} bytes",
-                        tx.len(),
-                        self.profile.name,
-                        self.profile.max_body_bytes
-                    ),
-                ));
-            }
+        if body_len > self.profile.max_body_bytes {
+            self.scratch = tx;
+            return Err(Self::refuse(
+                &group,
+                format!(
+                    "this record's transaction is {tx_len} bytes, over the {} profile's request limit of {} bytes",
+                    self.profile.name, self.profile.max_body_bytes
+                ),
+            ));
+        }
+        if !nested {
             out(Request {
                 phase: self.phase,
                 stream: self.stream.clone(),
@@ -441,26 +474,12 @@ impl Packer {
             });
             return Ok(());
         }
-        self.scratch.clear();
-        self.scratch
-            .extend_from_slice(br#"{"request":{"method":"POST","url":"/"},"resource":"#);
-        self.scratch.extend_from_slice(&tx);
-        self.scratch.push(b'}');
-        if BATCH_PREFIX.len() + SUFFIX.len() + self.scratch.len() > self.profile.max_body_bytes {
-            return Err(Self::refuse(
-                &group,
-                format!(
-                    "this record's transaction is {} bytes, over the {} profile's request limit of {} bytes",
-                    tx.len(),
-                    self.profile.name,
-                    self.profile.max_body_bytes
-                ),
-            ));
-        }
-        let ids: Vec<&Identity> = group
+        self.scratch = tx;
+        let ids: Vec<u64> = group
             .operations
             .iter()
             .filter_map(|o| o.identity.as_ref())
+            .map(identity_hash)
             .collect();
         self.place(
             RequestKind::BatchOfTransactions,
@@ -481,7 +500,7 @@ impl Packer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::conditional_url;
+    use crate::group::{ResourceJson, conditional_url};
 
     fn deps(name: &str, emits: &[&str], refs: &[&str]) -> StreamDeps {
         StreamDeps {
@@ -544,7 +563,9 @@ mod tests {
                 url: conditional_url("Patient", "http://s", value),
                 full_url: None,
                 identity: Some(identity),
-                resource: serde_json::json!({"resourceType": "Patient", "note": "x".repeat(pad)}),
+                resource: ResourceJson::from_value(
+                    &serde_json::json!({"resourceType": "Patient", "note": "x".repeat(pad)}),
+                ),
             }],
         }
     }

@@ -77,10 +77,13 @@ fn code(value: Mj, maps: Rest<Mj>, kwargs: Kwargs) -> Result<Mj, Error> {
     kwargs.assert_all_used()?;
     match result.or(default) {
         Some(v) => Ok(v),
-        None => Err(invalid(format!(
-            "code {key:?} is not in the value map; add it to code(...) or give _default=..."
-        ))),
+        None => Err(invalid(unmapped_code(&key))),
     }
+}
+
+/// The message for a value missing from a `code(...)` map.
+pub(crate) fn unmapped_code(key: &str) -> String {
+    format!("code {key:?} is not in the value map; add it to code(...) or give _default=...")
 }
 
 fn text_arg(value: &Mj) -> String {
@@ -119,12 +122,17 @@ fn reference(resource_type: String, system: Mj, value: Mj) -> Result<Mj, Error> 
         return Ok(Mj::from(()));
     }
     if is_empty(&system) {
-        return Err(invalid(format!(
-            "ref('{resource_type}', ...) has an empty system; an identifier without a system matches any system"
-        )));
+        return Err(invalid(empty_ref_system(&resource_type)));
     }
     let url = conditional_url(&resource_type, &text_arg(&system), &text_arg(&value));
     Ok(Mj::from_pairs([("reference", Mj::from(url))]))
+}
+
+/// The message for `ref(...)` without a system.
+pub(crate) fn empty_ref_system(resource_type: &str) -> String {
+    format!(
+        "ref('{resource_type}', ...) has an empty system; an identifier without a system matches any system"
+    )
 }
 
 fn local(state: &State, name: String) -> Result<Mj, Error> {

@@ -18,10 +18,12 @@ pub use dates::{DateError, to_fhir_date, to_fhir_datetime};
 pub use functions::environment;
 
 use crate::config::{ConfigError, StreamConfig};
-use crate::group::{Identity, Method, Operation, WriteGroup, conditional_url, derived_urn_uuid};
+use crate::group::{
+    Identity, Method, Operation, ResourceJson, WriteGroup, conditional_url, derived_urn_uuid,
+};
 use crate::record::{Provenance, Record, Schema, Value};
 use crate::yaml::{Node, NodeKind, Pos};
-use template::{Compiler, Eval, Names, Scope, ScopeShared, Tmpl};
+use template::{Compiler, Condition, Names, RenderBuf, Scope, ScopeShared, Tmpl};
 
 /// Turns one record into the writes it stands for.
 pub trait ResourceMapper: Send + Sync {
@@ -132,7 +134,7 @@ enum WriteMode {
 struct EmitEntry {
     resource_type: String,
     local: Option<usize>,
-    when: Option<(Eval, Pos)>,
+    when: Condition,
     write: WriteMode,
     body: Tmpl,
     pos: Pos,
@@ -290,7 +292,7 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
     };
     let resource_type = resource_type.to_owned();
     let mut write = WriteMode::Update;
-    let mut when = None;
+    let mut when = Condition::Always;
     let mut local = None;
     let mut body_fields = Vec::new();
     for (k, v) in fields {
@@ -304,18 +306,18 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
                     "write: is `update` (conditional PUT on the identifier, the default) or `create` (plain POST: duplicates on every re-run)",
                 )),
             },
-            Some("when") => {
-                let expr = v.as_str().map(|s| s.trim_start_matches('=').trim().to_owned());
-                match expr.map(|e| compiler.compile(&Node { pos: v.pos.clone(), kind: NodeKind::String(format!("= {e}")) }, "when")) {
-                    Some(Tmpl::Typed(eval, _)) => when = Some((eval, v.pos.clone())),
-                    Some(Tmpl::Const(c)) => {
-                        if c.is_null() || c == serde_json::Value::Bool(false) {
-                            return None;
-                        }
+            Some("when") => match v.as_str() {
+                Some(expr) => {
+                    let expr = expr.trim_start_matches('=').trim();
+                    when = compiler.compile_condition(expr, v);
+                    if matches!(when, Condition::Never) && compiler.errors.is_empty() {
+                        return None;
                     }
-                    _ => compiler.errors.push(ConfigError::at(&v.pos, "when: takes an expression")),
                 }
-            }
+                None => compiler
+                    .errors
+                    .push(ConfigError::at(&v.pos, "when: takes an expression, e.g. when: \"status != 'deleted'\"")),
+            },
             Some("for_each") => compiler.errors.push(ConfigError::at(
                 &k.pos,
                 "for_each is not supported by this version of fhirlift yet (repeated parts arrive with the HL7v2 connector)",
@@ -347,12 +349,12 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
 }
 
 /// The first identifier's system and value.
-fn identity_of(resource_type: &str, resource: &serde_json::Value) -> Option<Identity> {
-    let first = resource.get("identifier")?.get(0)?;
+fn identity_of(resource_type: &str, resource: &ResourceJson) -> Option<Identity> {
+    let (system, value) = resource.first_identifier()?;
     Some(Identity {
         resource_type: resource_type.to_owned(),
-        system: first.get("system")?.as_str()?.to_owned(),
-        value: first.get("value")?.as_str()?.to_owned(),
+        system,
+        value,
     })
 }
 
@@ -385,33 +387,48 @@ impl ResourceMapper for StreamMapper {
                 }
             }
         }
-        let locals: Vec<String> = if self.shared.local_names.is_empty() && !self.transaction {
-            Vec::new()
+        // urn:uuids derive from the record, so a dry run is reproducible
+        let where_from = if self.transaction {
+            record.provenance.to_string()
         } else {
-            let where_from = record.provenance.to_string();
-            self.shared
-                .local_names
-                .iter()
-                .map(|n| derived_urn_uuid(&[&self.stream, &record.key, &where_from, n]))
-                .collect()
+            String::new()
         };
+        let locals: Vec<String> = self
+            .shared
+            .local_names
+            .iter()
+            .map(|n| derived_urn_uuid(&[&self.stream, &record.key, &where_from, n]))
+            .collect();
         let record = Arc::new(record);
         let scope = Scope::new(&record, &hits, &locals, &self.shared);
         let mut operations = Vec::with_capacity(self.entries.len());
         for (index, entry) in self.entries.iter().enumerate() {
-            if let Some((cond, pos)) = &entry.when {
+            if let Condition::Check(cond, pos) = &entry.when {
                 match cond.truthy(&scope, pos) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(e) => return Err(self.error(&record, Some((e.pos, e.path)), e.message)),
                 }
             }
-            let resource = entry
+            let mut buf = RenderBuf {
+                json: Vec::with_capacity(512),
+                ..RenderBuf::default()
+            };
+            entry
                 .body
-                .render(&scope)
-                .map_err(|e| self.error(&record, Some((e.pos, e.path)), e.message))?
-                .unwrap_or_else(|| serde_json::json!({ "resourceType": entry.resource_type }));
-            let identity = identity_of(&entry.resource_type, &resource);
+                .write(&scope, &mut buf)
+                .map_err(|e| self.error(&record, Some((e.pos, e.path)), e.message))?;
+            let json = String::from_utf8(buf.json).expect("templates write UTF-8");
+            let resource = ResourceJson::from_rendered(json);
+            let identity = match buf.identity {
+                [Some(system), Some(value)] => Some(Identity {
+                    resource_type: entry.resource_type.clone(),
+                    system,
+                    value,
+                }),
+                // an identifier written another way: read it back
+                _ => identity_of(&entry.resource_type, &resource),
+            };
             let (method, url) = match (entry.write, &identity) {
                 (WriteMode::Update, Some(id)) => (
                     Method::Put,
@@ -434,7 +451,7 @@ impl ResourceMapper for StreamMapper {
                 None if self.transaction => Some(derived_urn_uuid(&[
                     &self.stream,
                     &record.key,
-                    &record.provenance.to_string(),
+                    &where_from,
                     &index.to_string(),
                 ])),
                 None => None,

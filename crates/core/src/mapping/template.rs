@@ -6,15 +6,16 @@
 //! other expression goes through minijinja, compiled once. Empty results
 //! drop their field, and parents left empty are dropped too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use minijinja::value::{Object, Value as Mj};
 use minijinja::{Environment, Expression};
 
-use super::LookupTable;
 use super::functions::{GLOBAL_NAMES, LOCALS_KEY};
+use super::{LookupTable, dates, functions};
 use crate::config::ConfigError;
+use crate::group::conditional_url;
 use crate::record::{Record, Schema, Value};
 use crate::yaml::{Node, NodeKind, Pos};
 
@@ -24,13 +25,44 @@ pub(crate) struct Leaf {
     pub pos: Pos,
     /// The field path in the resource, e.g. `Patient.name[0].family`.
     pub path: String,
+    /// `identifier[0].system` (0) or `.value` (1): kept while rendering, so
+    /// the resource's identity needs no second look at its JSON.
+    pub identity_part: Option<usize>,
+}
+
+/// A filter run natively, without the template engine (same semantics).
+pub(crate) enum Native {
+    FhirDate(Option<String>),
+    FhirDateTime {
+        format: Option<String>,
+        offset: Option<String>,
+    },
+    Code {
+        map: HashMap<String, serde_json::Value>,
+        default: Option<serde_json::Value>,
+    },
 }
 
 /// How one expression is evaluated.
 pub(crate) enum Eval {
     Column(usize),
-    LookupColumn { lookup: usize, column: usize },
+    LookupColumn {
+        lookup: usize,
+        column: usize,
+    },
     Local(usize),
+    /// `input | filter | ...` with constant filter arguments.
+    Filtered {
+        input: Box<Eval>,
+        filters: Vec<Native>,
+    },
+    /// `ref('Type', constant system, value)`.
+    Ref {
+        resource_type: String,
+        system: String,
+        value: Box<Eval>,
+    },
+    /// Anything else, through minijinja.
     Expr(Expression<'static, 'static>),
 }
 
@@ -41,11 +73,32 @@ pub(crate) enum Seg {
 
 /// A compiled template node.
 pub(crate) enum Tmpl {
-    Const(serde_json::Value),
-    Object(Vec<(String, Tmpl)>),
+    /// Pre-serialized JSON; `None` writes nothing.
+    Const(Option<Box<[u8]>>),
+    /// A constant identifier system or value: written, and kept as identity.
+    ConstIdentity(usize, String, Box<[u8]>),
+    /// Fields with their pre-serialized `"key":` prefixes.
+    Object(Vec<(Box<[u8]>, Tmpl)>),
     Array(Vec<Tmpl>),
     Text(Vec<Seg>, Leaf),
     Typed(Eval, Leaf),
+}
+
+/// A `when:` condition, compiled.
+pub(crate) enum Condition {
+    Always,
+    Never,
+    Check(Eval, Pos),
+}
+
+impl Tmpl {
+    fn constant(value: &serde_json::Value) -> Tmpl {
+        Tmpl::Const(prune(value.clone()).map(|v| {
+            serde_json::to_vec(&v)
+                .expect("JSON values serialize")
+                .into_boxed_slice()
+        }))
+    }
 }
 
 /// What the compiler needs to know about names.
@@ -69,6 +122,63 @@ fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Splits at `sep` outside quotes and brackets; `None` when unbalanced.
+fn split_top(s: &str, sep: char) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            c if c == sep && depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 || quote.is_some() {
+        return None;
+    }
+    parts.push(&s[start..]);
+    Some(parts)
+}
+
+/// A plain quoted string with no escapes.
+fn string_literal(s: &str) -> Option<String> {
+    let inner = s
+        .strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .or_else(|| s.strip_prefix('"').and_then(|r| r.strip_suffix('"')))?;
+    (!inner.contains(['\\', '\'', '"'])).then(|| inner.to_owned())
+}
+
+/// `name=value` (not `name==value`).
+fn kwarg(arg: &str) -> Option<(&str, &str)> {
+    let at = arg.find('=')?;
+    let (key, rest) = (arg[..at].trim(), &arg[at + 1..]);
+    (is_ident(key) && !rest.starts_with('=')).then_some((key, rest.trim()))
 }
 
 /// `local('name')` written plainly: the name.
@@ -98,7 +208,9 @@ impl<'a> Compiler<'a> {
                     .map(|(k, v)| {
                         let key = k.key_text();
                         let child = self.compile(v, &format!("{path}.{key}"));
-                        (key, child)
+                        let mut prefix = serde_json::to_vec(&key).expect("strings serialize");
+                        prefix.push(b':');
+                        (prefix.into_boxed_slice(), child)
                     })
                     .collect(),
             ),
@@ -109,15 +221,30 @@ impl<'a> Compiler<'a> {
                     .map(|(i, v)| self.compile(v, &format!("{path}[{i}]")))
                     .collect(),
             ),
-            NodeKind::String(s) => self.compile_string(s, node, path),
-            _ => Tmpl::Const(node.to_json()),
+            NodeKind::String(s) => match (
+                self.compile_string(s, node, path),
+                Self::leaf(node, path).identity_part,
+            ) {
+                (Tmpl::Const(Some(bytes)), Some(part)) => match serde_json::from_slice(&bytes) {
+                    Ok(serde_json::Value::String(text)) => Tmpl::ConstIdentity(part, text, bytes),
+                    _ => Tmpl::Const(Some(bytes)),
+                },
+                (tmpl, _) => tmpl,
+            },
+            _ => Tmpl::constant(&node.to_json()),
         }
     }
 
     fn leaf(node: &Node, path: &str) -> Leaf {
+        let identity_part = match path.split_once('.') {
+            Some((_, "identifier[0].system")) => Some(0),
+            Some((_, "identifier[0].value")) => Some(1),
+            _ => None,
+        };
         Leaf {
             pos: node.pos.clone(),
             path: path.to_owned(),
+            identity_part,
         }
     }
 
@@ -125,11 +252,11 @@ impl<'a> Compiler<'a> {
         if let Some(expr) = s.strip_prefix('=') {
             let expr = expr.trim();
             if let Some(value) = self.constant(expr) {
-                return Tmpl::Const(value);
+                return Tmpl::constant(&value);
             }
             return match self.compile_expr(expr, node) {
                 Some(eval) => Tmpl::Typed(eval, Self::leaf(node, path)),
-                None => Tmpl::Const(serde_json::Value::Null),
+                None => Tmpl::Const(None),
             };
         }
         let mut segs = Vec::new();
@@ -148,6 +275,7 @@ impl<'a> Compiler<'a> {
             let expr = rest[start + 2..start + 2 + len].trim();
             match self.constant(expr) {
                 Some(serde_json::Value::String(text)) => segs.push(Seg::Lit(text)),
+                Some(serde_json::Value::Null) => {}
                 Some(other) => segs.push(Seg::Lit(other.to_string())),
                 None => {
                     if let Some(eval) = self.compile_expr(expr, node) {
@@ -165,12 +293,31 @@ impl<'a> Compiler<'a> {
                 .into_iter()
                 .map(|s| match s {
                     Seg::Lit(t) => t,
-                    Seg::Eval(_) => unreachable!("all literal"),
+                    Seg::Eval(_) => String::new(),
                 })
                 .collect();
-            return Tmpl::Const(serde_json::Value::String(text));
+            return Tmpl::constant(&serde_json::Value::String(text));
         }
         Tmpl::Text(segs, Self::leaf(node, path))
+    }
+
+    /// A `when:` condition.
+    pub fn compile_condition(&mut self, expr: &str, node: &Node) -> Condition {
+        if let Some(value) = self.constant(expr).or_else(|| self.const_eval(expr)) {
+            let holds = !matches!(
+                value,
+                serde_json::Value::Null | serde_json::Value::Bool(false)
+            ) && value != serde_json::Value::String(String::new());
+            return if holds {
+                Condition::Always
+            } else {
+                Condition::Never
+            };
+        }
+        match self.compile_expr(expr, node) {
+            Some(eval) => Condition::Check(eval, node.pos.clone()),
+            None => Condition::Never,
+        }
     }
 
     /// A variable (`{{ src }}`) is folded into the template at compile time.
@@ -185,12 +332,34 @@ impl<'a> Compiler<'a> {
             .map(|(_, v)| v.clone())
     }
 
+    /// Evaluates an expression that uses only literals and vars, once.
+    fn const_eval(&self, expr: &str) -> Option<serde_json::Value> {
+        let compiled = self.names.env.compile_expression(expr).ok()?;
+        let uses_only_vars = compiled.undeclared_variables(false).iter().all(|name| {
+            self.names.columns.index_of(name).is_none()
+                && self.names.vars.iter().any(|(v, _)| v == name)
+        });
+        if !uses_only_vars {
+            return None;
+        }
+        let context = Mj::from_pairs(
+            self.names
+                .vars
+                .iter()
+                .map(|(n, v)| (n.as_str(), Mj::from(minijinja::value::Serde(v)))),
+        );
+        let value = compiled.eval(context).ok()?;
+        if value.is_undefined() {
+            return None;
+        }
+        serde_json::to_value(&value).ok()
+    }
+
     fn compile_expr(&mut self, expr: &str, node: &Node) -> Option<Eval> {
-        // fast paths: `column`, `lookup.column`, `local('name')`
-        if let Some(eval) = self.fast_path(expr) {
+        self.note_refs(expr);
+        if let Some(eval) = self.native(expr) {
             return Some(eval);
         }
-        self.note_refs(expr);
         let compiled = match self.names.env.compile_expression_owned(expr.to_owned()) {
             Ok(c) => c,
             Err(e) => {
@@ -219,13 +388,121 @@ impl<'a> Compiler<'a> {
         ok.then_some(Eval::Expr(compiled))
     }
 
-    fn fast_path(&mut self, expr: &str) -> Option<Eval> {
+    /// The common shapes, evaluated without the template engine:
+    /// `path | fhir_date(...) | code(...)` and `ref('T', system, path)`.
+    /// Anything else returns `None` and goes through minijinja.
+    fn native(&self, expr: &str) -> Option<Eval> {
+        let parts = split_top(expr, '|')?;
+        let (head, filters) = parts.split_first()?;
+        let head = head.trim();
+        let input = match self.fast_path(head) {
+            Some(eval) => eval,
+            None => self.native_ref(head)?,
+        };
+        if filters.is_empty() {
+            return Some(input);
+        }
+        let filters = filters
+            .iter()
+            .map(|f| self.native_filter(f.trim()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Eval::Filtered {
+            input: Box::new(input),
+            filters,
+        })
+    }
+
+    fn native_ref(&self, head: &str) -> Option<Eval> {
+        let inner = head.strip_prefix("ref(")?.strip_suffix(')')?;
+        let args = split_top(inner, ',')?;
+        let [resource_type, system, value] = args.as_slice() else {
+            return None;
+        };
+        let resource_type = string_literal(resource_type.trim())?;
+        let system = match self.const_eval(system.trim())? {
+            serde_json::Value::String(s) if !s.is_empty() => s,
+            _ => return None,
+        };
+        let value = self.native(value.trim())?;
+        Some(Eval::Ref {
+            resource_type,
+            system,
+            value: Box::new(value),
+        })
+    }
+
+    fn native_filter(&self, filter: &str) -> Option<Native> {
+        let (name, args) = match filter.find('(') {
+            Some(at) => (
+                filter[..at].trim(),
+                split_top(filter[at + 1..].strip_suffix(')')?, ',')?,
+            ),
+            None => (filter, Vec::new()),
+        };
+        let mut positional = Vec::new();
+        let mut named = Vec::new();
+        for arg in args.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+            match kwarg(arg) {
+                Some((key, value)) => named.push((key.to_owned(), self.const_eval(value)?)),
+                None => positional.push(self.const_eval(arg)?),
+            }
+        }
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        match name {
+            "fhir_date" if named.is_empty() && positional.len() <= 1 => {
+                let format = match positional.first() {
+                    Some(f) => Some(text(f)?),
+                    None => None,
+                };
+                Some(Native::FhirDate(format))
+            }
+            "fhir_datetime" if positional.len() <= 1 => {
+                let mut format = match positional.first() {
+                    Some(f) => Some(text(f)?),
+                    None => None,
+                };
+                let mut offset = None;
+                for (k, v) in &named {
+                    match k.as_str() {
+                        "format" => format = Some(text(v)?),
+                        "offset" => offset = Some(text(v)?),
+                        _ => return None,
+                    }
+                }
+                Some(Native::FhirDateTime { format, offset })
+            }
+            "code" => {
+                let mut map = HashMap::new();
+                let mut default = None;
+                for dict in positional {
+                    let serde_json::Value::Object(entries) = dict else {
+                        return None;
+                    };
+                    for (k, v) in entries {
+                        map.entry(k).or_insert(v);
+                    }
+                }
+                for (k, v) in named {
+                    if k == "_default" {
+                        default = Some(v);
+                    } else {
+                        map.entry(k).or_insert(v);
+                    }
+                }
+                Some(Native::Code { map, default })
+            }
+            _ => None,
+        }
+    }
+
+    fn fast_path(&self, expr: &str) -> Option<Eval> {
         if let Some(name) = plain_local(expr) {
-            let index = self.names.locals.iter().position(|l| l == name);
-            return match index {
-                Some(i) => Some(Eval::Local(i)),
-                None => None, // the general path reports it
-            };
+            return self
+                .names
+                .locals
+                .iter()
+                .position(|l| l == name)
+                .map(Eval::Local);
         }
         let (root, attr) = match expr.split_once('.') {
             Some((r, a)) => (r, Some(a)),
@@ -416,6 +693,15 @@ impl Object for RowObject {
     }
 }
 
+/// Where one resource is rendered, with scratch space reused across records.
+#[derive(Default)]
+pub(crate) struct RenderBuf {
+    pub json: Vec<u8>,
+    pub text: String,
+    /// `identifier[0]` system and value, as rendered.
+    pub identity: [Option<String>; 2],
+}
+
 /// An expression that failed for one record.
 pub(crate) struct LeafError {
     pub pos: Pos,
@@ -431,54 +717,57 @@ fn leaf_error(leaf: &Leaf, message: String) -> LeafError {
     }
 }
 
-impl Eval {
-    /// Appends the value as text; returns whether anything non-empty was written.
-    fn text(&self, scope: &Scope<'_>, out: &mut String, leaf: &Leaf) -> Result<bool, LeafError> {
-        let before = out.len();
-        match self {
-            Eval::Column(i) => scope.record.values[*i].write_text(out),
-            Eval::LookupColumn { lookup, column } => {
-                if let Some(row) = &scope.lookups[*lookup] {
-                    row[*column].write_text(out);
-                }
-            }
-            Eval::Local(i) => out.push_str(&scope.locals[*i]),
-            Eval::Expr(expr) => {
-                let v = expr
-                    .eval(scope.context())
-                    .map_err(|e| leaf_error(leaf, expr_error(&e)))?;
-                if !(v.is_undefined() || v.is_none()) {
-                    match v.as_str() {
-                        Some(s) => out.push_str(s),
-                        None => {
-                            use std::fmt::Write;
-                            let _ = write!(out, "{v}");
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out.len() > before)
-    }
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
 
-    /// Whether a `when:` condition holds: false for empty, none, `false`, `0`, `no`.
-    pub fn truthy(&self, scope: &Scope<'_>, pos: &Pos) -> Result<bool, LeafError> {
-        let leaf = Leaf {
-            pos: pos.clone(),
-            path: "when".into(),
+fn write_reference(out: &mut Vec<u8>, reference: &str) {
+    out.extend_from_slice(b"{\"reference\":");
+    write_json_str(out, reference);
+    out.push(b'}');
+}
+
+/// Writes a JSON value with empty parts pruned; false when nothing is left.
+fn write_pruned(out: &mut Vec<u8>, value: serde_json::Value) -> bool {
+    match prune(value) {
+        Some(v) => {
+            serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
+            true
+        }
+        None => false,
+    }
+}
+
+impl Native {
+    /// Applies the filter to a non-empty value.
+    fn apply(&self, input: serde_json::Value) -> Result<serde_json::Value, String> {
+        let text = match &input {
+            serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            other => std::borrow::Cow::Owned(other.to_string()),
         };
-        if let Eval::Expr(expr) = self {
-            let v = expr
-                .eval(scope.context())
-                .map_err(|e| leaf_error(&leaf, expr_error(&e)))?;
-            return Ok(v.is_true());
+        match self {
+            Native::FhirDate(format) => dates::to_fhir_date(&text, format.as_deref())
+                .map(serde_json::Value::String)
+                .map_err(|e| e.0),
+            Native::FhirDateTime { format, offset } => {
+                dates::to_fhir_datetime(&text, format.as_deref(), offset.as_deref())
+                    .map(serde_json::Value::String)
+                    .map_err(|e| e.0)
+            }
+            Native::Code { map, default } => {
+                let key = text.trim();
+                map.get(key)
+                    .or(default.as_ref())
+                    .cloned()
+                    .ok_or_else(|| functions::unmapped_code(key))
+            }
         }
-        let mut text = String::new();
-        self.text(scope, &mut text, &leaf)?;
-        Ok(!matches!(text.trim(), "" | "false" | "0" | "no" | "N"))
     }
+}
 
-    fn typed(
+impl Eval {
+    /// The value as JSON (`None` when empty), for the paths that need a value.
+    fn value(
         &self,
         scope: &Scope<'_>,
         leaf: &Leaf,
@@ -490,6 +779,25 @@ impl Eval {
                 None => serde_json::Value::Null,
             },
             Eval::Local(i) => serde_json::json!({ "reference": scope.locals[*i] }),
+            Eval::Filtered { input, filters } => {
+                let Some(mut v) = input.value(scope, leaf)? else {
+                    return Ok(None);
+                };
+                for f in filters {
+                    v = f.apply(v).map_err(|m| leaf_error(leaf, m))?;
+                    if prune(v.clone()).is_none() {
+                        return Ok(None);
+                    }
+                }
+                v
+            }
+            Eval::Ref { .. } => {
+                let mut url = String::new();
+                if !self.text(scope, &mut url, leaf)? {
+                    return Ok(None);
+                }
+                serde_json::json!({ "reference": url })
+            }
             Eval::Expr(expr) => {
                 let v = expr
                     .eval(scope.context())
@@ -503,6 +811,110 @@ impl Eval {
             }
         };
         Ok(prune(value))
+    }
+
+    /// Appends the value as text; returns whether anything non-empty was written.
+    fn text(&self, scope: &Scope<'_>, out: &mut String, leaf: &Leaf) -> Result<bool, LeafError> {
+        let before = out.len();
+        match self {
+            Eval::Column(i) => scope.record.values[*i].write_text(out),
+            Eval::LookupColumn { lookup, column } => {
+                if let Some(row) = &scope.lookups[*lookup] {
+                    row[*column].write_text(out);
+                }
+            }
+            Eval::Local(i) => out.push_str(&scope.locals[*i]),
+            Eval::Ref {
+                resource_type,
+                system,
+                value,
+            } => {
+                let mut v = String::new();
+                if value.text(scope, &mut v, leaf)? {
+                    out.push_str(&conditional_url(resource_type, system, &v));
+                }
+            }
+            Eval::Filtered { .. } | Eval::Expr(_) => match self.value(scope, leaf)? {
+                None => {}
+                Some(serde_json::Value::String(s)) => out.push_str(&s),
+                Some(serde_json::Value::Object(m))
+                    if m.len() == 1 && m.contains_key("reference") =>
+                {
+                    // a reference in a text leaf is its URL
+                    if let Some(r) = m["reference"].as_str() {
+                        out.push_str(r);
+                    }
+                }
+                Some(other) => {
+                    use std::fmt::Write;
+                    let _ = write!(out, "{other}");
+                }
+            },
+        }
+        Ok(out.len() > before)
+    }
+
+    /// Whether a `when:` condition holds: false for empty, none, `false`, `0`, `no`.
+    pub fn truthy(&self, scope: &Scope<'_>, pos: &Pos) -> Result<bool, LeafError> {
+        let leaf = Leaf {
+            pos: pos.clone(),
+            path: "when".into(),
+            identity_part: None,
+        };
+        if let Eval::Expr(expr) = self {
+            let v = expr
+                .eval(scope.context())
+                .map_err(|e| leaf_error(&leaf, expr_error(&e)))?;
+            return Ok(v.is_true());
+        }
+        let mut text = String::new();
+        self.text(scope, &mut text, &leaf)?;
+        Ok(!matches!(text.trim(), "" | "false" | "0" | "no" | "N"))
+    }
+
+    /// Writes the value as JSON; false when it was empty.
+    fn write_typed(
+        &self,
+        scope: &Scope<'_>,
+        out: &mut Vec<u8>,
+        leaf: &Leaf,
+    ) -> Result<bool, LeafError> {
+        match self {
+            Eval::Column(i) => Ok(write_value(out, &scope.record.values[*i])),
+            Eval::LookupColumn { lookup, column } => Ok(match &scope.lookups[*lookup] {
+                Some(row) => write_value(out, &row[*column]),
+                None => false,
+            }),
+            Eval::Local(i) => {
+                write_reference(out, &scope.locals[*i]);
+                Ok(true)
+            }
+            Eval::Ref { .. } => {
+                let mut url = String::new();
+                if !self.text(scope, &mut url, leaf)? {
+                    return Ok(false);
+                }
+                write_reference(out, &url);
+                Ok(true)
+            }
+            Eval::Filtered { .. } | Eval::Expr(_) => Ok(match self.value(scope, leaf)? {
+                Some(v) => write_pruned(out, v),
+                None => false,
+            }),
+        }
+    }
+}
+
+/// Writes a record value as JSON; false when it is empty.
+fn write_value(out: &mut Vec<u8>, value: &Value) -> bool {
+    match value {
+        Value::Text(s) if s.is_empty() => false,
+        Value::Text(s) => {
+            write_json_str(out, s);
+            true
+        }
+        Value::Null => false,
+        other => write_pruned(out, other.to_json()),
     }
 }
 
@@ -535,40 +947,88 @@ pub(crate) fn prune(value: serde_json::Value) -> Option<serde_json::Value> {
 }
 
 impl Tmpl {
-    /// Renders for one record; `None` when everything in it was empty.
-    pub fn render(&self, scope: &Scope<'_>) -> Result<Option<serde_json::Value>, LeafError> {
+    /// Writes the rendered JSON for one record into `buf.json`; returns
+    /// false (and writes nothing) when everything in it was empty.
+    pub fn write(&self, scope: &Scope<'_>, buf: &mut RenderBuf) -> Result<bool, LeafError> {
+        let out = &mut buf.json;
         match self {
-            Tmpl::Const(v) => Ok(if v.is_null() { None } else { Some(v.clone()) }),
+            Tmpl::Const(None) => Ok(false),
+            Tmpl::Const(Some(bytes)) => {
+                out.extend_from_slice(bytes);
+                Ok(true)
+            }
+            Tmpl::ConstIdentity(part, text, bytes) => {
+                out.extend_from_slice(bytes);
+                buf.identity[*part] = Some(text.clone());
+                Ok(true)
+            }
             Tmpl::Object(fields) => {
-                let mut map = serde_json::Map::with_capacity(fields.len());
-                for (k, t) in fields {
-                    if let Some(v) = t.render(scope)? {
-                        map.insert(k.clone(), v);
+                let start = out.len();
+                out.push(b'{');
+                let mut any = false;
+                for (prefix, t) in fields {
+                    let out = &mut buf.json;
+                    let mark = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(prefix);
+                    if t.write(scope, buf)? {
+                        any = true;
+                    } else {
+                        buf.json.truncate(mark);
                     }
                 }
-                Ok((!map.is_empty()).then_some(serde_json::Value::Object(map)))
+                let out = &mut buf.json;
+                if any {
+                    out.push(b'}');
+                } else {
+                    out.truncate(start);
+                }
+                Ok(any)
             }
             Tmpl::Array(items) => {
-                let mut out = Vec::with_capacity(items.len());
+                let start = out.len();
+                out.push(b'[');
+                let mut any = false;
                 for t in items {
-                    if let Some(v) = t.render(scope)? {
-                        out.push(v);
+                    let mark = buf.json.len();
+                    if any {
+                        buf.json.push(b',');
+                    }
+                    if t.write(scope, buf)? {
+                        any = true;
+                    } else {
+                        buf.json.truncate(mark);
                     }
                 }
-                Ok((!out.is_empty()).then_some(serde_json::Value::Array(out)))
+                let out = &mut buf.json;
+                if any {
+                    out.push(b']');
+                } else {
+                    out.truncate(start);
+                }
+                Ok(any)
             }
             Tmpl::Text(segs, leaf) => {
-                let mut out = String::new();
+                let text = &mut buf.text;
+                text.clear();
                 let mut any = false;
                 for seg in segs {
                     match seg {
-                        Seg::Lit(s) => out.push_str(s),
-                        Seg::Eval(e) => any |= e.text(scope, &mut out, leaf)?,
+                        Seg::Lit(s) => text.push_str(s),
+                        Seg::Eval(e) => any |= e.text(scope, text, leaf)?,
                     }
                 }
-                Ok(any.then_some(serde_json::Value::String(out)))
+                if any {
+                    write_json_str(out, text);
+                    if let Some(part) = leaf.identity_part {
+                        buf.identity[part] = Some(text.clone());
+                    }
+                }
+                Ok(any)
             }
-            Tmpl::Typed(eval, leaf) => eval.typed(scope, leaf),
+            Tmpl::Typed(eval, leaf) => eval.write_typed(scope, out, leaf),
         }
     }
 }
