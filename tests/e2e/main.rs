@@ -1,1 +1,7 @@
+//! End-to-end tests: the `fhirlift` command run in-process on real files,
+//! one module per area.
 
+mod cli;
+mod golden;
+mod rejects;
+mod volume;

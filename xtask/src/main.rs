@@ -1,1 +1,211 @@
-fn main() {}
+//! `cargo xtask`: every chore of the project, in Rust, with no tools beyond cargo.
+//!
+//! - `cargo xtask migrate [ARGS]`: runs `fhirlift migrate` on the bundled
+//!   example (examples/medplum-guide) unless ARGS name another migration;
+//!   without a server it writes the request bundles to target/fhirlift-demo/.
+//! - `cargo xtask test [ARGS]`: starts what the tests need and runs them all.
+//! - `cargo xtask gen --patients N DIR`: the example's tables at any size.
+//! - `cargo xtask bench [--patients N]`: map + plan throughput and peak memory
+//!   of the release build on generated data, then the criterion benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = root();
+    std::env::set_current_dir(&root)?;
+    match task.as_str() {
+        "migrate" => migrate(&rest),
+        "test" => test(&rest),
+        "gen" => generate(&rest),
+        "bench" => bench(&rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 migrate [ARGS]           run the bundled example (ARGS go to `fhirlift migrate`)\n  \
+                 test [ARGS]              start what the tests need and run them all\n  \
+                 gen --patients N DIR     write the example's tables at any size\n  \
+                 bench [--patients N]     measure map + plan throughput and memory"
+            );
+            if task.is_empty() || task == "help" || task == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown task {task:?}")
+            }
+        }
+    }
+}
+
+/// The workspace root (xtask/ sits in it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(mut command: Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn migrate(args: &[String]) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.args(["run", "--quiet", "--package", "fhirlift", "--", "migrate"]);
+    let has = |flags: &[&str]| {
+        args.iter().any(|a| {
+            flags
+                .iter()
+                .any(|f| a == f || a.starts_with(&format!("{f}=")))
+        })
+    };
+    if !has(&["-c", "--config"]) {
+        command.args(["--config", "examples/medplum-guide/migration.yaml"]);
+    }
+    if !has(&["--dry-run", "--server"]) {
+        command.args(["--dry-run", "target/fhirlift-demo/dry-run"]);
+    }
+    command.args(args);
+    run(command)
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    // Nothing to start yet: the tests read files and call fhirlift in-process.
+    // --all-targets: benchmarks run once on small data, so they cannot rot.
+    let mut all = cargo();
+    all.args(["test", "--workspace", "--all-targets"])
+        .args(args);
+    let mut doc = cargo();
+    doc.args(["test", "--workspace", "--doc"]);
+    let mut tally = Tally::default();
+    let outcome = tally.run(all).and_then(|()| tally.run(doc));
+    // one closing line for the whole suite, whatever the last binary was
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    outcome
+}
+
+/// Counts `test result:` lines while passing the output through.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn run(&mut self, mut command: Command) -> anyhow::Result<()> {
+        use std::io::{BufRead, BufReader};
+        let shown = format!("{command:?}");
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {shown}"))?;
+        let stdout = child.stdout.take().expect("piped above");
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                self.passed += count_before(rest, " passed");
+                self.failed += count_before(rest, " failed");
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{shown} failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+/// The number just before `word` in `ok. 14 passed; 0 failed; ...`.
+fn count_before(text: &str, word: &str) -> u64 {
+    text.find(word)
+        .and_then(|end| text[..end].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn generate(args: &[String]) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "fhirlift-tests",
+        "--bin",
+        "fhirlift-gen",
+        "--",
+    ]);
+    command.args(args);
+    run(command)
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let mut patients: u64 = 1_000_000;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--patients" => {
+                patients = it
+                    .next()
+                    .and_then(|n| n.replace('_', "").parse().ok())
+                    .context("--patients takes a number")?
+            }
+            other => bail!("unknown bench option {other:?}"),
+        }
+    }
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "fhirlift",
+        "--package",
+        "fhirlift-tests",
+        "--bin",
+        "fhirlift",
+        "--bin",
+        "fhirlift-gen",
+    ]);
+    run(build)?;
+    // Two sizes: throughput from the large one, flat memory from comparing both.
+    for n in [patients / 10, patients] {
+        let dir = root().join(format!("target/bench-data/{n}"));
+        if !dir.join("migration.yaml").exists() {
+            let mut g = Command::new(root().join("target/release/fhirlift-gen"));
+            g.args(["--patients", &n.to_string()]).arg(&dir);
+            run(g)?;
+        }
+        println!("\n== {n} patients: fhirlift check (map + plan every record, no network)");
+        let mut check = Command::new(root().join("target/release/fhirlift"));
+        check
+            .args(["check", "--config"])
+            .arg(dir.join("migration.yaml"));
+        run(check)?;
+    }
+    println!("\n== criterion: map + plan of the patients stream");
+    let mut criterion = cargo();
+    criterion.args([
+        "bench",
+        "--package",
+        "fhirlift-tests",
+        "--bench",
+        "map_plan",
+    ]);
+    run(criterion)
+}
