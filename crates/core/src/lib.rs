@@ -35,3 +35,8 @@ pub use connector::{
 };
 pub use mapping::ResourceMapper;
 pub use record::{Provenance, Record, Schema, Value};
+
+/// The README's Rust examples (writing a connector) compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

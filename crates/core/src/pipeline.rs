@@ -387,23 +387,29 @@ impl Plan {
                         break 'read;
                     }
                 }
-                for request in ready.drain(..) {
-                    summary.requests += 1;
-                    summary.bytes += request.body.len() as u64;
-                    sink.submit(request)?;
-                }
+                submit_ready(&mut ready, &mut summary, sink)?;
             }
         }
         packer.finish(&mut |r| ready.push(r));
-        for request in ready.drain(..) {
-            summary.requests += 1;
-            summary.bytes += request.body.len() as u64;
-            sink.submit(request)?;
-        }
+        submit_ready(&mut ready, &mut summary, sink)?;
         summary.elapsed = started.elapsed();
         tracing::info!(stream = %name, records = summary.records, rejected = summary.rejected, requests = summary.requests, "stream done");
         Ok(summary)
     }
+}
+
+/// Hands the requests the packer closed to the sink, counting them.
+fn submit_ready(
+    ready: &mut Vec<Request>,
+    summary: &mut StreamSummary,
+    sink: &mut dyn RequestSink,
+) -> Result<(), SinkError> {
+    for request in ready.drain(..) {
+        summary.requests += 1;
+        summary.bytes += request.body.len() as u64;
+        sink.submit(request)?;
+    }
+    Ok(())
 }
 
 /// Adds `delta` to a per-type count without allocating for known types.

@@ -946,6 +946,37 @@ pub(crate) fn prune(value: serde_json::Value) -> Option<serde_json::Value> {
     }
 }
 
+/// Writes an object or array whose empty children are dropped; writes
+/// nothing (and returns false) when no child is left.
+fn write_container<'t>(
+    scope: &Scope<'_>,
+    buf: &mut RenderBuf,
+    [open, close]: [u8; 2],
+    children: impl Iterator<Item = (&'t [u8], &'t Tmpl)>,
+) -> Result<bool, LeafError> {
+    let start = buf.json.len();
+    buf.json.push(open);
+    let mut any = false;
+    for (prefix, child) in children {
+        let mark = buf.json.len();
+        if any {
+            buf.json.push(b',');
+        }
+        buf.json.extend_from_slice(prefix);
+        if child.write(scope, buf)? {
+            any = true;
+        } else {
+            buf.json.truncate(mark);
+        }
+    }
+    if any {
+        buf.json.push(close);
+    } else {
+        buf.json.truncate(start);
+    }
+    Ok(any)
+}
+
 impl Tmpl {
     /// Writes the rendered JSON for one record into `buf.json`; returns
     /// false (and writes nothing) when everything in it was empty.
@@ -962,53 +993,14 @@ impl Tmpl {
                 buf.identity[*part] = Some(text.clone());
                 Ok(true)
             }
-            Tmpl::Object(fields) => {
-                let start = out.len();
-                out.push(b'{');
-                let mut any = false;
-                for (prefix, t) in fields {
-                    let out = &mut buf.json;
-                    let mark = out.len();
-                    if any {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(prefix);
-                    if t.write(scope, buf)? {
-                        any = true;
-                    } else {
-                        buf.json.truncate(mark);
-                    }
-                }
-                let out = &mut buf.json;
-                if any {
-                    out.push(b'}');
-                } else {
-                    out.truncate(start);
-                }
-                Ok(any)
-            }
+            Tmpl::Object(fields) => write_container(
+                scope,
+                buf,
+                [b'{', b'}'],
+                fields.iter().map(|(prefix, t)| (&prefix[..], t)),
+            ),
             Tmpl::Array(items) => {
-                let start = out.len();
-                out.push(b'[');
-                let mut any = false;
-                for t in items {
-                    let mark = buf.json.len();
-                    if any {
-                        buf.json.push(b',');
-                    }
-                    if t.write(scope, buf)? {
-                        any = true;
-                    } else {
-                        buf.json.truncate(mark);
-                    }
-                }
-                let out = &mut buf.json;
-                if any {
-                    out.push(b']');
-                } else {
-                    out.truncate(start);
-                }
-                Ok(any)
+                write_container(scope, buf, [b'[', b']'], items.iter().map(|t| (&[][..], t)))
             }
             Tmpl::Text(segs, leaf) => {
                 let text = &mut buf.text;
