@@ -25,6 +25,7 @@ pub mod profile;
 pub mod record;
 pub mod registry;
 pub mod rejects;
+pub mod sender;
 pub mod yaml;
 
 #[doc(hidden)]

@@ -21,6 +21,7 @@ use crate::profile::ServerProfile;
 use crate::record::Schema;
 use crate::registry::Registry;
 use crate::rejects::{Reject, RejectWriter, Stage};
+use crate::sender::{Outcome, Settled};
 
 /// Rejects logged per stream before the log only counts them.
 const LOGGED_REJECTS: u64 = 10;
@@ -251,26 +252,43 @@ impl Plan {
         Ok(out)
     }
 
-    /// Runs every phase in order into `sink`.
+    /// Runs every phase in order into `sink`. A phase starts only when the
+    /// sink has answered for every request of the phase before it.
     pub fn run(
         &self,
         sink: &mut dyn RequestSink,
         rejects: &mut RejectWriter,
     ) -> Result<RunSummary, SinkError> {
         let started = Instant::now();
-        let mut summaries = Vec::new();
+        let mut accounts = Accounts {
+            summaries: Vec::new(),
+            rejects,
+        };
+        for phase in &self.phases {
+            for name in &phase.streams {
+                accounts.summaries.push(StreamSummary {
+                    stream: name.clone(),
+                    phase: phase.number,
+                    ..StreamSummary::default()
+                });
+            }
+        }
+        let mut index = 0;
         for phase in &self.phases {
             for name in &phase.streams {
                 let planned = self.stream(name).expect("phases name planned streams");
-                summaries.push(self.run_stream(phase.number, planned, sink, rejects)?);
+                self.run_stream(index, planned, sink, &mut accounts)?;
+                index += 1;
             }
             sink.end_phase(phase.number)?;
+            accounts.absorb(sink.settled())?;
         }
+        let rejects = accounts.rejects;
         rejects
             .flush()
             .map_err(|e| SinkError(format!("rejects file: {e}")))?;
         Ok(RunSummary {
-            streams: summaries,
+            streams: accounts.summaries,
             elapsed: started.elapsed(),
             rejects_file: rejects
                 .path()
@@ -281,46 +299,29 @@ impl Plan {
 
     fn run_stream(
         &self,
-        phase: usize,
+        index: usize,
         planned: &PlannedStream,
         sink: &mut dyn RequestSink,
-        rejects: &mut RejectWriter,
-    ) -> Result<StreamSummary, SinkError> {
+        accounts: &mut Accounts<'_>,
+    ) -> Result<(), SinkError> {
         let name = planned.source.stream.clone();
-        let mut summary = StreamSummary {
-            stream: name.to_string(),
-            phase,
-            ..StreamSummary::default()
-        };
+        let phase = accounts.summaries[index].phase;
         let started = Instant::now();
         let mut packer = Packer::new(self.profile.clone(), phase, name.clone());
         let mut ready: Vec<Request> = Vec::new();
-        let mut reject = |summary: &mut StreamSummary, r: Reject<'_>| -> Result<(), SinkError> {
-            summary.rejected += 1;
-            if summary.rejected <= LOGGED_REJECTS {
-                tracing::warn!(
-                    stream = %name,
-                    record = %r.provenance,
-                    mapping = r.mapping.as_deref().unwrap_or(""),
-                    stage = ?r.stage,
-                    "record rejected; the reason is in the rejects file"
-                );
-            }
-            rejects
-                .write(&r)
-                .map_err(|e| SinkError(format!("rejects file: {e}")))
-        };
+        let mut progress = Progress::new();
         tracing::info!(stream = %name, phase, "stream started");
         let mut open = match self.connector.open(&planned.source) {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(stream = %name, error = %e, "stream could not be opened");
-                summary.failed = Some(e.to_string());
-                return Ok(summary);
+                accounts.summaries[index].failed = Some(e.to_string());
+                return Ok(());
             }
         };
         'read: while let Some(chunk) = open.blocking_next_chunk() {
             for event in chunk {
+                let summary = &mut accounts.summaries[index];
                 match event {
                     SourceEvent::Record(record) => {
                         summary.records += 1;
@@ -329,29 +330,28 @@ impl Plan {
                                 for op in &group.operations {
                                     count(&mut summary.resources, &op.resource_type, 1);
                                 }
-                                match packer.push(group, &mut |r| ready.push(r)) {
-                                    Ok(()) => {}
-                                    Err(e) => {
-                                        for t in &e.resource_types {
-                                            count(&mut summary.resources, t, -1);
-                                        }
-                                        reject(
-                                            &mut summary,
-                                            Reject {
-                                                stream: &name,
-                                                key: Some(&e.key),
-                                                provenance: &e.provenance,
-                                                stage: Stage::Plan,
-                                                mapping: None,
-                                                reason: &e.message,
-                                            },
-                                        )?
+                                if let Err(e) = packer.push(group, &mut |r| ready.push(r)) {
+                                    for t in &e.resource_types {
+                                        count(&mut summary.resources, t, -1);
                                     }
+                                    accounts.reject(
+                                        index,
+                                        Reject {
+                                            stream: &name,
+                                            key: Some(&e.key),
+                                            provenance: &e.provenance,
+                                            stage: Stage::Plan,
+                                            mapping: None,
+                                            reason: &e.message,
+                                            request: None,
+                                            outcome: None,
+                                        },
+                                    )?;
                                 }
                             }
                             Ok(None) => summary.skipped += 1,
-                            Err(e) => reject(
-                                &mut summary,
+                            Err(e) => accounts.reject(
+                                index,
                                 Reject {
                                     stream: &name,
                                     key: Some(&e.key),
@@ -362,6 +362,8 @@ impl Plan {
                                         .as_ref()
                                         .map(|(pos, field)| format!("{field} at {pos}")),
                                     reason: &e.message,
+                                    request: None,
+                                    outcome: None,
                                 },
                             )?,
                         }
@@ -369,8 +371,8 @@ impl Plan {
                     SourceEvent::Rejected(e) => {
                         summary.records += 1;
                         let reason = format!("{} ({})", e.reason, e.hint);
-                        reject(
-                            &mut summary,
+                        accounts.reject(
+                            index,
                             Reject {
                                 stream: &name,
                                 key: None,
@@ -378,6 +380,8 @@ impl Plan {
                                 stage: Stage::Source,
                                 mapping: None,
                                 reason: &reason,
+                                request: None,
+                                outcome: None,
                             },
                         )?;
                     }
@@ -387,14 +391,137 @@ impl Plan {
                         break 'read;
                     }
                 }
-                submit_ready(&mut ready, &mut summary, sink)?;
+                submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
             }
+            accounts.absorb(sink.settled())?;
+            progress.tick(&accounts.summaries[index]);
         }
         packer.finish(&mut |r| ready.push(r));
-        submit_ready(&mut ready, &mut summary, sink)?;
+        submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
+        accounts.absorb(sink.settled())?;
+        let summary = &mut accounts.summaries[index];
         summary.elapsed = started.elapsed();
-        tracing::info!(stream = %name, records = summary.records, rejected = summary.rejected, requests = summary.requests, "stream done");
-        Ok(summary)
+        tracing::info!(
+            stream = %name,
+            records = summary.records,
+            rejected = summary.rejected,
+            requests = summary.requests,
+            "stream read"
+        );
+        Ok(())
+    }
+}
+
+/// Where outcomes are counted and rejects written.
+struct Accounts<'a> {
+    summaries: Vec<StreamSummary>,
+    rejects: &'a mut RejectWriter,
+}
+
+impl Accounts<'_> {
+    fn reject(&mut self, index: usize, r: Reject<'_>) -> Result<(), SinkError> {
+        let summary = &mut self.summaries[index];
+        summary.rejected += 1;
+        if summary.rejected <= LOGGED_REJECTS {
+            tracing::warn!(
+                stream = %summary.stream,
+                record = %r.provenance,
+                mapping = r.mapping.as_deref().unwrap_or(""),
+                stage = ?r.stage,
+                "record rejected; the reason is in the rejects file"
+            );
+        }
+        self.rejects
+            .write(&r)
+            .map_err(|e| SinkError(format!("rejects file: {e}")))
+    }
+
+    /// Counts what the server answered for, and writes its rejects.
+    fn absorb(&mut self, settled: Vec<Settled>) -> Result<(), SinkError> {
+        for s in settled {
+            let Some(index) = self.summaries.iter().position(|x| *x.stream == *s.stream) else {
+                continue;
+            };
+            let counts = self.summaries[index]
+                .written
+                .entry(s.resource_type.clone())
+                .or_default();
+            match s.outcome {
+                Outcome::Created => counts.created += 1,
+                Outcome::Updated => counts.updated += 1,
+                Outcome::Unchanged => counts.unchanged += 1,
+                Outcome::Rejected => counts.rejected += 1,
+            }
+            if s.retries > 0 {
+                self.summaries[index].retried += 1;
+            }
+            if s.outcome == Outcome::Rejected && s.reject_line {
+                let request = s
+                    .entry
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok());
+                let reason = match s.status {
+                    Some(status) => format!("the server refused it ({status}): {}", s.reason),
+                    None => s.reason.clone(),
+                };
+                self.reject(
+                    index,
+                    Reject {
+                        stream: &s.stream,
+                        key: Some(&s.key),
+                        provenance: &s.provenance,
+                        stage: Stage::Server,
+                        mapping: None,
+                        reason: &reason,
+                        request,
+                        outcome: s.server_outcome,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Periodic progress lines (counts and rates only).
+struct Progress {
+    last: Instant,
+    last_records: u64,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new() -> Progress {
+        Progress {
+            last: Instant::now(),
+            last_records: 0,
+        }
+    }
+
+    fn tick(&mut self, summary: &StreamSummary) {
+        let elapsed = self.last.elapsed();
+        if elapsed < Self::EVERY {
+            return;
+        }
+        let rate = (summary.records - self.last_records) as f64 / elapsed.as_secs_f64();
+        let written: u64 = summary
+            .written
+            .values()
+            .map(|c| c.created + c.updated + c.unchanged)
+            .sum();
+        tracing::info!(
+            stream = %summary.stream,
+            records = summary.records,
+            records_per_s = rate.round() as u64,
+            requests = summary.requests,
+            written,
+            retried = summary.retried,
+            rejected = summary.rejected,
+            "progress"
+        );
+        self.last = Instant::now();
+        self.last_records = summary.records;
     }
 }
 
@@ -430,6 +557,10 @@ pub struct SinkError(pub String);
 /// Where planned requests go: a server (the sender), files, or nowhere.
 pub trait RequestSink {
     fn submit(&mut self, request: Request) -> Result<(), SinkError>;
+    /// What the server has answered for since the last call (never blocks).
+    fn settled(&mut self) -> Vec<crate::sender::Settled> {
+        Vec::new()
+    }
     /// Every request of `phase` has been submitted.
     fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
         Ok(())
@@ -511,6 +642,19 @@ pub struct StreamSummary {
     pub elapsed: Duration,
     /// Set when the stream stopped early (the source failed).
     pub failed: Option<String>,
+    /// What the server answered, by resource type (empty in a dry run).
+    pub written: BTreeMap<String, OutcomeCounts>,
+    /// Operations that needed more than one attempt.
+    pub retried: u64,
+}
+
+/// Server outcomes of one resource type.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OutcomeCounts {
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

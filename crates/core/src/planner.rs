@@ -156,11 +156,25 @@ pub enum RequestKind {
     BatchOfTransactions,
 }
 
-/// One group inside a request, to account for its outcome.
+/// The record behind entries of a request, to account for their outcome.
 #[derive(Debug, Clone)]
 pub struct GroupRef {
     pub key: String,
     pub provenance: Provenance,
+    /// The resource type of each of the group's operations, in order.
+    pub resource_types: Vec<String>,
+}
+
+/// One top-level entry of a request's bundle.
+#[derive(Debug, Clone)]
+pub struct EntryRef {
+    /// Where the entry's JSON sits in the body (the whole body for a
+    /// lone transaction).
+    pub range: std::ops::Range<usize>,
+    /// Its group, an index into [`Request::groups`].
+    pub group: usize,
+    /// The group's operations it carries: `first_op..first_op + operations`.
+    pub first_op: usize,
     pub operations: usize,
 }
 
@@ -172,11 +186,44 @@ pub struct Request {
     pub kind: RequestKind,
     /// The bundle, exactly as it will be sent.
     pub body: Vec<u8>,
-    /// Entries at the top level of the bundle.
-    pub entries: usize,
-    /// Resources written by it, nested transactions included.
-    pub operations: usize,
+    pub entries: Vec<EntryRef>,
     pub groups: Vec<GroupRef>,
+}
+
+impl Request {
+    /// Resources written by it, nested transactions included.
+    pub fn operations(&self) -> usize {
+        self.entries.iter().map(|e| e.operations).sum()
+    }
+
+    /// A batch of the same kind holding only the given entries: for
+    /// resending the entries that failed alone.
+    pub fn subset(&self, which: &[usize]) -> Request {
+        let mut body = Vec::with_capacity(self.body.len());
+        body.extend_from_slice(BATCH_PREFIX);
+        let mut entries = Vec::with_capacity(which.len());
+        for (n, &i) in which.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            let e = &self.entries[i];
+            let start = body.len();
+            body.extend_from_slice(&self.body[e.range.clone()]);
+            entries.push(EntryRef {
+                range: start..body.len(),
+                ..e.clone()
+            });
+        }
+        body.extend_from_slice(SUFFIX);
+        Request {
+            phase: self.phase,
+            stream: self.stream.clone(),
+            kind: self.kind,
+            body,
+            entries,
+            groups: self.groups.clone(),
+        }
+    }
 }
 
 /// A group the planner cannot fit into any request.
@@ -217,12 +264,23 @@ fn identity_hash(id: &Identity) -> u64 {
     stable_hash128(&[&id.resource_type, &id.system, &id.value]) as u64
 }
 
+fn group_ref(group: &WriteGroup) -> GroupRef {
+    GroupRef {
+        key: group.key.clone(),
+        provenance: group.provenance.clone(),
+        resource_types: group
+            .operations
+            .iter()
+            .map(|o| o.resource_type.clone())
+            .collect(),
+    }
+}
+
 /// The bundle being filled.
 struct OpenBundle {
     kind: RequestKind,
     body: Vec<u8>,
-    entries: usize,
-    operations: usize,
+    entries: Vec<EntryRef>,
     /// Hashes of the identities written by this bundle.
     identities: HashSet<u64>,
     groups: Vec<GroupRef>,
@@ -235,8 +293,7 @@ impl OpenBundle {
         OpenBundle {
             kind,
             body,
-            entries: 0,
-            operations: 0,
+            entries: Vec::new(),
             identities: HashSet::new(),
             groups: Vec::new(),
         }
@@ -244,7 +301,7 @@ impl OpenBundle {
 
     /// Body size once closed, with `extra` more entry bytes.
     fn size_with(&self, extra: usize) -> usize {
-        self.body.len() + extra + usize::from(self.entries > 0) + SUFFIX.len()
+        self.body.len() + extra + usize::from(!self.entries.is_empty()) + SUFFIX.len()
     }
 }
 
@@ -270,7 +327,7 @@ impl Packer {
 
     fn close(&mut self, out: &mut impl FnMut(Request)) {
         if let Some(mut b) = self.open.take()
-            && b.entries > 0
+            && !b.entries.is_empty()
         {
             b.body.extend_from_slice(SUFFIX);
             out(Request {
@@ -279,7 +336,6 @@ impl Packer {
                 kind: b.kind,
                 body: b.body,
                 entries: b.entries,
-                operations: b.operations,
                 groups: b.groups,
             });
         }
@@ -316,13 +372,15 @@ impl Packer {
         Self::refuse_from(group, 0, message)
     }
 
-    /// Places `scratch` (one entry's bytes) into a batch of `kind`.
+    /// Places `scratch` (one entry's bytes, carrying operations
+    /// `first_op..first_op + operations` of `group`) into a batch of `kind`.
     fn place(
         &mut self,
         kind: RequestKind,
         identities: &[u64],
+        group: &WriteGroup,
+        first_op: usize,
         operations: usize,
-        group: Option<GroupRef>,
         out: &mut impl FnMut(Request),
     ) {
         let len = self.scratch.len();
@@ -330,7 +388,7 @@ impl Packer {
             None => false,
             Some(b) => {
                 b.kind != kind
-                    || b.entries >= self.profile.max_batch_entries
+                    || b.entries.len() >= self.profile.max_batch_entries
                     || b.size_with(len) > self.profile.max_body_bytes
                     || identities.iter().any(|id| b.identities.contains(id))
             }
@@ -339,16 +397,26 @@ impl Packer {
             self.close(out);
         }
         let b = self.open.get_or_insert_with(|| OpenBundle::new(kind));
-        if b.entries > 0 {
+        if !b.entries.is_empty() {
             b.body.push(b',');
         }
+        let start = b.body.len();
         b.body.extend_from_slice(&self.scratch);
-        b.entries += 1;
-        b.operations += operations;
-        b.identities.extend(identities.iter().copied());
-        if let Some(g) = group {
-            b.groups.push(g);
+        // a group's entries sit next to each other: reuse its ref
+        let same_group = b
+            .groups
+            .last()
+            .is_some_and(|g| g.key == group.key && g.provenance == group.provenance);
+        if !same_group {
+            b.groups.push(group_ref(group));
         }
+        b.entries.push(EntryRef {
+            range: start..b.body.len(),
+            group: b.groups.len() - 1,
+            first_op,
+            operations,
+        });
+        b.identities.extend(identities.iter().copied());
     }
 
     fn push_singles(
@@ -374,12 +442,7 @@ impl Packer {
                 ));
             }
             let ids: Vec<u64> = op.identity.iter().map(identity_hash).collect();
-            let group_ref = (i == 0).then(|| GroupRef {
-                key: group.key.clone(),
-                provenance: group.provenance.clone(),
-                operations: group.operations.len(),
-            });
-            self.place(RequestKind::Batch, &ids, 1, group_ref, out);
+            self.place(RequestKind::Batch, &ids, &group, i, 1, out);
         }
         Ok(())
     }
@@ -424,11 +487,6 @@ impl Packer {
                 ),
             ));
         }
-        let group_ref = GroupRef {
-            key: group.key.clone(),
-            provenance: group.provenance.clone(),
-            operations: n,
-        };
         // as a batch entry the transaction is wrapped; alone it is the body
         let nested = self.profile.batch_may_hold_transactions;
         let mut tx = std::mem::take(&mut self.scratch);
@@ -467,10 +525,14 @@ impl Packer {
                 phase: self.phase,
                 stream: self.stream.clone(),
                 kind: RequestKind::Transaction,
+                entries: vec![EntryRef {
+                    range: 0..tx.len(),
+                    group: 0,
+                    first_op: 0,
+                    operations: n,
+                }],
                 body: tx,
-                entries: n,
-                operations: n,
-                groups: vec![group_ref],
+                groups: vec![group_ref(&group)],
             });
             return Ok(());
         }
@@ -481,13 +543,7 @@ impl Packer {
             .filter_map(|o| o.identity.as_ref())
             .map(identity_hash)
             .collect();
-        self.place(
-            RequestKind::BatchOfTransactions,
-            &ids,
-            n,
-            Some(group_ref),
-            out,
-        );
+        self.place(RequestKind::BatchOfTransactions, &ids, &group, 0, n, out);
         Ok(())
     }
 
@@ -593,12 +649,19 @@ mod tests {
         let (reqs, errs) = pack(profile.clone(), groups);
         assert!(errs.is_empty());
         assert_eq!(
-            reqs.iter().map(|r| r.entries).collect::<Vec<_>>(),
+            reqs.iter().map(|r| r.entries.len()).collect::<Vec<_>>(),
             vec![3, 3, 1]
         );
         for r in &reqs {
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            assert_eq!(v["entry"].as_array().unwrap().len(), r.entries);
+            assert_eq!(v["entry"].as_array().unwrap().len(), r.entries.len());
+            for e in &r.entries {
+                let entry: serde_json::Value =
+                    serde_json::from_slice(&r.body[e.range.clone()]).unwrap();
+                assert_eq!(entry["request"]["method"], "PUT");
+            }
+            let again: serde_json::Value = serde_json::from_slice(&r.subset(&[0]).body).unwrap();
+            assert_eq!(again["entry"].as_array().unwrap().len(), 1);
         }
         profile.max_batch_entries = 100;
         profile.max_body_bytes = 1000;
@@ -639,7 +702,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            reqs.iter().map(|r| r.entries).collect::<Vec<_>>(),
+            reqs.iter().map(|r| r.entries.len()).collect::<Vec<_>>(),
             vec![2, 1]
         );
     }

@@ -22,6 +22,8 @@ pub enum Stage {
     Map,
     /// It does not fit the server's limits.
     Plan,
+    /// The server refused it.
+    Server,
 }
 
 /// One rejected record.
@@ -35,6 +37,12 @@ pub struct Reject<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mapping: Option<String>,
     pub reason: &'a str,
+    /// The request entry the server refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<serde_json::Value>,
+    /// The server's OperationOutcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// Appends rejects to an NDJSON file, created on the first one.

@@ -1,0 +1,753 @@
+//! The sender: writes planned requests to a FHIR server and reports what
+//! became of every operation.
+//!
+//! One HTTP client (keep-alive, gzip) runs a window of requests in flight
+//! that grows while answers come back clean and halves on 429, 409, 5xx
+//! and transport errors (AIMD). Failed requests are retried with
+//! exponential backoff and full jitter, honouring `Retry-After` and pausing
+//! on Medplum's `RateLimit` header before the quota runs out. A batch
+//! answer is read entry by entry: an entry that failed alone is resent
+//! alone when the failure is transient (429, 409, 5xx) and rejected
+//! otherwise; a transaction succeeds or fails whole. Nothing is reported
+//! written until the server said so.
+//!
+//! The sender runs on a tokio runtime; [`SenderSink`] is its face to the
+//! (synchronous) pipeline.
+
+mod auth;
+mod clock;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+pub use auth::Auth;
+use auth::AuthState;
+
+use crate::pipeline::{RequestSink, SinkError};
+use crate::planner::{Request, RequestKind};
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// The FHIR base URL, e.g. `https://api.medplum.com/fhir/R4`.
+    pub base_url: String,
+    pub auth: Auth,
+    /// The most requests in flight (the window adapts below it).
+    pub max_in_flight: usize,
+    /// Attempts per request before its entries are rejected.
+    pub max_attempts: u32,
+    /// Time allowed for one request.
+    pub timeout: Duration,
+    /// The first backoff; it doubles per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl SenderConfig {
+    pub fn new(base_url: &str) -> SenderConfig {
+        SenderConfig {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            auth: Auth::None,
+            max_in_flight: 8,
+            max_attempts: 12,
+            timeout: Duration::from_secs(120),
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What became of one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Updated,
+    /// The server kept the stored version: the content was the same.
+    Unchanged,
+    Rejected,
+}
+
+/// One operation the server has answered for (or that was given up on).
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub stream: Arc<str>,
+    pub key: String,
+    pub provenance: crate::record::Provenance,
+    pub resource_type: String,
+    pub outcome: Outcome,
+    /// Attempts it took beyond the first.
+    pub retries: u32,
+    /// For rejects: true on the first operation of the rejected entry, so
+    /// a record is written to the rejects file once.
+    pub reject_line: bool,
+    pub status: Option<u16>,
+    pub reason: String,
+    /// The request entry (JSON) and the server's OperationOutcome, for the rejects file.
+    pub entry: Option<String>,
+    pub server_outcome: Option<Value>,
+}
+
+/// Live counters, for progress lines.
+#[derive(Debug, Default)]
+pub struct SenderStats {
+    pub requests: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub retries: AtomicU64,
+    pub window: AtomicU64,
+}
+
+enum Msg {
+    Request(Request),
+    /// Answer when everything before it is settled.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// A request on its way, with its history.
+struct Job {
+    request: Request,
+    attempt: u32,
+    not_before: Option<Instant>,
+}
+
+/// What one HTTP attempt gave.
+enum Answer {
+    Transport(String),
+    Http {
+        status: u16,
+        retry_after: Option<Duration>,
+        /// From `RateLimit`: a limit is nearly used up; wait this long.
+        pause: Option<Duration>,
+        /// The server's clock (`Date`) minus the request's duration, in ms.
+        sent_at_ms: Option<i64>,
+        body: Value,
+    },
+}
+
+/// The pipeline's side of the sender: submit blocks while the window is full.
+pub struct SenderSink {
+    tx: Option<mpsc::Sender<Msg>>,
+    settled: std::sync::mpsc::Receiver<Settled>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    runtime: tokio::runtime::Handle,
+    pub stats: Arc<SenderStats>,
+}
+
+impl SenderSink {
+    /// Starts the sender on `runtime`.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        config: SenderConfig,
+    ) -> Result<SenderSink, SinkError> {
+        let client = reqwest::Client::builder()
+            .gzip(true)
+            .timeout(config.timeout)
+            .pool_max_idle_per_host(config.max_in_flight.max(1))
+            .user_agent(concat!("fhirlift/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SinkError(format!("cannot build the HTTP client: {e}")))?;
+        let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
+        let (settled_tx, settled) = std::sync::mpsc::channel();
+        let stats = Arc::new(SenderStats::default());
+        let dispatcher = Dispatcher {
+            auth: Arc::new(AuthState::new(config.auth.clone(), &config.base_url)),
+            client,
+            window: Window::new(config.max_in_flight),
+            config,
+            settled: settled_tx,
+            stats: stats.clone(),
+            rng: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(7),
+            ),
+            paused_until: None,
+        };
+        let task = runtime.spawn(dispatcher.run(rx));
+        Ok(SenderSink {
+            tx: Some(tx),
+            settled,
+            task: Some(task),
+            runtime: runtime.clone(),
+            stats,
+        })
+    }
+
+    /// Waits until everything submitted is settled; returns what is left.
+    pub fn finish(&mut self) -> Vec<Settled> {
+        drop(self.tx.take());
+        if let Some(task) = self.task.take() {
+            let _ = self.runtime.block_on(task);
+        }
+        self.settled.try_iter().collect()
+    }
+}
+
+impl RequestSink for SenderSink {
+    fn submit(&mut self, request: Request) -> Result<(), SinkError> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| SinkError("the sender has stopped".into()))?;
+        tx.blocking_send(Msg::Request(request))
+            .map_err(|_| SinkError("the sender stopped unexpectedly".into()))
+    }
+
+    fn settled(&mut self) -> Vec<Settled> {
+        self.settled.try_iter().collect()
+    }
+
+    fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| SinkError("the sender has stopped".into()))?;
+        let (done, wait) = oneshot::channel();
+        tx.blocking_send(Msg::Barrier(done))
+            .map_err(|_| SinkError("the sender stopped unexpectedly".into()))?;
+        wait.blocking_recv()
+            .map_err(|_| SinkError("the sender stopped before the phase was answered".into()))
+    }
+}
+
+/// The adaptive window: additive increase, multiplicative decrease.
+struct Window {
+    size: f64,
+    max: f64,
+}
+
+impl Window {
+    fn new(max: usize) -> Window {
+        let max = max.max(1) as f64;
+        Window {
+            size: max.min(2.0),
+            max,
+        }
+    }
+    fn get(&self) -> usize {
+        self.size.floor().max(1.0) as usize
+    }
+    fn grow(&mut self) {
+        self.size = (self.size + 1.0 / self.size).min(self.max);
+    }
+    fn shrink(&mut self) {
+        self.size = (self.size / 2.0).max(1.0);
+    }
+}
+
+fn is_transient(status: u16) -> bool {
+    matches!(status, 408 | 409 | 425 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// `"requests";r=0;t=12, "fhirInteractions";r=400;t=30`: how long to wait
+/// when a limit is (nearly) used up.
+fn ratelimit_pause(header: &str) -> Option<Duration> {
+    let mut pause = None;
+    for limit in header.split(',') {
+        let mut remaining = None;
+        let mut reset = None;
+        for part in limit.split(';').skip(1) {
+            match part.trim().split_once('=') {
+                Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
+                Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(0), Some(t)) = (remaining, reset) {
+            pause = Some(pause.unwrap_or(Duration::ZERO).max(Duration::from_secs(t)));
+        }
+    }
+    pause
+}
+
+struct Dispatcher {
+    config: SenderConfig,
+    client: reqwest::Client,
+    auth: Arc<AuthState>,
+    window: Window,
+    settled: std::sync::mpsc::Sender<Settled>,
+    stats: Arc<SenderStats>,
+    rng: AtomicU64,
+    paused_until: Option<Instant>,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut in_flight: JoinSet<(Job, Answer)> = JoinSet::new();
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut barrier: Option<oneshot::Sender<()>> = None;
+        let mut input_open = true;
+        loop {
+            self.stats
+                .window
+                .store(self.window.get() as u64, Ordering::Relaxed);
+            self.stats
+                .in_flight
+                .store(in_flight.len() as u64, Ordering::Relaxed);
+            let now = Instant::now();
+            let paused = self.paused_until.is_some_and(|t| t > now);
+            // retries first, when their time has come
+            while !paused && in_flight.len() < self.window.get() {
+                let ready = waiting
+                    .iter()
+                    .position(|j| j.not_before.is_none_or(|t| t <= now));
+                match ready.and_then(|i| waiting.remove(i)) {
+                    Some(job) => self.spawn(&mut in_flight, job),
+                    None => break,
+                }
+            }
+            if barrier.is_some() && in_flight.is_empty() && waiting.is_empty() {
+                if let Some(done) = barrier.take() {
+                    let _ = done.send(());
+                }
+                continue;
+            }
+            if !input_open && in_flight.is_empty() && waiting.is_empty() {
+                return;
+            }
+            let room =
+                !paused && in_flight.len() < self.window.get() && barrier.is_none() && input_open;
+            let wake = waiting
+                .iter()
+                .filter_map(|j| j.not_before)
+                .chain(self.paused_until)
+                .min()
+                .unwrap_or(now + Duration::from_secs(3600));
+            tokio::select! {
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok((job, answer)) = joined {
+                        self.handle(job, answer, &mut waiting).await;
+                    }
+                }
+                msg = rx.recv(), if room => match msg {
+                    Some(Msg::Request(request)) => {
+                        self.spawn(&mut in_flight, Job { request, attempt: 0, not_before: None });
+                    }
+                    Some(Msg::Barrier(done)) => barrier = Some(done),
+                    None => input_open = false,
+                },
+                _ = tokio::time::sleep_until(wake.into()), if !waiting.is_empty() || paused => {}
+            }
+        }
+    }
+
+    fn spawn(&self, set: &mut JoinSet<(Job, Answer)>, job: Job) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let client = self.client.clone();
+        let auth = self.auth.clone();
+        let url = format!("{}/", self.config.base_url);
+        set.spawn(async move {
+            let answer = attempt(&client, &auth, &url, job.request.body.clone()).await;
+            (job, answer)
+        });
+    }
+
+    fn jitter(&self, limit: Duration) -> Duration {
+        let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let unit = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+        limit.mul_f64(unit)
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .config
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.config.max_backoff);
+        self.config.base_backoff / 2 + self.jitter(cap)
+    }
+
+    fn retry(
+        &mut self,
+        mut job: Job,
+        wait: Option<Duration>,
+        why: String,
+        waiting: &mut VecDeque<Job>,
+    ) {
+        job.attempt += 1;
+        if job.attempt >= self.config.max_attempts {
+            let n = job.request.entries.len();
+            self.reject_entries(
+                &job,
+                &(0..n).collect::<Vec<_>>(),
+                None,
+                &format!("gave up after {} attempts: {why}", job.attempt),
+                None,
+            );
+            return;
+        }
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(stream = %job.request.stream, attempt = job.attempt, reason = %why, "retrying a request");
+        let delay = wait.unwrap_or_else(|| self.backoff(job.attempt));
+        job.not_before = Some(Instant::now() + delay);
+        waiting.push_back(job);
+    }
+
+    async fn handle(&mut self, job: Job, answer: Answer, waiting: &mut VecDeque<Job>) {
+        match answer {
+            Answer::Transport(why) => {
+                self.window.shrink();
+                self.retry(job, None, why, waiting);
+            }
+            Answer::Http {
+                status,
+                retry_after,
+                pause,
+                sent_at_ms,
+                body,
+            } => {
+                if let Some(p) = pause {
+                    self.paused_until = Some(Instant::now() + p);
+                }
+                if status == 401 && job.attempt == 0 {
+                    self.auth.invalidate().await;
+                    self.retry(
+                        job,
+                        Some(Duration::ZERO),
+                        "401: renewing the token".into(),
+                        waiting,
+                    );
+                } else if is_transient(status) {
+                    self.window.shrink();
+                    let wait = retry_after.or(pause);
+                    if status == 429 && wait.is_some() {
+                        self.paused_until = wait.map(|w| Instant::now() + w);
+                    }
+                    self.retry(job, wait, format!("HTTP {status}"), waiting);
+                } else if (200..300).contains(&status) {
+                    self.answered(job, &body, sent_at_ms, waiting);
+                } else {
+                    let n = job.request.entries.len();
+                    let reason = format!("HTTP {status}: {}", outcome_text(&body));
+                    self.reject_entries(
+                        &job,
+                        &(0..n).collect::<Vec<_>>(),
+                        Some(status),
+                        &reason,
+                        Some(&body),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A 2xx answer: settle entry by entry, resend the transient failures.
+    fn answered(
+        &mut self,
+        job: Job,
+        body: &Value,
+        sent_at_ms: Option<i64>,
+        waiting: &mut VecDeque<Job>,
+    ) {
+        let request = &job.request;
+        let responses: &[Value] = body["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if request.kind == RequestKind::Transaction {
+            let entry = &request.entries[0];
+            let group = &request.groups[entry.group];
+            for (i, resource_type) in group.resource_types.iter().enumerate() {
+                let outcome =
+                    entry_outcome(responses.get(i), sent_at_ms).unwrap_or(Outcome::Updated);
+                self.settle(&job, 0, i, resource_type, outcome);
+            }
+            self.window.grow();
+            return;
+        }
+        if responses.len() != request.entries.len() {
+            let n = request.entries.len();
+            let reason = format!(
+                "the server answered {} entries for a bundle of {n}; nothing can be assumed written",
+                responses.len()
+            );
+            self.reject_entries(&job, &(0..n).collect::<Vec<_>>(), None, &reason, Some(body));
+            return;
+        }
+        let mut resend = Vec::new();
+        let mut throttled = false;
+        for (i, response) in responses.iter().enumerate() {
+            let status = entry_status(response);
+            if (200..300).contains(&status) {
+                self.settle_entry(&job, i, response, sent_at_ms);
+            } else if is_transient(status) {
+                throttled |= status == 429 || status == 409;
+                resend.push(i);
+            } else {
+                let reason = format!(
+                    "{status}: {}",
+                    outcome_text(&response["response"]["outcome"])
+                );
+                self.reject_entries(
+                    &job,
+                    &[i],
+                    Some(status),
+                    &reason,
+                    Some(&response["response"]["outcome"]),
+                );
+            }
+        }
+        if resend.is_empty() {
+            self.window.grow();
+        } else {
+            if throttled {
+                self.window.shrink();
+            }
+            let retry = Job {
+                request: request.subset(&resend),
+                attempt: job.attempt,
+                not_before: None,
+            };
+            self.retry(
+                retry,
+                None,
+                format!("{} entries failed for a passing reason", resend.len()),
+                waiting,
+            );
+        }
+    }
+
+    fn settle_entry(&self, job: &Job, index: usize, response: &Value, sent_at_ms: Option<i64>) {
+        let request = &job.request;
+        let entry = &request.entries[index];
+        let types = &request.groups[entry.group].resource_types;
+        if request.kind == RequestKind::BatchOfTransactions {
+            let inner = response["resource"]["entry"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let all_ok = inner.len() == entry.operations
+                && inner.iter().all(|r| (200..300).contains(&entry_status(r)));
+            if !all_ok {
+                let reason = "the server answered the transaction with mixed statuses: it may be partially written (is it run atomically? Medplum needs the transaction-bundles feature)";
+                self.reject_entries(job, &[index], None, reason, Some(&response["resource"]));
+                return;
+            }
+            for (k, r) in inner.iter().enumerate() {
+                let op = entry.first_op + k;
+                let outcome = entry_outcome(Some(r), sent_at_ms).unwrap_or(Outcome::Updated);
+                self.settle(job, index, op, &types[op], outcome);
+            }
+        } else {
+            let outcome = entry_outcome(Some(response), sent_at_ms).unwrap_or(Outcome::Updated);
+            self.settle(job, index, entry.first_op, &types[entry.first_op], outcome);
+        }
+    }
+
+    fn settle(&self, job: &Job, entry: usize, _op: usize, resource_type: &str, outcome: Outcome) {
+        let request = &job.request;
+        let group = &request.groups[request.entries[entry].group];
+        let _ = self.settled.send(Settled {
+            stream: request.stream.clone(),
+            key: group.key.clone(),
+            provenance: group.provenance.clone(),
+            resource_type: resource_type.to_owned(),
+            outcome,
+            retries: job.attempt,
+            reject_line: false,
+            status: None,
+            reason: String::new(),
+            entry: None,
+            server_outcome: None,
+        });
+    }
+
+    fn reject_entries(
+        &self,
+        job: &Job,
+        which: &[usize],
+        status: Option<u16>,
+        reason: &str,
+        outcome: Option<&Value>,
+    ) {
+        let request = &job.request;
+        for &i in which {
+            let entry = &request.entries[i];
+            let group = &request.groups[entry.group];
+            let text = String::from_utf8_lossy(&request.body[entry.range.clone()]).into_owned();
+            for k in 0..entry.operations {
+                let op = entry.first_op + k;
+                let _ = self.settled.send(Settled {
+                    stream: request.stream.clone(),
+                    key: group.key.clone(),
+                    provenance: group.provenance.clone(),
+                    resource_type: group.resource_types[op].clone(),
+                    outcome: Outcome::Rejected,
+                    retries: job.attempt,
+                    reject_line: k == 0,
+                    status,
+                    reason: reason.to_owned(),
+                    entry: (k == 0).then(|| text.clone()),
+                    server_outcome: (k == 0).then(|| outcome.cloned()).flatten(),
+                });
+            }
+        }
+    }
+}
+
+fn entry_status(response: &Value) -> u16 {
+    response["response"]["status"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Created, updated or unchanged, from an entry's status and lastModified.
+fn entry_outcome(response: Option<&Value>, sent_at_ms: Option<i64>) -> Option<Outcome> {
+    let response = response?;
+    match entry_status(response) {
+        201 => Some(Outcome::Created),
+        200 => {
+            let modified = response["response"]["lastModified"]
+                .as_str()
+                .or(response["resource"]["meta"]["lastUpdated"].as_str())
+                .and_then(clock::parse_instant_ms);
+            // last modified before this request left (by the server's clock): not written now
+            match (modified, sent_at_ms) {
+                (Some(m), Some(sent)) if m < sent => Some(Outcome::Unchanged),
+                _ => Some(Outcome::Updated),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The text of an OperationOutcome's issues.
+fn outcome_text(outcome: &Value) -> String {
+    let issues: Vec<String> = outcome["issue"]
+        .as_array()
+        .map(|issues| {
+            issues
+                .iter()
+                .map(|i| {
+                    i["details"]["text"]
+                        .as_str()
+                        .or(i["diagnostics"].as_str())
+                        .or(i["code"].as_str())
+                        .unwrap_or("no details")
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if issues.is_empty() {
+        "no OperationOutcome".into()
+    } else {
+        issues.join("; ")
+    }
+}
+
+async fn attempt(client: &reqwest::Client, auth: &AuthState, url: &str, body: Vec<u8>) -> Answer {
+    let started = Instant::now();
+    let header = match auth.header(client).await {
+        Ok(h) => h,
+        Err(e) => return Answer::Transport(format!("authentication: {e}")),
+    };
+    let mut request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/fhir+json")
+        .header(reqwest::header::ACCEPT, "application/fhir+json")
+        .body(body);
+    if let Some(h) = header {
+        request = request.header(reqwest::header::AUTHORIZATION, h);
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return Answer::Transport(transport_reason(&e)),
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers();
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let pause = headers
+        .get("ratelimit")
+        .and_then(|v| v.to_str().ok())
+        .and_then(ratelimit_pause);
+    let elapsed_ms = started.elapsed().as_millis() as i64;
+    let sent_at_ms = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(clock::parse_http_date)
+        // the Date header has whole seconds: allow one more
+        .map(|secs| secs * 1000 - elapsed_ms - 1000);
+    let bytes = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Answer::Transport(transport_reason(&e)),
+    };
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer::Http {
+        status,
+        retry_after,
+        pause,
+        sent_at_ms,
+        body,
+    }
+}
+
+/// A transport error in words, without the request (no patient data).
+fn transport_reason(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer was cut off"
+    } else {
+        "the connection failed"
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratelimit_pauses_only_when_a_limit_is_used_up() {
+        assert_eq!(
+            ratelimit_pause(r#""requests";r=10;t=5, "fhirInteractions";r=0;t=42"#),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(ratelimit_pause(r#""requests";r=10;t=5"#), None);
+    }
+
+    #[test]
+    fn the_window_halves_and_grows_back_slowly() {
+        let mut w = Window::new(8);
+        assert_eq!(w.get(), 2);
+        for _ in 0..20 {
+            w.grow();
+        }
+        assert!(w.get() >= 6);
+        w.shrink();
+        assert!(w.get() <= 4);
+        for _ in 0..10 {
+            w.shrink();
+        }
+        assert_eq!(w.get(), 1);
+    }
+}

@@ -1,0 +1,134 @@
+//! FHIR request URLs: `Type?identifier=system|value,…` with percent-encoding
+//! and FHIR's backslash escapes.
+
+/// Percent-decodes a query component (`+` stays `+`).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: Option<&u8>) -> Option<u8> {
+    let b = *b?;
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Splits at `sep` where it is not escaped by a backslash.
+pub fn split_unescaped(s: &str, sep: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                parts.last_mut().expect("never empty").push('\\');
+                parts.last_mut().expect("never empty").push(next);
+            }
+        } else if c == sep {
+            parts.push(String::new());
+        } else {
+            parts.last_mut().expect("never empty").push(c);
+        }
+    }
+    parts
+}
+
+/// Removes FHIR search escapes (`\|` → `|`).
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One token to search for: `system|value` (either may be empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub system: Option<String>,
+    pub value: String,
+}
+
+/// The parameters of a search or conditional URL.
+#[derive(Debug, Default)]
+pub struct Search {
+    pub identifiers: Vec<Token>,
+    pub count: Option<usize>,
+    pub summary_count: bool,
+    /// Parameters this server does not support.
+    pub unsupported: Vec<String>,
+}
+
+/// Parses `a=b&c=d` (already split from the path).
+pub fn parse_search(query: &str) -> Search {
+    let mut search = Search::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(raw);
+        match percent_decode(name).as_str() {
+            "identifier" => {
+                for token in split_unescaped(&value, ',') {
+                    let parts = split_unescaped(&token, '|');
+                    let t = match parts.as_slice() {
+                        [v] => Token {
+                            system: None,
+                            value: unescape(v),
+                        },
+                        [s, v, ..] => Token {
+                            system: Some(unescape(s)),
+                            value: unescape(v),
+                        },
+                        [] => continue,
+                    };
+                    search.identifiers.push(t);
+                }
+            }
+            "_count" => search.count = value.parse().ok(),
+            "_summary" => search.summary_count = value == "count",
+            other => search.unsupported.push(other.to_owned()),
+        }
+    }
+    search
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_separators_stay_in_values() {
+        let s = parse_search("identifier=http://s/id%7CB%5C%2C1%5C%7Cx,http://s/id|P2&_count=5");
+        assert_eq!(
+            s.identifiers,
+            vec![
+                Token {
+                    system: Some("http://s/id".into()),
+                    value: "B,1|x".into()
+                },
+                Token {
+                    system: Some("http://s/id".into()),
+                    value: "P2".into()
+                },
+            ]
+        );
+        assert_eq!(s.count, Some(5));
+    }
+}
