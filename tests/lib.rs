@@ -33,6 +33,51 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A sandbox FHIR server running on its own runtime, for one test.
+pub struct TestServer {
+    pub sandbox: fhirlift_sandbox::Sandbox,
+    /// Runs the server's task; dropped after it (field order).
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestServer {
+    pub fn start(config: fhirlift_sandbox::SandboxConfig) -> TestServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime starts");
+        let sandbox = runtime
+            .block_on(fhirlift_sandbox::Sandbox::start(config))
+            .expect("the sandbox binds a loopback port");
+        TestServer {
+            sandbox,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.sandbox.base_url()
+    }
+}
+
+/// The `fhirlift` binary built beside this test binary (by `cargo test
+/// --workspace`, which `cargo xtask test` runs).
+pub fn fhirlift_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/");
+    let bin = dir.join(format!("fhirlift{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo xtask test builds every binary)",
+        bin.display()
+    );
+    bin
+}
+
 /// What one `fhirlift` invocation printed and returned.
 pub struct Outcome {
     pub code: u8,

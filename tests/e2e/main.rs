@@ -4,4 +4,5 @@
 mod cli;
 mod golden;
 mod rejects;
+mod sandbox;
 mod volume;

@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask migrate [ARGS]`: runs `fhirlift migrate` on the bundled
 //!   example (examples/medplum-guide) unless ARGS name another migration;
-//!   without a server it writes the request bundles to target/fhirlift-demo/.
+//!   without a server it starts the embedded sandbox, whose store lives in
+//!   target/fhirlift-demo/ between runs.
+//! - `cargo xtask sandbox [ARGS]`: the sandbox server on its own.
 //! - `cargo xtask test [ARGS]`: starts what the tests need and runs them all.
 //! - `cargo xtask gen --patients N DIR`: the example's tables at any size.
 //! - `cargo xtask bench [--patients N]`: map + plan throughput and peak memory
@@ -23,6 +25,20 @@ fn main() -> anyhow::Result<()> {
         "migrate" => migrate(&rest),
         "test" => test(&rest),
         "gen" => generate(&rest),
+        "sandbox" => {
+            let mut command = cargo();
+            command
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "--package",
+                    "fhirlift-sandbox",
+                    "--",
+                ])
+                .args(&rest);
+            run(command)
+        }
         "bench" => bench(&rest),
         _ => {
             eprintln!(
@@ -31,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                  migrate [ARGS]           run the bundled example (ARGS go to `fhirlift migrate`)\n  \
                  test [ARGS]              start what the tests need and run them all\n  \
                  gen --patients N DIR     write the example's tables at any size\n  \
+                 sandbox [ARGS]           run the sandbox FHIR server (--help for its knobs)\n  \
                  bench [--patients N]     measure map + plan throughput and memory"
             );
             if task.is_empty() || task == "help" || task == "--help" {
@@ -78,8 +95,10 @@ fn migrate(args: &[String]) -> anyhow::Result<()> {
     if !has(&["-c", "--config"]) {
         command.args(["--config", "examples/medplum-guide/migration.yaml"]);
     }
-    if !has(&["--dry-run", "--server"]) {
-        command.args(["--dry-run", "target/fhirlift-demo/dry-run"]);
+    if !has(&["--dry-run", "--server", "--sandbox"]) {
+        // the embedded sandbox, keeping its store between runs: a second
+        // run shows idempotency (nothing created, nothing duplicated)
+        command.args(["--sandbox", "target/fhirlift-demo"]);
     }
     command.args(args);
     run(command)

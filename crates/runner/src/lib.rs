@@ -15,6 +15,7 @@ use fhirlift_core::config::MigrationConfig;
 use fhirlift_core::pipeline::{DiscardSink, DryRunSink, Plan, RunSummary};
 use fhirlift_core::registry::Registry;
 use fhirlift_core::rejects::RejectWriter;
+use fhirlift_core::sender::{Auth, SenderConfig, SenderSink};
 
 mod report;
 
@@ -66,8 +67,23 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
         /// Write every request bundle to this folder instead of sending it.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "sandbox"])]
         dry_run: Option<PathBuf>,
+        /// The FHIR server's base URL (e.g. https://api.medplum.com/fhir/R4).
+        #[arg(long, value_name = "URL", conflicts_with = "sandbox")]
+        server: Option<String>,
+        /// Start the embedded sandbox server for this run, loading its store
+        /// from DIR and saving it back afterwards.
+        #[arg(long, value_name = "DIR")]
+        sandbox: Option<PathBuf>,
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// The most requests in flight (the window adapts below it).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Attempts per request before its entries are rejected.
+        #[arg(long, default_value_t = 12)]
+        max_attempts: u32,
         /// Where rejected records go (NDJSON, owner-only). Default: fhirlift-rejects.ndjson
         /// in the dry-run folder, or next to the migration file.
         #[arg(long, value_name = "FILE")]
@@ -76,6 +92,95 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+}
+
+/// Credentials: secrets come from the environment or files, never argv.
+#[derive(Debug, clap::Args)]
+struct AuthArgs {
+    /// A bearer token, from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// A bearer token, from this file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// OAuth2 client credentials: the client id.
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    /// The client secret, from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    client_secret_env: Option<String>,
+    /// The client secret, from this file.
+    #[arg(long, value_name = "FILE")]
+    client_secret_file: Option<PathBuf>,
+    /// The token endpoint (default: from {server}/.well-known/smart-configuration).
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    /// HTTP Basic: the user.
+    #[arg(long, value_name = "USER")]
+    basic_user: Option<String>,
+    /// HTTP Basic: the password, from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    basic_password_env: Option<String>,
+    /// HTTP Basic: the password, from this file.
+    #[arg(long, value_name = "FILE")]
+    basic_password_file: Option<PathBuf>,
+}
+
+/// A secret from an environment variable or a file (trimmed); never printed.
+fn secret(
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    if let Some(var) = env {
+        let value = std::env::var(var)
+            .map_err(|_| anyhow!("{what}: the environment variable {var} is not set"))?;
+        return Ok(Some(value.trim().to_owned()));
+    }
+    if let Some(path) = file {
+        let value = std::fs::read_to_string(path)
+            .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+        return Ok(Some(value.trim().to_owned()));
+    }
+    Ok(None)
+}
+
+impl AuthArgs {
+    fn auth(&self) -> anyhow::Result<Auth> {
+        if let Some(token) = secret(&self.token_env, &self.token_file, "the bearer token")? {
+            return Ok(Auth::Bearer(token));
+        }
+        if let Some(client_id) = &self.client_id {
+            let client_secret = secret(
+                &self.client_secret_env,
+                &self.client_secret_file,
+                "the client secret",
+            )?
+            .ok_or_else(|| {
+                anyhow!("--client-id needs --client-secret-env VAR or --client-secret-file FILE")
+            })?;
+            return Ok(Auth::ClientCredentials {
+                client_id: client_id.clone(),
+                client_secret,
+                token_url: self.token_url.clone(),
+            });
+        }
+        if let Some(user) = &self.basic_user {
+            let password = secret(
+                &self.basic_password_env,
+                &self.basic_password_file,
+                "the password",
+            )?
+            .ok_or_else(|| {
+                anyhow!("--basic-user needs --basic-password-env VAR or --basic-password-file FILE")
+            })?;
+            return Ok(Auth::Basic {
+                user: user.clone(),
+                password,
+            });
+        }
+        Ok(Auth::None)
+    }
 }
 
 /// Runs the command line; returns the process exit code.
@@ -114,6 +219,7 @@ fn init_logging(verbose: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -191,16 +297,21 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Migrate {
             config,
             dry_run,
+            server,
+            sandbox,
+            auth,
+            concurrency,
+            max_attempts,
             rejects,
             report,
         } => {
-            let Some(dir) = dry_run else {
-                return Err(anyhow!(
-                    "this build of fhirlift plans requests but does not send them yet: pass --dry-run DIR to write the request bundles as files"
-                ));
-            };
             let plan = load(&config)?;
-            let rejects_path = rejects.unwrap_or_else(|| dir.join("fhirlift-rejects.ndjson"));
+            let default_dir = match (&dry_run, &sandbox) {
+                (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+                (None, None) => config.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            let rejects_path =
+                rejects.unwrap_or_else(|| default_dir.join("fhirlift-rejects.ndjson"));
             if rejects_path.exists() {
                 std::fs::remove_file(&rejects_path).with_context(|| {
                     format!(
@@ -209,11 +320,25 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
                     )
                 })?;
             }
-            let mut sink = DryRunSink::create(&dir)?;
             let mut rejects = RejectWriter::new(&rejects_path);
-            let summary = plan.run(&mut sink, &mut rejects)?;
-            report::write_summary(out, &summary, "written")?;
-            writeln!(out, "request bundles: {}", dir.display())?;
+            let summary = if let Some(dir) = dry_run {
+                let mut sink = DryRunSink::create(&dir)?;
+                let summary = plan.run(&mut sink, &mut rejects)?;
+                report::write_summary(out, &summary, "planned")?;
+                writeln!(out, "request bundles: {}", dir.display())?;
+                summary
+            } else {
+                send(
+                    &plan,
+                    server,
+                    sandbox,
+                    &auth,
+                    concurrency,
+                    max_attempts,
+                    &mut rejects,
+                    out,
+                )?
+            };
             if let Some(path) = &summary.rejects_file {
                 writeln!(out, "rejected records, with reasons: {}", path.display())?;
             }
@@ -224,6 +349,62 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             Ok(exit_code(&summary))
         }
     }
+}
+
+/// Runs the plan against a server (or the embedded sandbox).
+#[allow(clippy::too_many_arguments)]
+fn send(
+    plan: &Plan,
+    server: Option<String>,
+    sandbox: Option<PathBuf>,
+    auth: &AuthArgs,
+    concurrency: usize,
+    max_attempts: u32,
+    rejects: &mut RejectWriter,
+    out: &mut dyn Write,
+) -> anyhow::Result<RunSummary> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let embedded = match &sandbox {
+        Some(dir) => {
+            let store = fhirlift_sandbox::Store::load(dir)?;
+            let sb = runtime.block_on(fhirlift_sandbox::Sandbox::start_with(
+                Default::default(),
+                store,
+            ))?;
+            tracing::info!(url = %sb.base_url(), store = %dir.display(), "sandbox started");
+            Some(sb)
+        }
+        None => None,
+    };
+    let base_url = match (&server, &embedded) {
+        (Some(url), _) => url.clone(),
+        (None, Some(sb)) => sb.base_url(),
+        (None, None) => {
+            return Err(anyhow!(
+                "say where to write: --server URL (a FHIR R4 base), --sandbox DIR (the embedded test server), or --dry-run DIR (files)"
+            ));
+        }
+    };
+    let mut config = SenderConfig::new(&base_url);
+    config.auth = auth.auth()?;
+    config.max_in_flight = concurrency.max(1);
+    config.max_attempts = max_attempts.max(1);
+    let mut sink = SenderSink::start(runtime.handle(), config)?;
+    let result = plan.run(&mut sink, rejects);
+    let leftover = sink.finish();
+    debug_assert!(leftover.is_empty(), "every phase ends settled");
+    let summary = result?;
+    report::write_summary(out, &summary, "sent")?;
+    if let (Some(sb), Some(dir)) = (embedded, &sandbox) {
+        sb.save(dir)?;
+        writeln!(out, "sandbox store saved to {}", dir.display())?;
+        runtime.block_on(sb.stop());
+    }
+    Ok(summary)
 }
 
 fn exit_code(summary: &RunSummary) -> u8 {

@@ -90,6 +90,33 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
             writeln!(out, "      stopped early: {why}")?;
         }
     }
+    let sent = summary.streams.iter().any(|s| !s.written.is_empty());
+    if sent {
+        writeln!(
+            out,
+            "\n{:<20} {:<22} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "stream", "resource", "created", "updated", "unchanged", "rejected", "retried"
+        )?;
+        for s in &summary.streams {
+            for (i, (t, c)) in s.written.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{:<20} {:<22} {:>9} {:>9} {:>9} {:>9} {:>8}",
+                    if i == 0 { s.stream.as_str() } else { "" },
+                    t,
+                    c.created,
+                    c.updated,
+                    c.unchanged,
+                    c.rejected,
+                    if i == 0 {
+                        s.retried.to_string()
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+        }
+    }
     let secs = summary.elapsed.as_secs_f64();
     let resources = summary.resources();
     write!(

@@ -1,0 +1,291 @@
+//! Migrations sent over real HTTP to the sandbox server.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use fhirlift_sandbox::{Faults, SandboxConfig};
+use fhirlift_tests::{
+    Outcome, TestServer, datagen, fhirlift, fhirlift_binary, guide_example, scratch,
+};
+use serde_json::Value;
+
+fn migrate(config: &Path, url: &str, dir: &Path, extra: &[&str]) -> Outcome {
+    let mut args: Vec<OsString> = vec![
+        "migrate".into(),
+        "-c".into(),
+        config.into(),
+        "--server".into(),
+        url.into(),
+        "--rejects".into(),
+        dir.join("rejects.ndjson").into(),
+        "--report".into(),
+        dir.join("report.json").into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    fhirlift(args)
+}
+
+fn report(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+/// Sums one outcome over every stream and resource type of a report.
+fn total(report: &Value, outcome: &str) -> u64 {
+    report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["written"].as_object().unwrap().values())
+        .map(|c| c[outcome].as_u64().unwrap())
+        .sum()
+}
+
+fn id_of(
+    store: &fhirlift_sandbox::Store,
+    resource_type: &str,
+    system: &str,
+    value: &str,
+) -> String {
+    let found = store.find(resource_type, system, value);
+    assert_eq!(
+        found.len(),
+        1,
+        "{resource_type} {value} stored exactly once"
+    );
+    found[0]["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_guide_example_lands_linked_and_a_rerun_creates_nothing() {
+    let server = TestServer::start(SandboxConfig::default());
+    let dir = scratch("sandbox-guide");
+    let run = migrate(&guide_example(), &server.url(), &dir, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(total(&report(&dir), "created"), 9);
+
+    let src = "http://your-source-system.com";
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient"), 2);
+        assert_eq!(store.count("Condition"), 3);
+        assert_eq!(store.count("Encounter"), 2);
+        assert_eq!(store.count("ClinicalImpression"), 2);
+        let patient = |p: &str| {
+            format!(
+                "Patient/{}",
+                id_of(store, "Patient", &format!("{src}/patientId"), p)
+            )
+        };
+        for (condition, patient_id) in [("PC001", "P001"), ("PC002", "P001"), ("PC003", "P002")] {
+            let c = store.find("Condition", &format!("{src}/patientConditionId"), condition)[0];
+            assert_eq!(
+                c["subject"]["reference"],
+                patient(patient_id),
+                "{condition}"
+            );
+        }
+        for (encounter, patient_id) in [("E001", "P001"), ("E002", "P002")] {
+            let enc = format!(
+                "Encounter/{}",
+                id_of(store, "Encounter", &format!("{src}/encounterId"), encounter)
+            );
+            let ci = store.find(
+                "ClinicalImpression",
+                &format!("{src}/encounterNoteId"),
+                encounter,
+            )[0];
+            assert_eq!(
+                ci["encounter"]["reference"], enc,
+                "{encounter}'s note points at it"
+            );
+            assert_eq!(ci["subject"]["reference"], patient(patient_id));
+        }
+    });
+
+    let again = migrate(&guide_example(), &server.url(), &dir, &[]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    let second = report(&dir);
+    assert_eq!(total(&second, "created"), 0, "a re-run creates nothing");
+    assert_eq!(total(&second, "updated") + total(&second, "unchanged"), 9);
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient") + store.count("Condition"), 5);
+        assert_eq!(
+            store.count("Encounter") + store.count("ClinicalImpression"),
+            4
+        );
+    });
+}
+
+#[test]
+fn under_429s_503s_resets_and_latency_every_identifier_lands_exactly_once() {
+    let server = TestServer::start(SandboxConfig {
+        faults: Faults {
+            rate_429: 0.10,
+            rate_503: 0.05,
+            rate_reset: 0.05,
+            latency: Some((Duration::ZERO, Duration::from_millis(15))),
+            seed: 20_000,
+            ..Faults::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let dir = scratch("sandbox-faults");
+    let counts = datagen::write_example(&dir, 20_000, 11).unwrap();
+    let full = std::fs::read_to_string(dir.join("migration.yaml")).unwrap();
+    let without_encounters = &full[..full.find("\n  encounters:").unwrap()];
+    std::fs::write(dir.join("migration.yaml"), without_encounters).unwrap();
+
+    let run = migrate(
+        &dir.join("migration.yaml"),
+        &server.url(),
+        &dir,
+        &["--max-attempts", "30"],
+    );
+    assert_eq!(
+        run.code, 0,
+        "nothing rejected\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    let report = report(&dir);
+    assert_eq!(total(&report, "rejected"), 0);
+    assert!(
+        report["streams"][0]["retried"].as_u64().unwrap() > 0,
+        "the faults were felt"
+    );
+    assert!(
+        server
+            .sandbox
+            .stats()
+            .faults
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient") as u64, counts.patients);
+        assert_eq!(store.count("Condition") as u64, counts.conditions);
+        let system = "http://your-source-system.com/patientId";
+        for i in (1..=counts.patients).step_by(97) {
+            id_of(store, "Patient", system, &format!("P{i:07}"));
+        }
+        let mut seen = HashMap::new();
+        for c in store.resources("Condition") {
+            let value = c["identifier"][0]["value"].as_str().unwrap().to_owned();
+            assert!(seen.insert(value, ()).is_none(), "a condition stored twice");
+            assert!(
+                c["subject"]["reference"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Patient/")
+            );
+        }
+    });
+}
+
+const FAILING_TRANSACTION: &str = r#"source: { connector: csv, path: . }
+target: { profile: PROFILE }
+streams:
+  encounters:
+    from: encounters.csv
+    key: encounter_id
+    transaction: true
+    emit:
+      - as: encounter
+        resourceType: Encounter
+        identifier: [{ system: "http://s/encounter", value: "{{ encounter_id }}" }]
+        status: finished
+      - resourceType: ClinicalImpression
+        identifier: [{ system: "http://s/note", value: "{{ encounter_id }}" }]
+        status: completed
+        encounter: "= local('encounter')"
+        subject: "= ref('Patient', 'http://s/patient', patient_id)"
+"#;
+
+#[test]
+fn a_transaction_whose_second_entry_fails_leaves_nothing_and_names_its_record() {
+    for profile in ["medplum", "generic"] {
+        let server = TestServer::start(SandboxConfig::default());
+        let dir = scratch(&format!("sandbox-tx-{profile}"));
+        std::fs::write(
+            dir.join("migration.yaml"),
+            FAILING_TRANSACTION.replace("PROFILE", profile),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("encounters.csv"),
+            "encounter_id,patient_id\nE1,NOBODY\n",
+        )
+        .unwrap();
+        let run = migrate(&dir.join("migration.yaml"), &server.url(), &dir, &[]);
+        assert_eq!(
+            run.code, 2,
+            "{profile}: a reject makes the exit code non-zero\n{}",
+            run.stdout
+        );
+        server.sandbox.with_store(|store| {
+            assert_eq!(
+                store.count("Encounter"),
+                0,
+                "{profile}: the Encounter was rolled back"
+            );
+            assert_eq!(store.count("ClinicalImpression"), 0);
+        });
+        let rejects = std::fs::read_to_string(dir.join("rejects.ndjson")).unwrap();
+        let reject: Value = serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
+        assert_eq!(rejects.lines().count(), 1, "one line for the record");
+        assert_eq!(reject["provenance"]["file"], "encounters.csv");
+        assert_eq!(reject["provenance"]["line"], 2);
+        assert_eq!(reject["stage"], "server");
+        assert!(
+            reject["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not match any resources"),
+            "{reject}"
+        );
+        assert!(
+            reject["request"].is_object(),
+            "the refused request is kept: {reject}"
+        );
+    }
+}
+
+#[test]
+fn logs_of_a_full_run_hold_no_names_dates_or_notes() {
+    let dir = scratch("sandbox-phi");
+    let output = std::process::Command::new(fhirlift_binary())
+        .args(["migrate", "-c"])
+        .arg(guide_example())
+        .arg("--sandbox")
+        .arg(dir.join("store"))
+        .arg("--rejects")
+        .arg(dir.join("rejects.ndjson"))
+        .env("FHIRLIFT_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(logs.contains("stream=patients"), "the run logged: {logs}");
+    for phi in [
+        "John",
+        "Doe",
+        "Jane",
+        "Smith",
+        "1980-07-15",
+        "1992-11-30",
+        "2023-06-15",
+        "Routine check-up",
+        "severe headache",
+    ] {
+        assert!(!logs.contains(phi), "the logs name {phi:?}:\n{logs}");
+    }
+}
