@@ -217,6 +217,42 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             .arg(dir.join("migration.yaml"));
         run(check)?;
     }
+    // sending: the sandbox in sink mode (parses and counts) in its own process,
+    // so the peak memory printed is fhirlift's alone
+    let port = "18113";
+    let mut sink = Command::new(root().join("target/release/fhirlift-sandbox"))
+        .args(["--sink", "--port", port])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start the sandbox")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let dir = root().join(format!("target/bench-data/{patients}"));
+    let config = dir.join("migration.yaml");
+    let text = std::fs::read_to_string(&config)?;
+    let patients_only = dir.join("patients-only.yaml");
+    std::fs::write(
+        &patients_only,
+        &text[..text.find("\n  conditions:").unwrap_or(text.len())],
+    )?;
+    let mut outcome = Ok(());
+    for (what, file) in [
+        ("the patients stream", &patients_only),
+        ("the whole example", &config),
+    ] {
+        println!(
+            "\n== {patients} patients, {what}: fhirlift migrate into the sandbox in sink mode over loopback"
+        );
+        let mut send = Command::new(root().join("target/release/fhirlift"));
+        send.args(["migrate", "--config"])
+            .arg(file)
+            .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
+            .arg("--rejects")
+            .arg(dir.join("bench-rejects.ndjson"));
+        outcome = outcome.and(run(send));
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    outcome?;
     println!("\n== criterion: map + plan of the patients stream");
     let mut criterion = cargo();
     criterion.args([

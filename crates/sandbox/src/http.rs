@@ -382,19 +382,56 @@ fn sink(body: &Bytes) -> Response {
         #[serde(rename = "type")]
         kind: String,
         #[serde(default)]
+        entry: Vec<SinkEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SinkEntry {
+        #[serde(default)]
+        request: Option<SinkRequest>,
+        #[serde(default)]
+        resource: Option<Nested>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SinkRequest {
+        #[serde(default)]
+        url: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Nested {
+        #[serde(default)]
         entry: Vec<serde::de::IgnoredAny>,
+    }
+    fn created(out: &mut String, n: usize) {
+        for i in 0..n {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(r#"{"response":{"status":"201 Created"}}"#);
+        }
     }
     match serde_json::from_slice::<Counted>(body) {
         Ok(b) => {
-            let mut out = String::with_capacity(32 + b.entry.len() * 40);
+            let mut out = String::with_capacity(64 + b.entry.len() * 40);
             out.push_str(r#"{"resourceType":"Bundle","type":""#);
             out.push_str(&b.kind);
             out.push_str(r#"-response","entry":["#);
-            for i in 0..b.entry.len() {
-                if i > 0 {
-                    out.push(',');
+            if b.kind == "transaction" {
+                created(&mut out, b.entry.len());
+            } else {
+                for (i, e) in b.entry.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let nested = e.request.as_ref().is_some_and(|r| r.url == "/");
+                    match (&e.resource, nested) {
+                        (Some(inner), true) => {
+                            out.push_str(r#"{"response":{"status":"200 OK"},"resource":{"resourceType":"Bundle","type":"transaction-response","entry":["#);
+                            created(&mut out, inner.entry.len());
+                            out.push_str("]}}");
+                        }
+                        _ => created(&mut out, 1),
+                    }
                 }
-                out.push_str(r#"{"response":{"status":"201 Created"}}"#);
             }
             out.push_str("]}");
             let mut response = (StatusCode::OK, out).into_response();
