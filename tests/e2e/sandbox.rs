@@ -289,3 +289,47 @@ fn logs_of_a_full_run_hold_no_names_dates_or_notes() {
         assert!(!logs.contains(phi), "the logs name {phi:?}:\n{logs}");
     }
 }
+
+#[test]
+fn entries_that_fail_alone_with_409_are_resent_alone_until_they_land() {
+    let server = TestServer::start(SandboxConfig {
+        faults: Faults {
+            rate_409: 0.25,
+            seed: 409,
+            ..Faults::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let dir = scratch("sandbox-409");
+    let counts = datagen::write_example(&dir, 2_000, 5).unwrap();
+    let run = migrate(
+        &dir.join("migration.yaml"),
+        &server.url(),
+        &dir,
+        &["--max-attempts", "30"],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = report(&dir);
+    assert_eq!(total(&report, "rejected"), 0);
+    assert_eq!(
+        total(&report, "created"),
+        counts.patients + counts.conditions + 2 * counts.encounters
+    );
+    // entries are resent alone: the requests beyond the planned ones are far
+    // fewer than if every batch holding a 409 had been resent whole
+    let entries = server
+        .sandbox
+        .stats()
+        .entries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let planned_entries = counts.patients + counts.conditions + counts.encounters;
+    assert!(
+        entries < planned_entries * 3 / 2,
+        "{entries} entries sent for {planned_entries}"
+    );
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient") as u64, counts.patients);
+        assert_eq!(store.count("Encounter") as u64, counts.encounters);
+        assert_eq!(store.count("ClinicalImpression") as u64, counts.encounters);
+    });
+}

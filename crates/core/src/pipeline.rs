@@ -394,7 +394,7 @@ impl Plan {
                 submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
             }
             accounts.absorb(sink.settled())?;
-            progress.tick(&accounts.summaries[index]);
+            progress.tick(&accounts.summaries[index], sink.activity());
         }
         packer.finish(&mut |r| ready.push(r));
         submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
@@ -499,7 +499,7 @@ impl Progress {
         }
     }
 
-    fn tick(&mut self, summary: &StreamSummary) {
+    fn tick(&mut self, summary: &StreamSummary, activity: Option<(u64, u64)>) {
         let elapsed = self.last.elapsed();
         if elapsed < Self::EVERY {
             return;
@@ -510,13 +510,15 @@ impl Progress {
             .values()
             .map(|c| c.created + c.updated + c.unchanged)
             .sum();
+        let (in_flight, retries) = activity.unwrap_or_default();
         tracing::info!(
             stream = %summary.stream,
             records = summary.records,
             records_per_s = rate.round() as u64,
             requests = summary.requests,
+            in_flight,
+            retries,
             written,
-            retried = summary.retried,
             rejected = summary.rejected,
             "progress"
         );
@@ -560,6 +562,10 @@ pub trait RequestSink {
     /// What the server has answered for since the last call (never blocks).
     fn settled(&mut self) -> Vec<crate::sender::Settled> {
         Vec::new()
+    }
+    /// Requests in flight and retries so far, for progress lines.
+    fn activity(&self) -> Option<(u64, u64)> {
+        None
     }
     /// Every request of `phase` has been submitted.
     fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {

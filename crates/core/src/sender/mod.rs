@@ -204,6 +204,13 @@ impl RequestSink for SenderSink {
         self.settled.try_iter().collect()
     }
 
+    fn activity(&self) -> Option<(u64, u64)> {
+        Some((
+            self.stats.in_flight.load(Ordering::Relaxed),
+            self.stats.retries.load(Ordering::Relaxed),
+        ))
+    }
+
     fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
         let tx = self
             .tx
