@@ -1,6 +1,7 @@
 //! End-to-end tests: the `fhirlift` command run in-process on real files,
 //! one module per area.
 
+mod auth;
 mod cli;
 mod golden;
 mod rejects;

@@ -395,8 +395,8 @@ fn send(
     config.max_attempts = max_attempts.max(1);
     let mut sink = SenderSink::start(runtime.handle(), config)?;
     let result = plan.run(&mut sink, rejects);
-    let leftover = sink.finish();
-    debug_assert!(leftover.is_empty(), "every phase ends settled");
+    // every phase ends settled; anything left comes from a run that stopped
+    let _ = sink.finish();
     let summary = result?;
     report::write_summary(out, &summary, "sent")?;
     if let (Some(sb), Some(dir)) = (embedded, &sandbox) {

@@ -23,6 +23,11 @@ type Shared_ = State<Arc<Shared>>;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/fhir/R4/metadata", get(metadata))
+        .route(
+            "/fhir/R4/.well-known/smart-configuration",
+            get(smart_configuration),
+        )
+        .route("/oauth2/token", post(token))
         .route("/fhir/R4", post(bundle))
         .route("/fhir/R4/", post(bundle))
         .route(
@@ -77,8 +82,19 @@ fn reset() -> Response {
 }
 
 /// Applies the configured faults around `handle`.
-async fn guarded(shared: &Shared, body_len: usize, handle: impl FnOnce() -> Response) -> Response {
+async fn guarded(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body_len: usize,
+    handle: impl FnOnce() -> Response,
+) -> Response {
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(refusal) = unauthorized(shared, authorization) {
+        return refusal;
+    }
     let faults = &shared.config.faults;
     if let Some((lo, hi)) = faults.latency {
         let extra = hi.saturating_sub(lo).mul_f64(shared.roll());
@@ -116,6 +132,122 @@ async fn guarded(shared: &Shared, body_len: usize, handle: impl FnOnce() -> Resp
         return error_response(&FhirError::new(400, "invalid", "File too large"));
     }
     handle()
+}
+
+/// A 401 when the sandbox requires tokens and this request has no live one.
+fn unauthorized(shared: &Shared, authorization: Option<&str>) -> Option<Response> {
+    shared.config.auth.as_ref()?;
+    let token = authorization.and_then(|h| h.strip_prefix("Bearer "));
+    let live = token.is_some_and(|t| {
+        let tokens = shared.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(t)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    });
+    if live {
+        return None;
+    }
+    shared.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+    Some(error_response(&FhirError::new(
+        401,
+        "login",
+        "Unauthorized",
+    )))
+}
+
+async fn smart_configuration(State(shared): Shared_) -> Response {
+    fhir_json(
+        StatusCode::OK,
+        &json!({
+            "token_endpoint": format!("http://{}/oauth2/token", shared.addr),
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "grant_types_supported": ["client_credentials"],
+        }),
+    )
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// `POST /oauth2/token`: client credentials as Basic auth or form fields.
+async fn token(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(auth) = &shared.config.auth else {
+        return error_response(&FhirError::new(
+            404,
+            "not-found",
+            "this sandbox does not require tokens",
+        ));
+    };
+    let form: HashMap<String, String> = String::from_utf8_lossy(&body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            (
+                crate::query::percent_decode(&k.replace('+', " ")),
+                crate::query::percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect();
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(decode_base64)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.split_once(':').map(|(a, b)| (a.to_owned(), b.to_owned())));
+    let (id, secret) = from_header.unwrap_or_else(|| {
+        (
+            form.get("client_id").cloned().unwrap_or_default(),
+            form.get("client_secret").cloned().unwrap_or_default(),
+        )
+    });
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || id != auth.client_id
+        || secret != auth.client_secret
+    {
+        return fhir_json(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "invalid_client", "error_description": "Invalid client or secret" }),
+        );
+    }
+    let n = shared.stats.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+    let access = format!("sandbox-token-{n}-{:x}", (shared.roll() * 1e12) as u64);
+    shared
+        .tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            access.clone(),
+            std::time::Instant::now() + auth.real_lifetime,
+        );
+    fhir_json(
+        StatusCode::OK,
+        &json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": auth.announced_lifetime.as_secs(),
+        }),
+    )
 }
 
 async fn metadata() -> Response {
@@ -449,9 +581,9 @@ fn sink(body: &Bytes) -> Response {
     }
 }
 
-async fn bundle(State(shared): Shared_, body: Bytes) -> Response {
+async fn bundle(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Response {
     let s = shared.clone();
-    guarded(&shared, body.len(), move || {
+    guarded(&shared, &headers, body.len(), move || {
         if s.config.mode == Mode::Sink {
             return sink(&body);
         }
@@ -531,10 +663,11 @@ fn plain_write(shared: &Shared, write: Write, body: &Bytes) -> Response {
 async fn create(
     State(shared): Shared_,
     Path(resource_type): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let s = shared.clone();
-    guarded(&shared, body.len(), move || {
+    guarded(&shared, &headers, body.len(), move || {
         plain_write(&s, Write::Create { resource_type }, &body)
     })
     .await
@@ -544,11 +677,12 @@ async fn conditional_update(
     State(shared): Shared_,
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let s = shared.clone();
     let query = query.unwrap_or_default();
-    guarded(&shared, body.len(), move || {
+    guarded(&shared, &headers, body.len(), move || {
         plain_write(
             &s,
             Write::Conditional {
@@ -572,7 +706,7 @@ async fn update(
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    guarded(&shared, body.len(), move || {
+    guarded(&shared, &headers, body.len(), move || {
         plain_write(
             &s,
             Write::ById {
@@ -589,9 +723,10 @@ async fn update(
 async fn read(
     State(shared): Shared_,
     Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     let s = shared.clone();
-    guarded(&shared, 0, move || {
+    guarded(&shared, &headers, 0, move || {
         let store = lock(&s);
         match store.get(&resource_type, &id) {
             Some(stored) => fhir_json(StatusCode::OK, &stored.resource),
@@ -609,9 +744,10 @@ async fn search(
     State(shared): Shared_,
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let s = shared.clone();
-    guarded(&shared, 0, move || {
+    guarded(&shared, &headers, 0, move || {
         let search = parse_search(&query.unwrap_or_default());
         if !search.unsupported.is_empty() {
             return error_response(&FhirError::new(

@@ -72,12 +72,28 @@ pub struct Limits {
     pub max_transaction_entries: Option<usize>,
 }
 
+/// OAuth2 client credentials the sandbox requires (SMART backend services,
+/// as Medplum serves them): a token endpoint at `/oauth2/token` named by
+/// `{base}/.well-known/smart-configuration`, bearer tokens on every request.
+#[derive(Debug, Clone)]
+pub struct SandboxAuth {
+    pub client_id: String,
+    pub client_secret: String,
+    /// The `expires_in` the token endpoint announces.
+    pub announced_lifetime: Duration,
+    /// How long a token really works: shorter than announced makes the
+    /// server answer 401 to a token the client still trusts.
+    pub real_lifetime: Duration,
+}
+
 /// How to run a sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxConfig {
     pub mode: Mode,
     pub faults: Faults,
     pub limits: Limits,
+    /// Require bearer tokens from client credentials (none: open).
+    pub auth: Option<SandboxAuth>,
     /// The port to listen on (0: any free one).
     pub port: u16,
 }
@@ -88,6 +104,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub entries: AtomicU64,
     pub faults: AtomicU64,
+    /// Tokens issued by the token endpoint.
+    pub tokens: AtomicU64,
+    /// Requests refused with 401.
+    pub unauthorized: AtomicU64,
 }
 
 /// Shared by every request handler.
@@ -96,6 +116,9 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub stats: Stats,
     dice: AtomicU64,
+    /// Issued tokens and when they stop working.
+    pub tokens: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    pub addr: SocketAddr,
 }
 
 impl Shared {
@@ -149,6 +172,8 @@ impl Sandbox {
             config,
             store: Mutex::new(store),
             stats: Stats::default(),
+            tokens: Mutex::new(std::collections::HashMap::new()),
+            addr,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());

@@ -46,6 +46,35 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// Authentication failed.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthError {
+    /// The server refused the credentials: retrying will not help.
+    pub refused: bool,
+    pub message: String,
+}
+
+impl From<String> for AuthError {
+    /// Discovery and transport failures may pass: retried.
+    fn from(message: String) -> AuthError {
+        unreachable(message)
+    }
+}
+
+fn unreachable(message: String) -> AuthError {
+    AuthError {
+        refused: false,
+        message,
+    }
+}
+
+fn refused(message: String) -> AuthError {
+    AuthError {
+        refused: true,
+        message,
+    }
+}
+
 /// Tokens are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_secs(60);
 
@@ -99,11 +128,15 @@ impl AuthState {
     }
 
     /// The `Authorization` header to send, fetching a token when needed.
-    pub async fn header(&self, client: &reqwest::Client) -> Result<Option<HeaderValue>, String> {
+    pub async fn header(&self, client: &reqwest::Client) -> Result<Option<HeaderValue>, AuthError> {
         match &self.auth {
             Auth::None => Ok(None),
-            Auth::Bearer(token) => sensitive(format!("Bearer {token}")).map(Some),
-            Auth::Basic { user, password } => sensitive(basic(user, password)).map(Some),
+            Auth::Bearer(token) => sensitive(format!("Bearer {token}"))
+                .map(Some)
+                .map_err(refused),
+            Auth::Basic { user, password } => {
+                sensitive(basic(user, password)).map(Some).map_err(refused)
+            }
             Auth::ClientCredentials {
                 client_id,
                 client_secret,
@@ -125,9 +158,13 @@ impl AuthState {
         }
     }
 
-    /// Forgets the cached token (after a 401).
-    pub async fn invalidate(&self) {
-        *self.token.lock().await = None;
+    /// Forgets the cached token after a 401 on `used`, unless another
+    /// request already replaced it.
+    pub async fn invalidate(&self, used: Option<&HeaderValue>) {
+        let mut cached = self.token.lock().await;
+        if cached.as_ref().map(|t| &t.header) == used || used.is_none() {
+            *cached = None;
+        }
     }
 
     async fn fetch(
@@ -136,7 +173,7 @@ impl AuthState {
         client_id: &str,
         client_secret: &str,
         token_url: Option<&str>,
-    ) -> Result<Token, String> {
+    ) -> Result<Token, AuthError> {
         let (url, post_secret) = match token_url {
             Some(u) => (u.to_owned(), false),
             None => {
@@ -184,27 +221,34 @@ impl AuthState {
             .form(&form)
             .send()
             .await
-            .map_err(|e| format!("token request to {url} failed: {e}"))?;
+            .map_err(|e| unreachable(format!("token request to {url} failed: {e}")))?;
         let status = response.status();
         let body: serde_json::Value = match response.bytes().await {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
             Err(_) => serde_json::Value::Null,
         };
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(unreachable(format!(
+                "the token endpoint {url} answered {status}"
+            )));
+        }
         if !status.is_success() {
-            return Err(format!(
+            return Err(refused(format!(
                 "the token endpoint {url} refused the client credentials ({status}: {}); check the client id and secret",
                 body["error_description"]
                     .as_str()
                     .or(body["error"].as_str())
                     .unwrap_or("no reason given")
-            ));
+            )));
         }
-        let access = body["access_token"]
-            .as_str()
-            .ok_or_else(|| format!("the token endpoint {url} answered without an access_token"))?;
+        let access = body["access_token"].as_str().ok_or_else(|| {
+            refused(format!(
+                "the token endpoint {url} answered without an access_token"
+            ))
+        })?;
         let expires_in = body["expires_in"].as_u64().unwrap_or(3600);
         Ok(Token {
-            header: sensitive(format!("Bearer {access}"))?,
+            header: sensitive(format!("Bearer {access}")).map_err(refused)?,
             expires: Instant::now() + Duration::from_secs(expires_in),
         })
     }

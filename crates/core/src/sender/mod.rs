@@ -114,13 +114,19 @@ struct Job {
     request: Request,
     attempt: u32,
     not_before: Option<Instant>,
+    /// Times the token was renewed for this request after a 401.
+    reauths: u32,
 }
 
 /// What one HTTP attempt gave.
 enum Answer {
     Transport(String),
+    /// The credentials were refused: the run cannot go on.
+    AuthRefused(String),
     Http {
         status: u16,
+        /// The Authorization header sent, to renew only a stale token.
+        used_auth: Option<reqwest::header::HeaderValue>,
         retry_after: Option<Duration>,
         /// From `RateLimit`: a limit is nearly used up; wait this long.
         pause: Option<Duration>,
@@ -132,6 +138,7 @@ enum Answer {
 
 /// The pipeline's side of the sender: submit blocks while the window is full.
 pub struct SenderSink {
+    fatal: Arc<std::sync::Mutex<Option<String>>>,
     tx: Option<mpsc::Sender<Msg>>,
     settled: std::sync::mpsc::Receiver<Settled>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -155,7 +162,9 @@ impl SenderSink {
         let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
         let (settled_tx, settled) = std::sync::mpsc::channel();
         let stats = Arc::new(SenderStats::default());
+        let fatal = Arc::new(std::sync::Mutex::new(None));
         let dispatcher = Dispatcher {
+            fatal: fatal.clone(),
             auth: Arc::new(AuthState::new(config.auth.clone(), &config.base_url)),
             client,
             window: Window::new(config.max_in_flight),
@@ -172,6 +181,7 @@ impl SenderSink {
         };
         let task = runtime.spawn(dispatcher.run(rx));
         Ok(SenderSink {
+            fatal,
             tx: Some(tx),
             settled,
             task: Some(task),
@@ -190,8 +200,24 @@ impl SenderSink {
     }
 }
 
+impl SenderSink {
+    /// Stops the run once the credentials were refused.
+    fn check_fatal(&self) -> Result<(), SinkError> {
+        match self
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(why) => Err(SinkError(format!("the run stopped: {why}"))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl RequestSink for SenderSink {
     fn submit(&mut self, request: Request) -> Result<(), SinkError> {
+        self.check_fatal()?;
         let tx = self
             .tx
             .as_ref()
@@ -220,7 +246,8 @@ impl RequestSink for SenderSink {
         tx.blocking_send(Msg::Barrier(done))
             .map_err(|_| SinkError("the sender stopped unexpectedly".into()))?;
         wait.blocking_recv()
-            .map_err(|_| SinkError("the sender stopped before the phase was answered".into()))
+            .map_err(|_| SinkError("the sender stopped before the phase was answered".into()))?;
+        self.check_fatal()
     }
 }
 
@@ -249,6 +276,9 @@ impl Window {
     }
 }
 
+/// Token renewals one request may ask for before a 401 counts as refusal.
+const MAX_REAUTHS: u32 = 3;
+
 fn is_transient(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429 | 500 | 502 | 503 | 504)
 }
@@ -275,6 +305,8 @@ fn ratelimit_pause(header: &str) -> Option<Duration> {
 }
 
 struct Dispatcher {
+    /// Why the run cannot go on (refused credentials), once known.
+    fatal: Arc<std::sync::Mutex<Option<String>>>,
     config: SenderConfig,
     client: reqwest::Client,
     auth: Arc<AuthState>,
@@ -335,7 +367,7 @@ impl Dispatcher {
                 }
                 msg = rx.recv(), if room => match msg {
                     Some(Msg::Request(request)) => {
-                        self.spawn(&mut in_flight, Job { request, attempt: 0, not_before: None });
+                        self.spawn(&mut in_flight, Job { request, attempt: 0, not_before: None, reauths: 0 });
                     }
                     Some(Msg::Barrier(done)) => barrier = Some(done),
                     None => input_open = false,
@@ -406,8 +438,15 @@ impl Dispatcher {
                 self.window.shrink();
                 self.retry(job, None, why, waiting);
             }
+            Answer::AuthRefused(why) => {
+                let n = job.request.entries.len();
+                self.reject_entries(&job, &(0..n).collect::<Vec<_>>(), None, &why, None);
+                let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+                fatal.get_or_insert(why);
+            }
             Answer::Http {
                 status,
+                used_auth,
                 retry_after,
                 pause,
                 sent_at_ms,
@@ -416,14 +455,33 @@ impl Dispatcher {
                 if let Some(p) = pause {
                     self.paused_until = Some(Instant::now() + p);
                 }
-                if status == 401 && job.attempt == 0 {
-                    self.auth.invalidate().await;
+                if status == 401 && job.reauths < MAX_REAUTHS {
+                    self.auth.invalidate(used_auth.as_ref()).await;
+                    let mut job = job;
+                    job.reauths += 1;
                     self.retry(
                         job,
                         Some(Duration::ZERO),
                         "401: renewing the token".into(),
                         waiting,
                     );
+                } else if status == 401 || status == 403 {
+                    let why = format!(
+                        "HTTP {status}: the server refused the credentials ({}); check the token or the client's access",
+                        outcome_text(&body)
+                    );
+                    let n = job.request.entries.len();
+                    self.reject_entries(
+                        &job,
+                        &(0..n).collect::<Vec<_>>(),
+                        Some(status),
+                        &why,
+                        Some(&body),
+                    );
+                    self.fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(why);
                 } else if is_transient(status) {
                     self.window.shrink();
                     let wait = retry_after.or(pause);
@@ -514,6 +572,7 @@ impl Dispatcher {
                 request: request.subset(&resend),
                 attempt: job.attempt,
                 not_before: None,
+                reauths: job.reauths,
             };
             self.retry(
                 retry,
@@ -659,15 +718,18 @@ async fn attempt(client: &reqwest::Client, auth: &AuthState, url: &str, body: Ve
     let started = Instant::now();
     let header = match auth.header(client).await {
         Ok(h) => h,
-        Err(e) => return Answer::Transport(format!("authentication: {e}")),
+        Err(e) if e.refused => {
+            return Answer::AuthRefused(format!("authentication: {}", e.message));
+        }
+        Err(e) => return Answer::Transport(format!("authentication: {}", e.message)),
     };
     let mut request = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/fhir+json")
         .header(reqwest::header::ACCEPT, "application/fhir+json")
         .body(body);
-    if let Some(h) = header {
-        request = request.header(reqwest::header::AUTHORIZATION, h);
+    if let Some(h) = &header {
+        request = request.header(reqwest::header::AUTHORIZATION, h.clone());
     }
     let response = match request.send().await {
         Ok(r) => r,
@@ -698,6 +760,7 @@ async fn attempt(client: &reqwest::Client, auth: &AuthState, url: &str, body: Ve
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Answer::Http {
         status,
+        used_auth: header,
         retry_after,
         pause,
         sent_at_ms,
