@@ -259,6 +259,16 @@ impl Plan {
         sink: &mut dyn RequestSink,
         rejects: &mut RejectWriter,
     ) -> Result<RunSummary, SinkError> {
+        self.run_observed(sink, rejects, &mut LogProgress::new())
+    }
+
+    /// [`Plan::run`], reporting progress to `progress`.
+    pub fn run_observed(
+        &self,
+        sink: &mut dyn RequestSink,
+        rejects: &mut RejectWriter,
+        progress: &mut dyn ProgressObserver,
+    ) -> Result<RunSummary, SinkError> {
         let started = Instant::now();
         let mut accounts = Accounts {
             summaries: Vec::new(),
@@ -277,11 +287,18 @@ impl Plan {
         for phase in &self.phases {
             for name in &phase.streams {
                 let planned = self.stream(name).expect("phases name planned streams");
-                self.run_stream(index, planned, sink, &mut accounts)?;
+                self.run_stream(index, planned, sink, &mut accounts, progress)?;
                 index += 1;
             }
             sink.end_phase(phase.number)?;
             accounts.absorb(sink.settled())?;
+            for summary in accounts
+                .summaries
+                .iter()
+                .filter(|s| s.phase == phase.number)
+            {
+                progress.stream_done(summary);
+            }
         }
         let rejects = accounts.rejects;
         rejects
@@ -303,13 +320,14 @@ impl Plan {
         planned: &PlannedStream,
         sink: &mut dyn RequestSink,
         accounts: &mut Accounts<'_>,
+        progress: &mut dyn ProgressObserver,
     ) -> Result<(), SinkError> {
         let name = planned.source.stream.clone();
         let phase = accounts.summaries[index].phase;
         let started = Instant::now();
         let mut packer = Packer::new(self.profile.clone(), phase, name.clone());
         let mut ready: Vec<Request> = Vec::new();
-        let mut progress = Progress::new();
+        progress.stream_started(&accounts.summaries[index]);
         tracing::info!(stream = %name, phase, "stream started");
         let mut open = match self.connector.open(&planned.source) {
             Ok(o) => o,
@@ -394,7 +412,7 @@ impl Plan {
                 submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
             }
             accounts.absorb(sink.settled())?;
-            progress.tick(&accounts.summaries[index], sink.activity());
+            progress.update(&accounts.summaries[index], sink.activity());
         }
         packer.finish(&mut |r| ready.push(r));
         submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
@@ -483,33 +501,50 @@ impl Accounts<'_> {
     }
 }
 
-/// Periodic progress lines (counts and rates only).
-struct Progress {
+/// Watches a run: called as streams start, after every chunk of records,
+/// and when a phase is answered. Counts only, never record data.
+pub trait ProgressObserver {
+    fn stream_started(&mut self, _summary: &StreamSummary) {}
+    /// `activity`: requests in flight and retries so far, when sending.
+    fn update(&mut self, summary: &StreamSummary, activity: Option<(u64, u64)>);
+    fn stream_done(&mut self, _summary: &StreamSummary) {}
+}
+
+/// Progress as a log line every few seconds (when not on a terminal).
+pub struct LogProgress {
     last: Instant,
     last_records: u64,
 }
 
-impl Progress {
+impl LogProgress {
     const EVERY: Duration = Duration::from_secs(5);
 
-    fn new() -> Progress {
-        Progress {
+    pub fn new() -> LogProgress {
+        LogProgress {
             last: Instant::now(),
             last_records: 0,
         }
     }
+}
 
-    fn tick(&mut self, summary: &StreamSummary, activity: Option<(u64, u64)>) {
+impl Default for LogProgress {
+    fn default() -> Self {
+        LogProgress::new()
+    }
+}
+
+impl ProgressObserver for LogProgress {
+    fn stream_started(&mut self, _summary: &StreamSummary) {
+        self.last = Instant::now();
+        self.last_records = 0;
+    }
+
+    fn update(&mut self, summary: &StreamSummary, activity: Option<(u64, u64)>) {
         let elapsed = self.last.elapsed();
         if elapsed < Self::EVERY {
             return;
         }
         let rate = (summary.records - self.last_records) as f64 / elapsed.as_secs_f64();
-        let written: u64 = summary
-            .written
-            .values()
-            .map(|c| c.created + c.updated + c.unchanged)
-            .sum();
         let (in_flight, retries) = activity.unwrap_or_default();
         tracing::info!(
             stream = %summary.stream,
@@ -518,7 +553,7 @@ impl Progress {
             requests = summary.requests,
             in_flight,
             retries,
-            written,
+            written = summary.written_count(),
             rejected = summary.rejected,
             "progress"
         );
@@ -652,6 +687,16 @@ pub struct StreamSummary {
     pub written: BTreeMap<String, OutcomeCounts>,
     /// Operations that needed more than one attempt.
     pub retried: u64,
+}
+
+impl StreamSummary {
+    /// Operations the server acknowledged (created, updated or unchanged).
+    pub fn written_count(&self) -> u64 {
+        self.written
+            .values()
+            .map(|c| c.created + c.updated + c.unchanged)
+            .sum()
+    }
 }
 
 /// Server outcomes of one resource type.

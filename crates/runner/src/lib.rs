@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use fhirlift_core::config::MigrationConfig;
-use fhirlift_core::pipeline::{DiscardSink, DryRunSink, Plan, RunSummary};
+use fhirlift_core::pipeline::{
+    DiscardSink, DryRunSink, LogProgress, Plan, ProgressObserver, RunSummary,
+};
 use fhirlift_core::registry::Registry;
 use fhirlift_core::rejects::RejectWriter;
 use fhirlift_core::sender::{Auth, SenderConfig, SenderSink};
 
+mod progress;
 mod report;
 
 // Links the built-in connectors named in Cargo.toml (see build.rs).
@@ -211,9 +214,24 @@ pub fn run(
     }
 }
 
+/// Progress bars on a terminal, periodic log lines elsewhere.
+fn observer() -> Box<dyn ProgressObserver> {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Box::new(progress::BarProgress::new())
+    } else {
+        Box::new(LogProgress::new())
+    }
+}
+
 fn init_logging(verbose: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if verbose { "info" } else { "warn" };
+    // on a terminal the progress bars say what info lines would
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let default = if verbose && !on_terminal {
+        "info"
+    } else {
+        "warn"
+    };
     let filter =
         EnvFilter::try_from_env("FHIRLIFT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -323,7 +341,7 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             let mut rejects = RejectWriter::new(&rejects_path);
             let summary = if let Some(dir) = dry_run {
                 let mut sink = DryRunSink::create(&dir)?;
-                let summary = plan.run(&mut sink, &mut rejects)?;
+                let summary = plan.run_observed(&mut sink, &mut rejects, observer().as_mut())?;
                 report::write_summary(out, &summary, "planned")?;
                 writeln!(out, "request bundles: {}", dir.display())?;
                 summary
@@ -394,7 +412,7 @@ fn send(
     config.max_in_flight = concurrency.max(1);
     config.max_attempts = max_attempts.max(1);
     let mut sink = SenderSink::start(runtime.handle(), config)?;
-    let result = plan.run(&mut sink, rejects);
+    let result = plan.run_observed(&mut sink, rejects, observer().as_mut());
     // every phase ends settled; anything left comes from a run that stopped
     let _ = sink.finish();
     let summary = result?;
