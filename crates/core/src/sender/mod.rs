@@ -128,8 +128,8 @@ enum Answer {
         /// The Authorization header sent, to renew only a stale token.
         used_auth: Option<reqwest::header::HeaderValue>,
         retry_after: Option<Duration>,
-        /// From `RateLimit`: a limit is nearly used up; wait this long.
-        pause: Option<Duration>,
+        /// From `RateLimit`.
+        quotas: Vec<Quota>,
         /// The server's clock (`Date`) minus the request's duration, in ms.
         sent_at_ms: Option<i64>,
         body: Value,
@@ -178,6 +178,7 @@ impl SenderSink {
                     .unwrap_or(7),
             ),
             paused_until: None,
+            quota_peaks: std::collections::HashMap::new(),
         };
         let task = runtime.spawn(dispatcher.run(rx));
         Ok(SenderSink {
@@ -283,25 +284,36 @@ fn is_transient(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429 | 500 | 502 | 503 | 504)
 }
 
-/// `"requests";r=0;t=12, "fhirInteractions";r=400;t=30`: how long to wait
-/// when a limit is (nearly) used up.
-fn ratelimit_pause(header: &str) -> Option<Duration> {
-    let mut pause = None;
-    for limit in header.split(',') {
-        let mut remaining = None;
-        let mut reset = None;
-        for part in limit.split(';').skip(1) {
-            match part.trim().split_once('=') {
-                Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
-                Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
-                _ => {}
+/// One limit of a `RateLimit` header: `"fhirInteractions";r=400;t=30`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Quota {
+    name: String,
+    remaining: u64,
+    reset: Duration,
+}
+
+/// Reads Medplum's `RateLimit: "requests";r=…;t=…, "fhirInteractions";r=…;t=…`.
+fn parse_ratelimit(header: &str) -> Vec<Quota> {
+    header
+        .split(',')
+        .filter_map(|limit| {
+            let mut parts = limit.split(';');
+            let name = parts.next()?.trim().trim_matches('"').to_owned();
+            let (mut remaining, mut reset) = (None, None);
+            for part in parts {
+                match part.trim().split_once('=') {
+                    Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
+                    Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
+                    _ => {}
+                }
             }
-        }
-        if let (Some(0), Some(t)) = (remaining, reset) {
-            pause = Some(pause.unwrap_or(Duration::ZERO).max(Duration::from_secs(t)));
-        }
-    }
-    pause
+            Some(Quota {
+                name,
+                remaining: remaining?,
+                reset: Duration::from_secs(reset?),
+            })
+        })
+        .collect()
 }
 
 struct Dispatcher {
@@ -315,6 +327,8 @@ struct Dispatcher {
     stats: Arc<SenderStats>,
     rng: AtomicU64,
     paused_until: Option<Instant>,
+    /// The most remaining seen per quota name.
+    quota_peaks: std::collections::HashMap<String, u64>,
 }
 
 impl Dispatcher {
@@ -375,6 +389,32 @@ impl Dispatcher {
                 _ = tokio::time::sleep_until(wake.into()), if !waiting.is_empty() || paused => {}
             }
         }
+    }
+
+    /// Slows down before a quota runs out: under a tenth of the most seen
+    /// remaining, the window halves; at zero, sending pauses until the reset.
+    fn pace(&mut self, quotas: &[Quota]) -> Option<Duration> {
+        let mut pause = None;
+        for q in quotas {
+            let most = self
+                .quota_peaks
+                .entry(q.name.clone())
+                .or_insert(q.remaining);
+            *most = (*most).max(q.remaining);
+            if q.remaining == 0 {
+                pause = Some(pause.unwrap_or(Duration::ZERO).max(q.reset));
+            } else if q.remaining * 10 < *most {
+                self.window.shrink();
+            }
+        }
+        if let Some(p) = pause {
+            tracing::info!(
+                seconds = p.as_secs(),
+                "a server quota is used up: pausing until it resets"
+            );
+            self.paused_until = Some(Instant::now() + p);
+        }
+        pause
     }
 
     fn spawn(&self, set: &mut JoinSet<(Job, Answer)>, job: Job) {
@@ -448,13 +488,11 @@ impl Dispatcher {
                 status,
                 used_auth,
                 retry_after,
-                pause,
+                quotas,
                 sent_at_ms,
                 body,
             } => {
-                if let Some(p) = pause {
-                    self.paused_until = Some(Instant::now() + p);
-                }
+                let pause = self.pace(&quotas);
                 if status == 401 && job.reauths < MAX_REAUTHS {
                     self.auth.invalidate(used_auth.as_ref()).await;
                     let mut job = job;
@@ -742,10 +780,11 @@ async fn attempt(client: &reqwest::Client, auth: &AuthState, url: &str, body: Ve
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let pause = headers
+    let quotas = headers
         .get("ratelimit")
         .and_then(|v| v.to_str().ok())
-        .and_then(ratelimit_pause);
+        .map(parse_ratelimit)
+        .unwrap_or_default();
     let elapsed_ms = started.elapsed().as_millis() as i64;
     let sent_at_ms = headers
         .get(reqwest::header::DATE)
@@ -762,7 +801,7 @@ async fn attempt(client: &reqwest::Client, auth: &AuthState, url: &str, body: Ve
         status,
         used_auth: header,
         retry_after,
-        pause,
+        quotas,
         sent_at_ms,
         body,
     }
@@ -797,12 +836,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ratelimit_pauses_only_when_a_limit_is_used_up() {
+    fn ratelimit_headers_are_read_per_quota() {
+        let q = parse_ratelimit(r#""requests";r=10;t=5, "fhirInteractions";r=0;t=42"#);
+        assert_eq!(q.len(), 2);
         assert_eq!(
-            ratelimit_pause(r#""requests";r=10;t=5, "fhirInteractions";r=0;t=42"#),
-            Some(Duration::from_secs(42))
+            q[1],
+            Quota {
+                name: "fhirInteractions".into(),
+                remaining: 0,
+                reset: Duration::from_secs(42)
+            }
         );
-        assert_eq!(ratelimit_pause(r#""requests";r=10;t=5"#), None);
+        assert!(parse_ratelimit("garbage").is_empty());
     }
 
     #[test]
