@@ -105,7 +105,12 @@ fn migrate(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    // Nothing to start yet: the tests read files and call fhirlift in-process.
+    // Nothing to start beforehand: the tests start their own sandbox servers
+    // on loopback. Some spawn the fhirlift binary (to read its real logs):
+    // build the binaries first, which `cargo test` alone does not.
+    let mut bins = cargo();
+    bins.args(["build", "--workspace", "--bins"]);
+    run(bins)?;
     // --all-targets: benchmarks run once on small data, so they cannot rot.
     let mut all = cargo();
     all.args(["test", "--workspace", "--all-targets"])
