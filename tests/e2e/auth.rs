@@ -8,13 +8,15 @@ use fhirlift_tests::{TestServer, datagen, fhirlift, fhirlift_binary, scratch};
 
 const SECRET: &str = "s3cr3t-never-printed";
 
-fn server(real_lifetime: Duration) -> TestServer {
+/// Tokens announced for an hour that really serve `uses` requests (none: all).
+fn server(uses: Option<u64>) -> TestServer {
     TestServer::start(SandboxConfig {
         auth: Some(SandboxAuth {
             client_id: "fhirlift".into(),
             client_secret: SECRET.into(),
             announced_lifetime: Duration::from_secs(3600),
-            real_lifetime,
+            real_lifetime: Duration::from_secs(3600),
+            uses,
         }),
         ..SandboxConfig::default()
     })
@@ -44,7 +46,7 @@ fn migrate_with_secret(
 fn client_credentials_are_discovered_cached_and_renewed_after_a_401() {
     // SAFETY of set_var: only this test reads this variable
     unsafe { std::env::set_var("FHIRLIFT_TEST_SECRET_A", SECRET) };
-    let cached = server(Duration::from_secs(3600));
+    let cached = server(None);
     let dir = scratch("auth-cached");
     datagen::write_example(&dir, 500, 1).unwrap();
     let run = migrate_with_secret(&dir, &cached.url(), "FHIRLIFT_TEST_SECRET_A");
@@ -58,7 +60,7 @@ fn client_credentials_are_discovered_cached_and_renewed_after_a_401() {
     assert_eq!(stats.unauthorized.load(Ordering::Relaxed), 0);
 
     // tokens that die long before their announced expiry: 401, renew, resend
-    let short = server(Duration::from_millis(300));
+    let short = server(Some(20));
     let dir = scratch("auth-short");
     let counts = datagen::write_example(&dir, 1500, 2).unwrap();
     let run = migrate_with_secret(&dir, &short.url(), "FHIRLIFT_TEST_SECRET_A");
@@ -77,7 +79,7 @@ fn client_credentials_are_discovered_cached_and_renewed_after_a_401() {
 #[test]
 fn refused_credentials_stop_the_run_with_a_clear_error_that_hides_the_secret() {
     unsafe { std::env::set_var("FHIRLIFT_TEST_SECRET_B", "wrong-secret-value") };
-    let server = server(Duration::from_secs(3600));
+    let server = server(None);
     let dir = scratch("auth-refused");
     datagen::write_example(&dir, 50, 3).unwrap();
     let run = migrate_with_secret(&dir, &server.url(), "FHIRLIFT_TEST_SECRET_B");
@@ -97,7 +99,7 @@ fn refused_credentials_stop_the_run_with_a_clear_error_that_hides_the_secret() {
 
 #[test]
 fn the_secret_is_in_no_log_line_of_a_debug_run() {
-    let server = server(Duration::from_millis(300));
+    let server = server(Some(10));
     let dir = scratch("auth-logs");
     datagen::write_example(&dir, 300, 4).unwrap();
     let output = std::process::Command::new(fhirlift_binary())

@@ -139,10 +139,16 @@ fn unauthorized(shared: &Shared, authorization: Option<&str>) -> Option<Response
     shared.config.auth.as_ref()?;
     let token = authorization.and_then(|h| h.strip_prefix("Bearer "));
     let live = token.is_some_and(|t| {
-        let tokens = shared.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(t)
-            .is_some_and(|until| *until > std::time::Instant::now())
+        let mut tokens = shared.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match tokens.get_mut(t) {
+            Some((until, uses)) if *until > std::time::Instant::now() && *uses != Some(0) => {
+                if let Some(n) = uses {
+                    *n -= 1;
+                }
+                true
+            }
+            _ => false,
+        }
     });
     if live {
         return None;
@@ -238,7 +244,7 @@ async fn token(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Respo
         .unwrap_or_else(|p| p.into_inner())
         .insert(
             access.clone(),
-            std::time::Instant::now() + auth.real_lifetime,
+            (std::time::Instant::now() + auth.real_lifetime, auth.uses),
         );
     fhir_json(
         StatusCode::OK,

@@ -84,6 +84,9 @@ pub struct SandboxAuth {
     /// How long a token really works: shorter than announced makes the
     /// server answer 401 to a token the client still trusts.
     pub real_lifetime: Duration,
+    /// How many requests a token serves before it dies (none: no limit):
+    /// a 401 on a clock of requests, for tests that must not hang on time.
+    pub uses: Option<u64>,
 }
 
 /// How to run a sandbox.
@@ -117,7 +120,7 @@ pub(crate) struct Shared {
     pub stats: Stats,
     dice: AtomicU64,
     /// Issued tokens and when they stop working.
-    pub tokens: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    pub tokens: Mutex<std::collections::HashMap<String, (std::time::Instant, Option<u64>)>>,
     pub addr: SocketAddr,
 }
 

@@ -365,8 +365,12 @@ impl Dispatcher {
             if !input_open && in_flight.is_empty() && waiting.is_empty() {
                 return;
             }
-            let room =
-                !paused && in_flight.len() < self.window.get() && barrier.is_none() && input_open;
+            // requests waiting to be retried hold their place in the window:
+            // a failing server slows intake instead of piling up bodies
+            let room = !paused
+                && in_flight.len() + waiting.len() < self.window.get()
+                && barrier.is_none()
+                && input_open;
             let wake = waiting
                 .iter()
                 .filter_map(|j| j.not_before)
