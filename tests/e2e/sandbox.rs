@@ -333,3 +333,38 @@ fn entries_that_fail_alone_with_409_are_resent_alone_until_they_land() {
         assert_eq!(store.count("ClinicalImpression") as u64, counts.encounters);
     });
 }
+
+#[test]
+fn profile_auto_reads_the_servers_metadata() {
+    let server = TestServer::start(SandboxConfig::default());
+    let dir = scratch("sandbox-auto");
+    // the sandbox calls itself fhirlift-sandbox: a generic server, whose
+    // transactions go one per request instead of packed in a batch
+    let run = migrate(
+        &guide_example(),
+        &server.url(),
+        &dir,
+        &["--profile", "auto"],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let encounters = &report(&dir)["streams"][2];
+    assert_eq!(encounters["stream"], "encounters");
+    assert_eq!(encounters["requests"], 2);
+
+    let dry = fhirlift([
+        "migrate".into(),
+        "-c".into(),
+        guide_example().into_os_string(),
+        "--profile".into(),
+        "auto".into(),
+        "--dry-run".into(),
+        dir.join("dry").into_os_string(),
+    ]);
+    assert_eq!(dry.code, 1);
+    assert!(
+        dry.stderr
+            .contains("profile auto reads the server's /metadata"),
+        "{}",
+        dry.stderr
+    );
+}

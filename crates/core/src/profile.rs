@@ -64,15 +64,39 @@ impl ServerProfile {
         Some(p)
     }
 
+    /// The profile that fits a server, from its CapabilityStatement
+    /// (`GET /metadata`): `software.name` medplum or HAPI, else generic.
+    pub fn name_for_capability(metadata: &serde_json::Value) -> &'static str {
+        let software = metadata["software"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if software.contains("medplum") {
+            "medplum"
+        } else if software.contains("hapi") {
+            "hapi"
+        } else {
+            "generic"
+        }
+    }
+
     /// The profile a target names, narrowed by the target's own limits.
     pub fn for_target(target: &TargetConfig) -> Result<ServerProfile, String> {
         let mut p = ServerProfile::named(&target.profile).ok_or_else(|| {
-            format!(
-                "{}: unknown server profile {:?}; known profiles: {}",
-                target.pos,
-                target.profile,
-                PROFILES.join(", ")
-            )
+            if target.profile == "auto" {
+                format!(
+                    "{}: profile auto reads the server's /metadata: give --server URL, or name a profile ({})",
+                    target.pos,
+                    PROFILES.join(", ")
+                )
+            } else {
+                format!(
+                    "{}: unknown server profile {:?}; known profiles: {}, or auto",
+                    target.pos,
+                    target.profile,
+                    PROFILES.join(", ")
+                )
+            }
         })?;
         if let Some(n) = target.batch_entries {
             p.max_batch_entries = n;
@@ -81,5 +105,22 @@ impl ServerProfile {
             p.max_body_bytes = n;
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_statements_choose_profiles() {
+        let medplum = serde_json::json!({ "software": { "name": "medplum", "version": "5.0.10" } });
+        assert_eq!(ServerProfile::name_for_capability(&medplum), "medplum");
+        let hapi = serde_json::json!({ "software": { "name": "HAPI FHIR Server" } });
+        assert_eq!(ServerProfile::name_for_capability(&hapi), "hapi");
+        assert_eq!(
+            ServerProfile::name_for_capability(&serde_json::json!({})),
+            "generic"
+        );
     }
 }

@@ -81,6 +81,10 @@ enum Command {
         sandbox: Option<PathBuf>,
         #[command(flatten)]
         auth: AuthArgs,
+        /// The server profile (generic, medplum, hapi, or auto to read the
+        /// server's /metadata), replacing the migration file's target.profile.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
         /// The most requests in flight (the window adapts below it).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -243,9 +247,53 @@ fn init_logging(verbose: bool) {
 }
 
 fn load(config: &Path) -> anyhow::Result<Plan> {
+    load_with(config, None, |_| Ok(None))
+}
+
+/// Loads a migration with `profile` (from the command line) replacing the
+/// file's; `auto` asks `detect` for the server's profile.
+fn load_with(
+    config: &Path,
+    profile: Option<&str>,
+    detect: impl FnOnce(&MigrationConfig) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<Plan> {
     let registry = Registry::from_inventory()?;
-    let config = MigrationConfig::load(config).map_err(|e| anyhow!("{e}"))?;
+    let mut config = MigrationConfig::load(config).map_err(|e| anyhow!("{e}"))?;
+    if let Some(p) = profile {
+        config.target.profile = p.to_owned();
+    }
+    if config.target.profile == "auto"
+        && let Some(found) = detect(&config)?
+    {
+        tracing::info!(profile = %found, "server profile chosen from /metadata");
+        config.target.profile = found;
+    }
     Plan::prepare(config, &registry).map_err(|e| anyhow!("the migration is not valid:\n{e}"))
+}
+
+/// The profile for `auto`: the embedded sandbox is a generic server; a real
+/// one says what it is at `/metadata`.
+fn detect_profile(
+    server: Option<&str>,
+    sandbox: bool,
+    auth: &AuthArgs,
+) -> anyhow::Result<Option<String>> {
+    if sandbox {
+        return Ok(Some("generic".into()));
+    }
+    let Some(url) = server else {
+        return Ok(None);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let metadata = runtime
+        .block_on(fhirlift_core::sender::fetch_capability(url, auth.auth()?))
+        .map_err(|e| anyhow!("profile auto: {e}; name a profile with --profile instead"))?;
+    Ok(Some(
+        fhirlift_core::profile::ServerProfile::name_for_capability(&metadata).to_owned(),
+    ))
 }
 
 fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
@@ -318,12 +366,15 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             server,
             sandbox,
             auth,
+            profile,
             concurrency,
             max_attempts,
             rejects,
             report,
         } => {
-            let plan = load(&config)?;
+            let plan = load_with(&config, profile.as_deref(), |_| {
+                detect_profile(server.as_deref(), sandbox.is_some(), &auth)
+            })?;
             let default_dir = match (&dry_run, &sandbox) {
                 (Some(dir), _) | (None, Some(dir)) => dir.clone(),
                 (None, None) => config.parent().map(Path::to_path_buf).unwrap_or_default(),

@@ -63,6 +63,32 @@ impl SenderConfig {
     }
 }
 
+/// Reads the server's CapabilityStatement (`GET {base}/metadata`).
+pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let base = base_url.trim_end_matches('/');
+    let state = AuthState::new(auth, base);
+    let mut request = client
+        .get(format!("{base}/metadata"))
+        .header(reqwest::header::ACCEPT, "application/fhir+json");
+    if let Some(h) = state.header(&client).await.map_err(|e| e.message)? {
+        request = request.header(reqwest::header::AUTHORIZATION, h);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot read {base}/metadata: {}", transport_reason(&e)))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| transport_reason(&e))?;
+    if !status.is_success() {
+        return Err(format!("{base}/metadata answered {status}"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{base}/metadata is not JSON: {e}"))
+}
+
 /// What became of one operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
