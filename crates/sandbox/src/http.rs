@@ -131,7 +131,22 @@ async fn guarded(
     {
         return error_response(&FhirError::new(400, "invalid", "File too large"));
     }
-    handle()
+    let mut response = handle();
+    if let Some(value) = shared
+        .ratelimit()
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert("ratelimit", value);
+    }
+    response
+}
+
+fn throttled() -> FhirError {
+    FhirError::new(
+        429,
+        "throttled",
+        "Too many requests: the quota of FHIR interactions is used up",
+    )
 }
 
 /// A 401 when the sandbox requires tokens and this request has no live one.
@@ -610,11 +625,28 @@ async fn bundle(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Resp
                         format!("Batch contains {} entries; at most {max} are allowed", entries.len()),
                     ));
                 }
-                let responses: Vec<Value> = entries.iter().map(|e| batch_entry(&s, e)).collect();
+                // past the quota, this entry and every one after it get 429
+                let mut exhausted = false;
+                let responses: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        let writes = e["resource"]["entry"].as_array().map_or(1, Vec::len) as u64;
+                        exhausted = exhausted || !s.charge(writes);
+                        if exhausted {
+                            s.stats.entries.fetch_add(1, Ordering::Relaxed);
+                            error_entry(&throttled())
+                        } else {
+                            batch_entry(&s, e)
+                        }
+                    })
+                    .collect();
                 fhir_json(
                     StatusCode::OK,
                     &json!({ "resourceType": "Bundle", "type": "batch-response", "entry": responses }),
                 )
+            }
+            Some("transaction") if !s.charge(bundle["entry"].as_array().map_or(0, Vec::len) as u64) => {
+                error_response(&throttled())
             }
             Some("transaction") => match transaction(&s, &bundle) {
                 Ok(response) => fhir_json(StatusCode::OK, &response),
@@ -657,6 +689,9 @@ fn write_response(result: Result<WriteResult, FhirError>, store: &Store) -> Resp
 }
 
 fn plain_write(shared: &Shared, write: Write, body: &Bytes) -> Response {
+    if !shared.charge(1) {
+        return error_response(&throttled());
+    }
     let resource = match parse_body(body) {
         Ok(r) => r,
         Err(e) => return error_response(&e),

@@ -70,6 +70,19 @@ pub struct Limits {
     pub max_body_bytes: Option<usize>,
     /// Most entries in a transaction (400 over it).
     pub max_transaction_entries: Option<usize>,
+    /// A write quota like Medplum's `fhirInteractions`.
+    pub quota: Option<Quota>,
+}
+
+/// A quota of units per window: each write costs `write_cost`. Every answer
+/// carries `RateLimit: "requests";r=…;t=…, "fhirInteractions";r=…;t=…`; over
+/// the quota a request gets 429 (no Retry-After) and, inside a batch, every
+/// entry from the one that ran out onward gets 429, as Medplum answers.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    pub units: u64,
+    pub window: Duration,
+    pub write_cost: u64,
 }
 
 /// OAuth2 client credentials the sandbox requires (SMART backend services,
@@ -111,6 +124,8 @@ pub struct Stats {
     pub tokens: AtomicU64,
     /// Requests refused with 401.
     pub unauthorized: AtomicU64,
+    /// Requests and entries refused with 429 for the quota.
+    pub throttled: AtomicU64,
 }
 
 /// Shared by every request handler.
@@ -121,10 +136,45 @@ pub(crate) struct Shared {
     dice: AtomicU64,
     /// Issued tokens and when they stop working.
     pub tokens: Mutex<std::collections::HashMap<String, (std::time::Instant, Option<u64>)>>,
+    /// The quota window's start and the units used in it.
+    pub quota_used: Mutex<(std::time::Instant, u64)>,
     pub addr: SocketAddr,
 }
 
 impl Shared {
+    /// Takes `writes` writes from the quota; false when it does not have them.
+    pub fn charge(&self, writes: u64) -> bool {
+        let Some(q) = &self.config.limits.quota else {
+            return true;
+        };
+        let mut used = self.quota_used.lock().unwrap_or_else(|p| p.into_inner());
+        if used.0.elapsed() >= q.window {
+            *used = (std::time::Instant::now(), 0);
+        }
+        let cost = writes * q.write_cost;
+        if used.1 + cost > q.units {
+            self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        used.1 += cost;
+        true
+    }
+
+    /// The `RateLimit` header for the quota's state, if there is a quota.
+    pub fn ratelimit(&self) -> Option<String> {
+        let q = self.config.limits.quota.as_ref()?;
+        let used = self.quota_used.lock().unwrap_or_else(|p| p.into_inner());
+        let (remaining, reset) = if used.0.elapsed() >= q.window {
+            (q.units, q.window)
+        } else {
+            (q.units.saturating_sub(used.1), q.window - used.0.elapsed())
+        };
+        let t = reset.as_secs_f64().ceil() as u64;
+        Some(format!(
+            "\"requests\";r=600;t={t}, \"fhirInteractions\";r={remaining};t={t}"
+        ))
+    }
+
     /// A number in [0, 1) from the seeded fault dice.
     pub fn roll(&self) -> f64 {
         let mut z = self
@@ -176,6 +226,7 @@ impl Sandbox {
             store: Mutex::new(store),
             stats: Stats::default(),
             tokens: Mutex::new(std::collections::HashMap::new()),
+            quota_used: Mutex::new((std::time::Instant::now(), 0)),
             addr,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -7,6 +7,7 @@ use fhirlift_sandbox::{Mode, Sandbox, SandboxConfig, Store};
 const USAGE: &str = "usage: fhirlift-sandbox [--port N] [--sink] [--store DIR]
        [--rate-429 R] [--rate-409 R] [--rate-503 R] [--rate-reset R] [--latency-ms MIN,MAX] [--seed N]
        [--max-batch-entries N] [--max-body-bytes N] [--max-transaction-entries N]
+       [--quota UNITS,SECONDS,WRITE_COST]
 
 Serves FHIR R4 at http://127.0.0.1:PORT/fhir/R4 until Ctrl-C; with --store,
 loads DIR/*.ndjson first and saves the store there on exit. Rates are 0..1.";
@@ -62,6 +63,18 @@ fn main() {
             "--max-body-bytes" => config.limits.max_body_bytes = Some(number(value()) as usize),
             "--max-transaction-entries" => {
                 config.limits.max_transaction_entries = Some(number(value()) as usize)
+            }
+            "--quota" => {
+                let v = value();
+                let parts: Vec<u64> = v.split(',').map(|p| number(p.to_owned())).collect();
+                let [units, secs, cost] = parts[..] else {
+                    fail("--quota takes UNITS,SECONDS,WRITE_COST, e.g. 50000,60,120")
+                };
+                config.limits.quota = Some(fhirlift_sandbox::Quota {
+                    units,
+                    window: Duration::from_secs(secs),
+                    write_cost: cost,
+                });
             }
             "-h" | "--help" => {
                 println!("{USAGE}");

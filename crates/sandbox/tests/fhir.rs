@@ -208,6 +208,7 @@ async fn limits_refuse_big_bodies_and_long_batches_as_medplum_does() {
             max_body_bytes: Some(2_000),
             max_batch_entries: Some(2),
             max_transaction_entries: None,
+            quota: None,
         },
         ..SandboxConfig::default()
     })
