@@ -249,3 +249,11 @@ pub fn write_example(dir: &Path, patients: u64, seed: u64) -> std::io::Result<Ge
     std::fs::copy(crate::guide_example(), dir.join("migration.yaml"))?;
     Ok(counts)
 }
+
+/// Writes `to`: the migration file `from` cut just before the stream
+/// `stop_at` (the example's streams are patients, conditions, encounters).
+pub fn streams_before(from: &Path, stop_at: &str, to: &Path) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(from)?;
+    let cut = text.find(&format!("\n  {stop_at}:")).unwrap_or(text.len());
+    std::fs::write(to, &text[..cut])
+}

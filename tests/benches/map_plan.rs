@@ -16,11 +16,9 @@ use fhirlift_core::rejects::RejectWriter;
 use fhirlift_tests::{datagen, workspace};
 
 fn plan_for(dir: &Path) -> Plan {
-    let example = std::fs::read_to_string(dir.join("migration.yaml")).unwrap();
     // the patients stream only: one stream, one phase
-    let patients_only = &example[..example.find("\n  conditions:").unwrap()];
     let path = dir.join("patients-only.yaml");
-    std::fs::write(&path, patients_only).unwrap();
+    datagen::streams_before(&dir.join("migration.yaml"), "conditions", &path).unwrap();
     let config = MigrationConfig::load(&path).unwrap();
     Plan::prepare(config, &Registry::from_inventory().unwrap()).unwrap()
 }

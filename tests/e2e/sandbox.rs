@@ -132,9 +132,8 @@ fn under_429s_503s_resets_and_latency_every_identifier_lands_exactly_once() {
     });
     let dir = scratch("sandbox-faults");
     let counts = datagen::write_example(&dir, 20_000, 11).unwrap();
-    let full = std::fs::read_to_string(dir.join("migration.yaml")).unwrap();
-    let without_encounters = &full[..full.find("\n  encounters:").unwrap()];
-    std::fs::write(dir.join("migration.yaml"), without_encounters).unwrap();
+    let migration = dir.join("migration.yaml");
+    datagen::streams_before(&migration, "encounters", &migration).unwrap();
 
     let run = migrate(
         &dir.join("migration.yaml"),
@@ -387,12 +386,8 @@ fn a_used_up_quota_pauses_sending_and_the_429_tail_of_a_batch_is_resent() {
     });
     let dir = scratch("sandbox-quota");
     let counts = datagen::write_example(&dir, 200, 9).unwrap();
-    let full = std::fs::read_to_string(dir.join("migration.yaml")).unwrap();
-    std::fs::write(
-        dir.join("migration.yaml"),
-        &full[..full.find("\n  conditions:").unwrap()],
-    )
-    .unwrap();
+    let migration = dir.join("migration.yaml");
+    datagen::streams_before(&migration, "conditions", &migration).unwrap();
     let run = migrate(
         &dir.join("migration.yaml"),
         &server.url(),
