@@ -462,7 +462,7 @@ impl Accounts<'_> {
             };
             let counts = self.summaries[index]
                 .written
-                .entry(s.resource_type.clone())
+                .entry(s.resource_type)
                 .or_default();
             match s.outcome {
                 Outcome::Created => counts.created += 1,
