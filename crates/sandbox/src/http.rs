@@ -1,4 +1,5 @@
-//! The sandbox's HTTP side: routes, fault injection, bundles.
+//! The sandbox's HTTP side: routes, fault injection, plain requests,
+//! searches, async batch jobs (bundles themselves are in `bundle`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -8,15 +9,17 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use crate::bundle::{Work, Write, busy, conflict, lock, process_bundle, single_write, throttled};
 use crate::query::parse_search;
 use crate::store::{FhirError, Store, WriteResult, Written};
-use crate::{Mode, Shared};
+use crate::{Mode, OnQuota, Shared};
 
 type Shared_ = State<Arc<Shared>>;
 
@@ -30,13 +33,31 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth2/token", post(token))
         .route("/fhir/R4", post(bundle))
         .route("/fhir/R4/", post(bundle))
+        .route("/fhir/R4/job/{id}/status", get(job_status))
         .route(
             "/fhir/R4/{resource_type}",
             get(search).post(create).put(conditional_update),
         )
+        .route("/fhir/R4/{resource_type}/_search", post(post_search))
         .route("/fhir/R4/{resource_type}/{id}", get(read).put(update))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            ratelimit_header,
+        ))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(shared)
+}
+
+/// Adds `RateLimit` to every answer (with a quota, or in Medplum mode).
+async fn ratelimit_header(State(shared): Shared_, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(value) = shared
+        .ratelimit()
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert("ratelimit", value);
+    }
+    response
 }
 
 fn fhir_json(status: StatusCode, body: &Value) -> Response {
@@ -81,12 +102,14 @@ fn reset() -> Response {
     response
 }
 
-/// Applies the configured faults around `handle`.
+/// Applies the configured faults and the body limit around `handle`
+/// (which runs only when awaited).
 async fn guarded(
     shared: &Shared,
     headers: &HeaderMap,
     body_len: usize,
-    handle: impl FnOnce() -> Response,
+    body_limit: Option<usize>,
+    handle: impl Future<Output = Response>,
 ) -> Response {
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     let authorization = headers
@@ -122,31 +145,16 @@ async fn guarded(
         shared.stats.faults.fetch_add(1, Ordering::Relaxed);
         if shared.roll() < 0.5 {
             // the write happens; the answer is lost
-            drop(handle());
+            drop(handle.await);
         }
         return reset();
     }
-    if let Some(max) = shared.config.limits.max_body_bytes
+    if let Some(max) = body_limit
         && body_len > max
     {
         return error_response(&FhirError::new(400, "invalid", "File too large"));
     }
-    let mut response = handle();
-    if let Some(value) = shared
-        .ratelimit()
-        .and_then(|v| HeaderValue::from_str(&v).ok())
-    {
-        response.headers_mut().insert("ratelimit", value);
-    }
-    response
-}
-
-fn throttled() -> FhirError {
-    FhirError::new(
-        429,
-        "throttled",
-        "Too many requests: the quota of FHIR interactions is used up",
-    )
+    handle.await
 }
 
 /// A 401 when the sandbox requires tokens and this request has no live one.
@@ -271,7 +279,11 @@ async fn token(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Respo
     )
 }
 
-async fn metadata() -> Response {
+async fn metadata(State(shared): Shared_) -> Response {
+    let software = match &shared.config.medplum {
+        Some(_) => json!({ "name": "medplum", "version": "5.0.10" }),
+        None => json!({ "name": "fhirlift-sandbox", "version": env!("CARGO_PKG_VERSION") }),
+    };
     fhir_json(
         StatusCode::OK,
         &json!({
@@ -280,7 +292,7 @@ async fn metadata() -> Response {
             "kind": "instance",
             "fhirVersion": "4.0.1",
             "format": ["json"],
-            "software": { "name": "fhirlift-sandbox", "version": env!("CARGO_PKG_VERSION") },
+            "software": software,
             "rest": [{
                 "mode": "server",
                 "interaction": [{ "code": "batch" }, { "code": "transaction" }],
@@ -289,244 +301,9 @@ async fn metadata() -> Response {
     )
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Store> {
-    shared.store.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn status_line(status: u16) -> String {
-    let reason = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    format!("{status} {reason}")
-}
-
-fn written_entry(w: &WriteResult) -> Value {
-    let status = if w.written == Written::Created {
-        201
-    } else {
-        200
-    };
-    json!({
-        "response": {
-            "status": status_line(status),
-            "location": format!("{}/{}/_history/{}", w.resource_type, w.id, w.version),
-            "etag": format!("W/\"{}\"", w.version),
-            "lastModified": w.last_updated,
-        }
-    })
-}
-
-fn error_entry(e: &FhirError) -> Value {
-    json!({ "response": { "status": status_line(e.status), "outcome": e.outcome() } })
-}
-
 fn parse_body(body: &Bytes) -> Result<Value, FhirError> {
     serde_json::from_slice(body)
         .map_err(|e| FhirError::new(400, "invalid", format!("the body is not JSON: {e}")))
-}
-
-/// A write in a bundle entry, or from a plain request.
-enum Write {
-    /// `PUT Type?identifier=…`
-    Conditional {
-        resource_type: String,
-        query: String,
-    },
-    /// `PUT Type/id`, optionally with `If-Match`.
-    ById {
-        resource_type: String,
-        id: String,
-        if_match: Option<String>,
-    },
-    /// `POST Type`
-    Create { resource_type: String },
-}
-
-fn entry_write(entry: &Value) -> Result<Write, FhirError> {
-    let request = &entry["request"];
-    let method = request["method"].as_str().unwrap_or("");
-    let url = request["url"].as_str().unwrap_or("");
-    let url = url.trim_start_matches('/');
-    let if_match = request["ifMatch"].as_str().map(str::to_owned);
-    match (method, url.split_once('?'), url.split_once('/')) {
-        ("PUT", Some((t, q)), _) => Ok(Write::Conditional {
-            resource_type: t.to_owned(),
-            query: q.to_owned(),
-        }),
-        ("PUT", None, Some((t, id))) => Ok(Write::ById {
-            resource_type: t.to_owned(),
-            id: id.to_owned(),
-            if_match,
-        }),
-        ("POST", None, None) if !url.is_empty() => Ok(Write::Create {
-            resource_type: url.to_owned(),
-        }),
-        _ => Err(FhirError::new(
-            400,
-            "not-supported",
-            format!("the sandbox does not support {method} {url:?} in a bundle"),
-        )),
-    }
-}
-
-/// The id a write targets: existing, or new.
-fn target_id(store: &mut Store, write: &Write) -> Result<(String, String), FhirError> {
-    match write {
-        Write::Conditional {
-            resource_type,
-            query,
-        } => {
-            let search = parse_search(query);
-            let id = match store.resolve_conditional(resource_type, &search)? {
-                Some(id) => id,
-                None => store.new_id(),
-            };
-            Ok((resource_type.clone(), id))
-        }
-        Write::ById {
-            resource_type,
-            id,
-            if_match,
-        } => {
-            let Some(stored) = store.get(resource_type, id) else {
-                return Err(FhirError::new(
-                    400,
-                    "invalid",
-                    format!(
-                        "{resource_type}/{id} does not exist; the server assigns ids (create with POST or a conditional PUT)"
-                    ),
-                ));
-            };
-            if let Some(expected) = if_match {
-                let wanted = expected.trim_start_matches("W/").trim_matches('"');
-                if wanted != stored.version.to_string() {
-                    return Err(FhirError::new(412, "conflict", "Precondition Failed"));
-                }
-            }
-            Ok((resource_type.clone(), id.clone()))
-        }
-        Write::Create { resource_type } => Ok((resource_type.clone(), store.new_id())),
-    }
-}
-
-fn check_body_id(write: &Write, resource: &Value, exists: bool) -> Result<(), FhirError> {
-    if matches!(write, Write::Conditional { .. }) && !exists && resource.get("id").is_some() {
-        return Err(FhirError::new(
-            400,
-            "invalid",
-            "Cannot perform create as update with client-assigned ID",
-        ));
-    }
-    Ok(())
-}
-
-/// One write on its own (a batch entry, or a plain request).
-fn single_write(
-    store: &mut Store,
-    write: &Write,
-    mut resource: Value,
-) -> Result<WriteResult, FhirError> {
-    let (resource_type, id) = target_id(store, write)?;
-    let exists = store.get(&resource_type, &id).is_some();
-    check_body_id(write, &resource, exists)?;
-    store.resolve_references(&mut resource, &HashMap::new())?;
-    store.write(&resource_type, &id, resource, None)
-}
-
-/// A transaction: all or nothing.
-fn transaction(shared: &Shared, bundle: &Value) -> Result<Value, FhirError> {
-    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
-    if let Some(max) = shared.config.limits.max_transaction_entries
-        && entries.len() > max
-    {
-        return Err(FhirError::new(
-            400,
-            "invalid",
-            format!(
-                "Transaction contains {} entries; at most {max} are allowed",
-                entries.len()
-            ),
-        ));
-    }
-    let mut store = lock(shared);
-    let mut local = HashMap::new();
-    let mut planned = Vec::with_capacity(entries.len());
-    let mut seen = HashMap::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let write = entry_write(entry).map_err(|e| at_entry(i, e))?;
-        let (resource_type, id) = target_id(&mut store, &write).map_err(|e| at_entry(i, e))?;
-        if let Some(first) = seen.insert(format!("{resource_type}/{id}"), i) {
-            return Err(at_entry(
-                i,
-                FhirError::new(
-                    400,
-                    "invalid",
-                    format!("entries {first} and {i} write the same resource"),
-                ),
-            ));
-        }
-        if let Some(full_url) = entry["fullUrl"].as_str() {
-            local.insert(full_url.to_owned(), format!("{resource_type}/{id}"));
-        }
-        planned.push((write, resource_type, id));
-    }
-    let mut undo = Vec::new();
-    let mut responses = Vec::with_capacity(entries.len());
-    for (i, ((write, resource_type, id), entry)) in planned.iter().zip(&entries).enumerate() {
-        let result = (|| {
-            let mut resource = entry["resource"].clone();
-            let exists = store.get(resource_type, id).is_some();
-            check_body_id(write, &resource, exists)?;
-            store.resolve_references(&mut resource, &local)?;
-            store.write(resource_type, id, resource, Some(&mut undo))
-        })();
-        match result {
-            Ok(w) => responses.push(written_entry(&w)),
-            Err(e) => {
-                store.roll_back(undo);
-                return Err(at_entry(i, e));
-            }
-        }
-    }
-    Ok(json!({ "resourceType": "Bundle", "type": "transaction-response", "entry": responses }))
-}
-
-fn at_entry(index: usize, e: FhirError) -> FhirError {
-    FhirError {
-        message: format!("entry {index}: {}", e.message),
-        ..e
-    }
-}
-
-fn batch_entry(shared: &Shared, entry: &Value) -> Value {
-    shared.stats.entries.fetch_add(1, Ordering::Relaxed);
-    let request = &entry["request"];
-    if request["method"] == "POST" && matches!(request["url"].as_str(), Some("/")) {
-        return match transaction(shared, &entry["resource"]) {
-            Ok(response) => {
-                json!({ "response": { "status": status_line(200) }, "resource": response })
-            }
-            Err(e) => error_entry(&e),
-        };
-    }
-    let faults = &shared.config.faults;
-    if faults.rate_409 > 0.0 && shared.roll() < faults.rate_409 {
-        shared.stats.faults.fetch_add(1, Ordering::Relaxed);
-        return error_entry(&FhirError::new(
-            409,
-            "conflict",
-            "sandbox fault: could not serialize access due to read/write dependencies among transactions",
-        ));
-    }
-    let result = entry_write(entry).and_then(|write| {
-        let mut store = lock(shared);
-        single_write(&mut store, &write, entry["resource"].clone())
-    });
-    match result {
-        Ok(w) => written_entry(&w),
-        Err(e) => error_entry(&e),
-    }
 }
 
 fn sink(body: &Bytes) -> Response {
@@ -602,60 +379,149 @@ fn sink(body: &Bytes) -> Response {
     }
 }
 
+/// `Prefer: respond-async` (exactly that), honoured in Medplum mode only.
+fn wants_async(shared: &Shared, headers: &HeaderMap) -> bool {
+    shared.config.medplum.is_some()
+        && headers
+            .get("prefer")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "respond-async")
+}
+
 async fn bundle(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Response {
-    let s = shared.clone();
-    guarded(&shared, &headers, body.len(), move || {
-        if s.config.mode == Mode::Sink {
+    let respond_async = wants_async(&shared, &headers);
+    let limit = shared.body_limit(respond_async);
+    guarded(&shared, &headers, body.len(), limit, async {
+        if shared.config.mode == Mode::Sink {
             return sink(&body);
         }
+        if respond_async {
+            return start_job(&shared, &body);
+        }
         let bundle = match parse_body(&body) {
-            Ok(b) if b["resourceType"] == "Bundle" => b,
-            Ok(_) => return error_response(&FhirError::new(400, "invalid", "POST to the base takes a Bundle")),
+            Ok(b) => b,
             Err(e) => return error_response(&e),
         };
-        match bundle["type"].as_str() {
-            Some("batch") => {
-                let entries = bundle["entry"].as_array().map(Vec::as_slice).unwrap_or_default();
-                if let Some(max) = s.config.limits.max_batch_entries
-                    && entries.len() > max
-                {
-                    return error_response(&FhirError::new(
-                        400,
-                        "invalid",
-                        format!("Batch contains {} entries; at most {max} are allowed", entries.len()),
-                    ));
-                }
-                // past the quota, this entry and every one after it get 429
-                let mut exhausted = false;
-                let responses: Vec<Value> = entries
-                    .iter()
-                    .map(|e| {
-                        let writes = e["resource"]["entry"].as_array().map_or(1, Vec::len) as u64;
-                        exhausted = exhausted || !s.charge(writes);
-                        if exhausted {
-                            s.stats.entries.fetch_add(1, Ordering::Relaxed);
-                            error_entry(&throttled())
-                        } else {
-                            batch_entry(&s, e)
-                        }
-                    })
-                    .collect();
-                fhir_json(
-                    StatusCode::OK,
-                    &json!({ "resourceType": "Bundle", "type": "batch-response", "entry": responses }),
-                )
+        match process_bundle(&shared, &bundle, OnQuota::Refuse).await {
+            Ok(response) => fhir_json(StatusCode::OK, &response),
+            Err(e) => error_response(&e),
+        }
+    })
+    .await
+}
+
+fn next_job_id(shared: &Shared) -> String {
+    let n = shared.next_job.fetch_add(1, Ordering::Relaxed) + 1;
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+fn set_job(shared: &Shared, id: &str, job: Value) {
+    shared
+        .jobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_owned(), job);
+}
+
+/// `POST {base}` with `Prefer: respond-async`: 202 and a job that runs the
+/// batch, waiting for the quota instead of answering 429.
+fn start_job(shared: &Arc<Shared>, body: &Bytes) -> Response {
+    let parsed = parse_body(body);
+    if let Ok(b) = &parsed
+        && b["type"] == "transaction"
+        && shared
+            .config
+            .medplum
+            .as_ref()
+            .is_some_and(|m| m.transaction_bundles)
+    {
+        return error_response(&FhirError::new(
+            400,
+            "not-supported",
+            "Async transactions are not supported in a project with transaction-bundles",
+        ));
+    }
+    let id = next_job_id(shared);
+    let job = json!({
+        "resourceType": "AsyncJob",
+        "id": id,
+        "status": "accepted",
+        "request": format!("http://{}/fhir/R4", shared.addr),
+        "requestTime": crate::time::now_instant(),
+    });
+    set_job(shared, &id, job.clone());
+    let task_shared = shared.clone();
+    let job_id = id.clone();
+    tokio::spawn(async move {
+        let shared = task_shared;
+        let outcome = match parsed {
+            Ok(b) if b["type"] == "batch" || b["type"] == "transaction" => {
+                process_bundle(&shared, &b, OnQuota::Wait).await
             }
-            Some("transaction") if !s.charge(bundle["entry"].as_array().map_or(0, Vec::len) as u64) => {
-                error_response(&throttled())
-            }
-            Some("transaction") => match transaction(&s, &bundle) {
-                Ok(response) => fhir_json(StatusCode::OK, &response),
-                Err(e) => error_response(&e),
-            },
-            other => error_response(&FhirError::new(
+            Ok(_) => Err(FhirError::new(
                 400,
-                "not-supported",
-                format!("bundle type {other:?}: only batch and transaction"),
+                "invalid",
+                "an async request to the base takes a batch Bundle",
+            )),
+            Err(e) => Err(e),
+        };
+        let mut done = job;
+        match outcome {
+            Ok(response) => {
+                let binary = next_job_id(&shared);
+                shared
+                    .binaries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(binary.clone(), response);
+                done["status"] = json!("completed");
+                done["output"] = json!({ "resourceType": "Parameters", "parameter": [
+                    { "name": "results", "valueReference": { "reference": format!("Binary/{binary}") } }
+                ]});
+            }
+            Err(e) => {
+                done["status"] = json!("error");
+                done["output"] = json!({ "resourceType": "Parameters", "parameter": [
+                    { "name": "error", "valueString": e.message }
+                ]});
+            }
+        }
+        set_job(&shared, &job_id, done);
+    });
+    let mut r = fhir_json(
+        StatusCode::ACCEPTED,
+        &json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{ "severity": "information", "code": "informational", "details": { "text": "Accepted" } }]
+        }),
+    );
+    let location = format!("http://{}/fhir/R4/job/{id}/status", shared.addr);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    r
+}
+
+/// `GET {base}/job/{id}/status`: 202 while the job runs, then 200 with the AsyncJob.
+async fn job_status(
+    State(shared): Shared_,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    guarded(&shared, &headers, 0, None, async {
+        let job = shared
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        match job {
+            Some(job) if job["status"] == "accepted" => fhir_json(StatusCode::ACCEPTED, &job),
+            Some(job) => fhir_json(StatusCode::OK, &job),
+            None => error_response(&FhirError::new(
+                404,
+                "not-found",
+                format!("job {id} is not known"),
             )),
         }
     })
@@ -688,7 +554,7 @@ fn write_response(result: Result<WriteResult, FhirError>, store: &Store) -> Resp
     }
 }
 
-fn plain_write(shared: &Shared, write: Write, body: &Bytes) -> Response {
+async fn plain_write(shared: &Shared, write: Write, body: &Bytes) -> Response {
     if !shared.charge(1) {
         return error_response(&throttled());
     }
@@ -696,8 +562,14 @@ fn plain_write(shared: &Shared, write: Write, body: &Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
+    let work = Work::write(matches!(write, Write::Conditional { .. }), &resource);
+    let _busy = busy(shared, work).await;
+    if let Some(e) = conflict(shared, work.conditional) {
+        return error_response(&e);
+    }
     let mut store = lock(shared);
-    let result = single_write(&mut store, &write, resource);
+    let display = shared.config.medplum.is_some();
+    let result = single_write(&mut store, &write, resource, display);
     write_response(result, &store)
 }
 
@@ -707,9 +579,9 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let s = shared.clone();
-    guarded(&shared, &headers, body.len(), move || {
-        plain_write(&s, Write::Create { resource_type }, &body)
+    let limit = shared.body_limit(false);
+    guarded(&shared, &headers, body.len(), limit, async {
+        plain_write(&shared, Write::Create { resource_type }, &body).await
     })
     .await
 }
@@ -721,17 +593,14 @@ async fn conditional_update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let s = shared.clone();
     let query = query.unwrap_or_default();
-    guarded(&shared, &headers, body.len(), move || {
-        plain_write(
-            &s,
-            Write::Conditional {
-                resource_type,
-                query,
-            },
-            &body,
-        )
+    let limit = shared.body_limit(false);
+    guarded(&shared, &headers, body.len(), limit, async {
+        let write = Write::Conditional {
+            resource_type,
+            query,
+        };
+        plain_write(&shared, write, &body).await
     })
     .await
 }
@@ -742,21 +611,18 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let s = shared.clone();
     let if_match = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    guarded(&shared, &headers, body.len(), move || {
-        plain_write(
-            &s,
-            Write::ById {
-                resource_type,
-                id,
-                if_match,
-            },
-            &body,
-        )
+    let limit = shared.body_limit(false);
+    guarded(&shared, &headers, body.len(), limit, async {
+        let write = Write::ById {
+            resource_type,
+            id,
+            if_match,
+        };
+        plain_write(&shared, write, &body).await
     })
     .await
 }
@@ -766,9 +632,14 @@ async fn read(
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let s = shared.clone();
-    guarded(&shared, &headers, 0, move || {
-        let store = lock(&s);
+    guarded(&shared, &headers, 0, None, async {
+        if resource_type == "Binary" {
+            let binaries = shared.binaries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(bundle) = binaries.get(&id) {
+                return fhir_json(StatusCode::OK, bundle);
+            }
+        }
+        let store = lock(&shared);
         match store.get(&resource_type, &id) {
             Some(stored) => fhir_json(StatusCode::OK, &stored.resource),
             None => error_response(&FhirError::new(
@@ -787,39 +658,97 @@ async fn search(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let s = shared.clone();
-    guarded(&shared, &headers, 0, move || {
-        let search = parse_search(&query.unwrap_or_default());
-        if !search.unsupported.is_empty() {
-            return error_response(&FhirError::new(
-                400,
-                "not-supported",
-                format!("the sandbox searches by identifier only, not {:?}", search.unsupported),
-            ));
-        }
-        let store = lock(&s);
-        let ids = if search.identifiers.is_empty() {
-            let mut all: Vec<String> = store
-                .resources(&resource_type)
-                .iter()
-                .filter_map(|r| r["id"].as_str().map(str::to_owned))
-                .collect();
-            all.sort();
-            all
-        } else {
-            store.search(&resource_type, &search)
-        };
-        let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset", "total": ids.len() });
-        if !search.summary_count {
-            let entries: Vec<Value> = ids
-                .iter()
-                .take(search.count.unwrap_or(usize::MAX))
-                .filter_map(|id| store.get(&resource_type, id))
-                .map(|stored| json!({ "fullUrl": format!("{resource_type}/{}", stored.resource["id"].as_str().unwrap_or("")), "resource": stored.resource }))
-                .collect();
-            bundle["entry"] = Value::Array(entries);
-        }
-        fhir_json(StatusCode::OK, &bundle)
+    guarded(&shared, &headers, 0, None, async {
+        run_search(&shared, &resource_type, &query.unwrap_or_default()).await
     })
     .await
+}
+
+/// `POST Type/_search`: the parameters form-encoded in the body (and any in the URL).
+async fn post_search(
+    State(shared): Shared_,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let limit = shared.body_limit(false);
+    guarded(&shared, &headers, body.len(), limit, async {
+        let form = crate::query::form_to_query(&String::from_utf8_lossy(&body));
+        let merged = [query.unwrap_or_default(), form]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("&");
+        run_search(&shared, &resource_type, &merged).await
+    })
+    .await
+}
+
+/// Default and largest page sizes.
+const DEFAULT_COUNT: usize = 20;
+const MAX_COUNT: usize = 1000;
+
+/// A search: a page of `_count` matches (in id order) from `_offset`, with
+/// `total` and `self` / `next` links.
+async fn run_search(shared: &Shared, resource_type: &str, query: &str) -> Response {
+    shared.stats.searches.fetch_add(1, Ordering::Relaxed);
+    let search = parse_search(query);
+    if !search.unsupported.is_empty() {
+        return error_response(&FhirError::new(
+            400,
+            "not-supported",
+            format!(
+                "the sandbox searches by identifier only, not {:?}",
+                search.unsupported
+            ),
+        ));
+    }
+    let _busy = busy(shared, Work::search()).await;
+    let store = lock(shared);
+    let ids = if search.identifiers.is_empty() {
+        let mut all: Vec<String> = store
+            .resources(resource_type)
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect();
+        all.sort();
+        all
+    } else {
+        store.search(resource_type, &search)
+    };
+    let total = ids.len();
+    let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset", "total": total });
+    if !search.summary_count {
+        let count = search.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
+        let offset = search.offset.unwrap_or(0);
+        let entries: Vec<Value> = ids
+            .iter()
+            .skip(offset)
+            .take(count)
+            .filter_map(|id| store.get(resource_type, id))
+            .map(|stored| {
+                json!({
+                    "fullUrl": format!("{resource_type}/{}", stored.resource["id"].as_str().unwrap_or("")),
+                    "resource": stored.resource,
+                    "search": { "mode": "match" },
+                })
+            })
+            .collect();
+        let rest = crate::query::without(query, &["_count", "_offset"]);
+        let page = |offset: usize| {
+            let sep = if rest.is_empty() { "" } else { "&" };
+            format!(
+                "http://{}/fhir/R4/{resource_type}?{rest}{sep}_count={count}&_offset={offset}",
+                shared.addr
+            )
+        };
+        let mut links = vec![json!({ "relation": "self", "url": page(offset) })];
+        if count > 0 && offset.saturating_add(count) < total {
+            links.push(json!({ "relation": "next", "url": page(offset + count) }));
+        }
+        bundle["link"] = Value::Array(links);
+        bundle["entry"] = Value::Array(entries);
+    }
+    fhir_json(StatusCode::OK, &bundle)
 }

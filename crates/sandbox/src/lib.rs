@@ -7,8 +7,11 @@
 //! - create, read, update by id, conditional update
 //!   (`PUT Type?identifier=…`: 0 matches creates, 1 updates, 2+ is 412),
 //!   unchanged content keeping its version;
-//! - search by identifier (one value or many, comma-separated), `_count`,
-//!   `_summary=count`;
+//! - search by identifier (one value or many, comma-separated, or a whole
+//!   system with `identifier=system|`), as `GET Type?…` or as
+//!   `POST Type/_search` with a form-encoded body; `_summary=count`; pages of
+//!   `_count` (default 20, at most 1000) from `_offset`, in id order, with
+//!   `self` and `next` links;
 //! - batch and transaction bundles: transactions all-or-nothing, `urn:uuid`
 //!   references rewritten, transactions nested in a batch (`POST /`),
 //!   conditional references (`Patient?identifier=…`) resolved to `Type/id`,
@@ -19,7 +22,20 @@
 //! Retry-After), 409s, 503s, connection resets and latency, and refuse
 //! bundles over a size. [`Mode::Sink`] only parses and counts, for
 //! benchmarks. The store can be saved to and loaded from NDJSON files.
+//!
+//! [`SandboxConfig::medplum`] makes the sandbox behave like a Medplum 5
+//! server as `shared/MEDPLUM.md` measured it ([`MedplumBehaviour`]): it calls
+//! itself `medplum`, answers a `RateLimit` header on every response, refuses
+//! bodies over 1 MB with 400 "File too large", runs batch entries bucketed
+//! (nested transactions, then creates, then updates), simulates
+//! serialization conflicts (409) among concurrent conditional writes, runs
+//! transactions like batches unless the project has `transaction-bundles`
+//! (then atomic, with Medplum's 8-entry and 50-update limits), adds a
+//! `display` to resolved conditional references, spends server time per
+//! write and search on a few workers, and runs `Prefer: respond-async`
+//! batches as jobs (`{base}/job/{id}/status`, the answer in a `Binary`).
 
+mod bundle;
 mod http;
 mod query;
 mod store;
@@ -27,7 +43,7 @@ mod time;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,7 +82,9 @@ pub struct Faults {
 pub struct Limits {
     /// Most entries in a batch (400 over it).
     pub max_batch_entries: Option<usize>,
-    /// Most bytes in a request body (400 "File too large" over it, as Medplum answers).
+    /// Most bytes in a request body (400 "File too large" over it, as Medplum
+    /// answers). In Medplum mode none means 1,000,000; async batches may
+    /// always hold 50 MB.
     pub max_body_bytes: Option<usize>,
     /// Most entries in a transaction (400 over it).
     pub max_transaction_entries: Option<usize>,
@@ -77,7 +95,9 @@ pub struct Limits {
 /// A quota of units per window: each write costs `write_cost`. Every answer
 /// carries `RateLimit: "requests";r=…;t=…, "fhirInteractions";r=…;t=…`; over
 /// the quota a request gets 429 (no Retry-After) and, inside a batch, every
-/// entry from the one that ran out onward gets 429, as Medplum answers.
+/// entry from the one that ran out onward (in the order entries run) gets
+/// 429, as Medplum answers. An async batch job waits for the window to reset
+/// instead.
 #[derive(Debug, Clone)]
 pub struct Quota {
     pub units: u64,
@@ -102,6 +122,33 @@ pub struct SandboxAuth {
     pub uses: Option<u64>,
 }
 
+/// Behaviour of a Medplum 5 server, as ../shared/MEDPLUM.md measured it.
+#[derive(Debug, Clone)]
+pub struct MedplumBehaviour {
+    /// The project has the `transaction-bundles` feature: transactions are atomic, with the 8 / 50 limits.
+    pub transaction_bundles: bool,
+    /// Server work per write (create, update, or an unchanged write): the request holds one of `workers` for this long per write.
+    pub write_cost: Duration,
+    /// Server work per search: a search request (per page), the resolution of each conditional write, each conditional reference resolved.
+    pub search_cost: Duration,
+    /// Requests the server works on at once (a tokio Semaphore); the others queue.
+    pub workers: usize,
+    /// Per conditional write entry (conditional PUT or conditional reference), the chance of a 409 "could not serialize access due to read/write dependencies among transactions" for EACH OTHER request holding conditional writes that is in flight at the same moment (chance = min(0.9, conflict_rate * others)). Seeded by Faults::seed via Shared::roll.
+    pub conflict_rate: f64,
+}
+
+impl Default for MedplumBehaviour {
+    fn default() -> MedplumBehaviour {
+        MedplumBehaviour {
+            transaction_bundles: false,
+            write_cost: Duration::ZERO,
+            search_cost: Duration::ZERO,
+            workers: 4,
+            conflict_rate: 0.05,
+        }
+    }
+}
+
 /// How to run a sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxConfig {
@@ -112,7 +159,17 @@ pub struct SandboxConfig {
     pub auth: Option<SandboxAuth>,
     /// The port to listen on (0: any free one).
     pub port: u16,
+    /// Behave like a Medplum 5 server (none: a generic FHIR server).
+    pub medplum: Option<MedplumBehaviour>,
 }
+
+/// The quota a Medplum-mode sandbox announces when [`Limits::quota`] is
+/// none: 50,000 units a minute, never used up (nothing is counted against it).
+const MEDPLUM_DEFAULT_QUOTA: (u64, Duration) = (50_000, Duration::from_secs(60));
+/// Medplum's synchronous body limit (`maxJsonSize`).
+const MEDPLUM_MAX_BODY: usize = 1_000_000;
+/// Medplum's body limit for async (`Prefer: respond-async`) batches.
+const MEDPLUM_MAX_ASYNC_BODY: usize = 50_000_000;
 
 /// Counters for tests and the console.
 #[derive(Debug, Default)]
@@ -126,6 +183,19 @@ pub struct Stats {
     pub unauthorized: AtomicU64,
     /// Requests and entries refused with 429 for the quota.
     pub throttled: AtomicU64,
+    /// Search requests (`GET Type?…` and `POST Type/_search`, each page one).
+    pub searches: AtomicU64,
+    /// 409s from the Medplum conflict simulation (entries and requests).
+    pub conflicts: AtomicU64,
+}
+
+/// How a bundle meets a used-up quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnQuota {
+    /// 429 (for the entry and every one after it in a batch).
+    Refuse,
+    /// Sleep until the quota window resets (async jobs).
+    Wait,
 }
 
 /// Shared by every request handler.
@@ -139,40 +209,96 @@ pub(crate) struct Shared {
     /// The quota window's start and the units used in it.
     pub quota_used: Mutex<(std::time::Instant, u64)>,
     pub addr: SocketAddr,
+    /// Medplum mode: the workers requests wait for.
+    pub workers: tokio::sync::Semaphore,
+    /// Medplum mode: requests holding conditional writes now in flight.
+    pub conditional_in_flight: AtomicUsize,
+    /// Async jobs: id → the AsyncJob resource as it stands.
+    pub jobs: Mutex<std::collections::HashMap<String, serde_json::Value>>,
+    /// Binaries written by async jobs: id → the batch-response bundle.
+    pub binaries: Mutex<std::collections::HashMap<String, serde_json::Value>>,
+    /// Numbers the ids of jobs and binaries.
+    pub next_job: AtomicU64,
 }
 
 impl Shared {
-    /// Takes `writes` writes from the quota; false when it does not have them.
+    /// Takes `writes` writes from the quota; false (a 429) when it does not have them.
     pub fn charge(&self, writes: u64) -> bool {
+        match self.take(writes, false) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Takes `writes` writes from the quota, or waits for the window to
+    /// reset (`OnQuota::Wait`); false when it refused them.
+    pub async fn charge_or_wait(&self, writes: u64, on_quota: OnQuota) -> bool {
+        if on_quota == OnQuota::Refuse {
+            return self.charge(writes);
+        }
+        loop {
+            match self.take(writes, true) {
+                Ok(()) => return true,
+                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+            }
+        }
+    }
+
+    /// Takes `writes` writes from the quota, or answers how long until the
+    /// window resets. With `oversize`, more than the whole quota is taken
+    /// from a fresh window (a waiting job must not wait forever).
+    fn take(&self, writes: u64, oversize: bool) -> Result<(), Duration> {
         let Some(q) = &self.config.limits.quota else {
-            return true;
+            return Ok(());
         };
         let mut used = self.quota_used.lock().unwrap_or_else(|p| p.into_inner());
         if used.0.elapsed() >= q.window {
             *used = (std::time::Instant::now(), 0);
         }
-        let cost = writes * q.write_cost;
-        if used.1 + cost > q.units {
-            self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-            return false;
+        let cost = writes.saturating_mul(q.write_cost);
+        if used.1.saturating_add(cost) > q.units && !(oversize && used.1 == 0) {
+            return Err(q.window.saturating_sub(used.0.elapsed()));
         }
-        used.1 += cost;
-        true
+        used.1 = used.1.saturating_add(cost);
+        Ok(())
     }
 
-    /// The `RateLimit` header for the quota's state, if there is a quota.
+    /// The `RateLimit` header for the quota's state: with a quota, or in
+    /// Medplum mode (a large quota that is never used up when none is set).
     pub fn ratelimit(&self) -> Option<String> {
-        let q = self.config.limits.quota.as_ref()?;
         let used = self.quota_used.lock().unwrap_or_else(|p| p.into_inner());
-        let (remaining, reset) = if used.0.elapsed() >= q.window {
-            (q.units, q.window)
-        } else {
-            (q.units.saturating_sub(used.1), q.window - used.0.elapsed())
+        let (remaining, reset) = match (&self.config.limits.quota, &self.config.medplum) {
+            (Some(q), _) if used.0.elapsed() >= q.window => (q.units, q.window),
+            (Some(q), _) => (
+                q.units.saturating_sub(used.1),
+                q.window.saturating_sub(used.0.elapsed()),
+            ),
+            (None, Some(_)) => {
+                let (units, window) = MEDPLUM_DEFAULT_QUOTA;
+                let into = used.0.elapsed().as_millis() % window.as_millis();
+                let reset = window.saturating_sub(Duration::from_millis(into as u64));
+                (units, reset)
+            }
+            (None, None) => return None,
         };
         let t = reset.as_secs_f64().ceil() as u64;
         Some(format!(
             "\"requests\";r=600;t={t}, \"fhirInteractions\";r={remaining};t={t}"
         ))
+    }
+
+    /// The most bytes a request body may hold (none: no limit): the limit
+    /// set, else Medplum's 1 MB in Medplum mode; 50 MB for an async batch.
+    pub fn body_limit(&self, async_job: bool) -> Option<usize> {
+        let set = self.config.limits.max_body_bytes;
+        match (&self.config.medplum, async_job) {
+            (None, _) => set,
+            (Some(_), false) => Some(set.unwrap_or(MEDPLUM_MAX_BODY)),
+            (Some(_), true) => Some(set.unwrap_or(0).max(MEDPLUM_MAX_ASYNC_BODY)),
+        }
     }
 
     /// A number in [0, 1) from the seeded fault dice.
@@ -220,6 +346,11 @@ impl Sandbox {
         let addr = listener
             .local_addr()
             .map_err(|source| SandboxError::Bind { port, source })?;
+        let workers = config
+            .medplum
+            .as_ref()
+            .map_or(1, |m| m.workers)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             dice: AtomicU64::new(config.faults.seed),
             config,
@@ -228,6 +359,11 @@ impl Sandbox {
             tokens: Mutex::new(std::collections::HashMap::new()),
             quota_used: Mutex::new((std::time::Instant::now(), 0)),
             addr,
+            workers: tokio::sync::Semaphore::new(workers),
+            conditional_in_flight: AtomicUsize::new(0),
+            jobs: Mutex::new(std::collections::HashMap::new()),
+            binaries: Mutex::new(std::collections::HashMap::new()),
+            next_job: AtomicU64::new(0),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());

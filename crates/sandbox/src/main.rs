@@ -2,15 +2,31 @@
 
 use std::time::Duration;
 
-use fhirlift_sandbox::{Mode, Sandbox, SandboxConfig, Store};
+use fhirlift_sandbox::{MedplumBehaviour, Mode, Sandbox, SandboxConfig, Store};
 
 const USAGE: &str = "usage: fhirlift-sandbox [--port N] [--sink] [--store DIR]
        [--rate-429 R] [--rate-409 R] [--rate-503 R] [--rate-reset R] [--latency-ms MIN,MAX] [--seed N]
        [--max-batch-entries N] [--max-body-bytes N] [--max-transaction-entries N]
        [--quota UNITS,SECONDS,WRITE_COST]
+       [--medplum [--transaction-bundles] [--write-cost-ms N] [--search-cost-ms N]
+                  [--workers N] [--conflict-rate F]]
 
 Serves FHIR R4 at http://127.0.0.1:PORT/fhir/R4 until Ctrl-C; with --store,
-loads DIR/*.ndjson first and saves the store there on exit. Rates are 0..1.";
+loads DIR/*.ndjson first and saves the store there on exit. Rates are 0..1.
+
+--medplum behaves like a Medplum 5 server (shared/MEDPLUM.md): software.name
+\"medplum\" in /metadata, a RateLimit header on every answer, 400 \"File too
+large\" over 1 MB, batch entries bucketed (transactions, creates, updates),
+serialization conflicts among concurrent conditional writes, non-atomic
+transactions, a display on resolved conditional references, async batches
+(Prefer: respond-async). The options below imply --medplum:
+  --transaction-bundles  the project has the feature: atomic transactions,
+                         at most 8 entries with a conditional one, 50 updates
+  --write-cost-ms N      server time per write (default 0)
+  --search-cost-ms N     server time per search or conditional resolution (default 0)
+  --workers N            requests worked on at once, the others queue (default 4)
+  --conflict-rate F      409 chance per conditional write for each other request
+                         with conditional writes in flight (default 0.05)";
 
 fn main() {
     let mut config = SandboxConfig {
@@ -76,6 +92,43 @@ fn main() {
                     write_cost: cost,
                 });
             }
+            "--medplum" => {
+                config.medplum.get_or_insert_with(MedplumBehaviour::default);
+            }
+            "--transaction-bundles" => {
+                config
+                    .medplum
+                    .get_or_insert_with(MedplumBehaviour::default)
+                    .transaction_bundles = true
+            }
+            "--write-cost-ms" => {
+                let cost = Duration::from_millis(number(value()));
+                config
+                    .medplum
+                    .get_or_insert_with(MedplumBehaviour::default)
+                    .write_cost = cost;
+            }
+            "--search-cost-ms" => {
+                let cost = Duration::from_millis(number(value()));
+                config
+                    .medplum
+                    .get_or_insert_with(MedplumBehaviour::default)
+                    .search_cost = cost;
+            }
+            "--workers" => {
+                let workers = number(value()).max(1) as usize;
+                config
+                    .medplum
+                    .get_or_insert_with(MedplumBehaviour::default)
+                    .workers = workers;
+            }
+            "--conflict-rate" => {
+                let r = rate(value());
+                config
+                    .medplum
+                    .get_or_insert_with(MedplumBehaviour::default)
+                    .conflict_rate = r;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
@@ -105,11 +158,15 @@ fn main() {
             }
         }
         let stats = sandbox.stats();
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         println!(
-            "{} requests, {} entries, {} faults injected",
-            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-            stats.entries.load(std::sync::atomic::Ordering::Relaxed),
-            stats.faults.load(std::sync::atomic::Ordering::Relaxed)
+            "{} requests, {} entries, {} searches, {} faults injected, {} conflicts, {} throttled",
+            n(&stats.requests),
+            n(&stats.entries),
+            n(&stats.searches),
+            n(&stats.faults),
+            n(&stats.conflicts),
+            n(&stats.throttled)
         );
         sandbox.stop().await;
     });

@@ -1,5 +1,6 @@
 //! FHIR request URLs: `Type?identifier=system|value,…` with percent-encoding
-//! and FHIR's backslash escapes.
+//! and FHIR's backslash escapes, `_count`, `_offset` and `_summary=count`;
+//! form-encoded bodies of `POST Type/_search`.
 
 /// Percent-decodes a query component (`+` stays `+`).
 pub fn percent_decode(s: &str) -> String {
@@ -60,7 +61,27 @@ pub fn unescape(s: &str) -> String {
     out
 }
 
-/// One token to search for: `system|value` (either may be empty).
+/// Turns a form-encoded body (`application/x-www-form-urlencoded`, where `+`
+/// is a space) into a query string with the same meaning.
+pub fn form_to_query(body: &str) -> String {
+    body.trim().replace('+', "%20")
+}
+
+/// The query without the parameters named (`_count`, `_offset`, …), for links.
+pub fn without(query: &str, names: &[&str]) -> String {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(n, _)| n);
+            !names.contains(&percent_decode(name).as_str())
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// One token to search for: `system|value` (either may be empty; a system
+/// with an empty value, `system|`, matches every identifier in the system).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     pub system: Option<String>,
@@ -72,6 +93,8 @@ pub struct Token {
 pub struct Search {
     pub identifiers: Vec<Token>,
     pub count: Option<usize>,
+    /// `_offset`: how many matches to skip (paging).
+    pub offset: Option<usize>,
     pub summary_count: bool,
     /// Parameters this server does not support.
     pub unsupported: Vec<String>,
@@ -102,6 +125,7 @@ pub fn parse_search(query: &str) -> Search {
                 }
             }
             "_count" => search.count = value.parse().ok(),
+            "_offset" => search.offset = value.parse().ok(),
             "_summary" => search.summary_count = value == "count",
             other => search.unsupported.push(other.to_owned()),
         }
@@ -130,5 +154,26 @@ mod tests {
             ]
         );
         assert_eq!(s.count, Some(5));
+    }
+
+    #[test]
+    fn system_only_forms_and_links() {
+        let s = parse_search("identifier=http://s/id%7C&_offset=40");
+        assert_eq!(
+            s.identifiers,
+            vec![Token {
+                system: Some("http://s/id".into()),
+                value: String::new()
+            }]
+        );
+        assert_eq!(s.offset, Some(40));
+        assert_eq!(form_to_query("identifier=a+b%2B"), "identifier=a%20b%2B");
+        assert_eq!(
+            without(
+                "identifier=x&_count=5&_o%66fset=3&_summary=count",
+                &["_count", "_offset"]
+            ),
+            "identifier=x&_summary=count"
+        );
     }
 }

@@ -102,6 +102,32 @@ fn identifiers(resource: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A resource's name for a reference's `display`: a HumanName's `text`, else
+/// its given names and family joined by spaces (or a plain string `name`).
+fn display_name(resource: &Value) -> Option<String> {
+    let name = resource.get("name")?;
+    if let Some(s) = name.as_str() {
+        return Some(s.to_owned()).filter(|s| !s.trim().is_empty());
+    }
+    let human = match name {
+        Value::Array(names) => names.first()?,
+        other => other,
+    };
+    if let Some(text) = human.get("text").and_then(Value::as_str)
+        && !text.trim().is_empty()
+    {
+        return Some(text.to_owned());
+    }
+    let mut parts: Vec<&str> = human
+        .get("given")
+        .and_then(Value::as_array)
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    parts.extend(human.get("family").and_then(Value::as_str));
+    parts.retain(|p| !p.trim().is_empty());
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
 /// The resource without what the server adds (`id`, `meta`).
 fn content(resource: &Value) -> Map<String, Value> {
     let mut map = resource.as_object().cloned().unwrap_or_default();
@@ -146,6 +172,12 @@ impl Store {
             return Vec::new();
         };
         match &token.system {
+            Some(system) if token.value.is_empty() => t
+                .by_identifier
+                .iter()
+                .filter(|((s, _), _)| s == system)
+                .flat_map(|(_, ids)| ids.iter().cloned())
+                .collect(),
             Some(system) => t
                 .by_identifier
                 .get(&(system.clone(), token.value.clone()))
@@ -304,42 +336,52 @@ impl Store {
     }
 
     /// Rewrites references: `urn:uuid:` through `local`, conditional ones
-    /// (`Type?identifier=…`) to `Type/id` when exactly one resource matches.
+    /// (`Type?identifier=…`) to `Type/id` when exactly one resource matches;
+    /// with `display`, a resolved conditional reference also gets a
+    /// `display` (the target's name) unless it has one, as Medplum adds.
     pub(crate) fn resolve_references(
         &self,
         value: &mut Value,
         local: &HashMap<String, String>,
+        display: bool,
     ) -> Result<(), FhirError> {
         match value {
             Value::Object(map) => {
-                for (key, v) in map.iter_mut() {
-                    if key == "reference"
-                        && let Value::String(reference) = v
+                if let Some(Value::String(reference)) = map.get("reference")
+                    && let Some((target, name)) = self.resolve_reference(reference, local)?
+                {
+                    map.insert("reference".into(), Value::String(target));
+                    if display
+                        && let Some(name) = name
+                        && !map.contains_key("display")
                     {
-                        if let Some(target) = self.resolve_reference(reference, local)? {
-                            *reference = target;
-                        }
-                    } else {
-                        self.resolve_references(v, local)?;
+                        map.insert("display".into(), Value::String(name));
+                    }
+                }
+                for (key, v) in map.iter_mut() {
+                    if key != "reference" {
+                        self.resolve_references(v, local, display)?;
                     }
                 }
                 Ok(())
             }
             Value::Array(items) => items
                 .iter_mut()
-                .try_for_each(|v| self.resolve_references(v, local)),
+                .try_for_each(|v| self.resolve_references(v, local, display)),
             _ => Ok(()),
         }
     }
 
+    /// The target of a reference to rewrite, with the target's name for a
+    /// conditional one; none for a plain reference (kept as sent).
     fn resolve_reference(
         &self,
         reference: &str,
         local: &HashMap<String, String>,
-    ) -> Result<Option<String>, FhirError> {
+    ) -> Result<Option<(String, Option<String>)>, FhirError> {
         if reference.starts_with("urn:uuid:") {
             return match local.get(reference) {
-                Some(target) => Ok(Some(target.clone())),
+                Some(target) => Ok(Some((target.clone(), None))),
                 None => Err(FhirError::new(
                     400,
                     "invalid",
@@ -353,7 +395,14 @@ impl Store {
         let search = crate::query::parse_search(query);
         let ids = self.search(resource_type, &search);
         match ids.as_slice() {
-            [id] => Ok(Some(format!("{resource_type}/{id}"))),
+            [id] => {
+                let target = format!("{resource_type}/{id}");
+                let name = self
+                    .get(resource_type, id)
+                    .and_then(|s| display_name(&s.resource))
+                    .unwrap_or_else(|| target.clone());
+                Ok(Some((target, Some(name))))
+            }
             [] => Err(FhirError::new(
                 400,
                 "invalid",
