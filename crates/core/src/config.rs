@@ -39,6 +39,10 @@ pub struct TargetConfig {
     pub profile: String,
     pub batch_entries: Option<usize>,
     pub body_bytes: Option<usize>,
+    /// `conditional` or `resolve`; none: the profile's default.
+    pub strategy: Option<String>,
+    /// Batches go as async jobs (`Prefer: respond-async`).
+    pub asynchronous: bool,
     pub pos: Pos,
 }
 
@@ -278,6 +282,8 @@ fn read_root(
         profile: "generic".into(),
         batch_entries: None,
         body_bytes: None,
+        strategy: None,
+        asynchronous: false,
         pos: root.pos.clone(),
     });
     Some(MigrationConfig {
@@ -321,6 +327,8 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
         profile: "generic".into(),
         batch_entries: None,
         body_bytes: None,
+        strategy: None,
+        asynchronous: false,
         pos: node.pos.clone(),
     };
     for (k, v) in map_entries(node, "target", errors) {
@@ -332,12 +340,14 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
             }
             Some("batch_entries") => target.batch_entries = usize_of(v, "target.batch_entries", errors),
             Some("body_bytes") => target.body_bytes = usize_of(v, "target.body_bytes", errors),
+            Some("strategy") => target.strategy = string_of(v, "target.strategy", errors),
+            Some("async") => target.asynchronous = bool_of(v, "target.async", errors),
             // Server, auth and the like belong to the sender; accepted and kept for it.
             Some("server" | "auth") => {}
             _ => errors.push(ConfigError::at(
                 &k.pos,
                 format!(
-                    "unknown target key {:?}: expected profile, batch_entries, body_bytes, server or auth",
+                    "unknown target key {:?}: expected profile, strategy, async, batch_entries, body_bytes, server or auth",
                     k.key_text()
                 ),
             )),

@@ -180,6 +180,65 @@ pub fn conditional_url(resource_type: &str, system: &str, value: &str) -> String
     url
 }
 
+/// Reads `Type?identifier=system|value` (as [`conditional_url`] writes it,
+/// or as a mapping spells a conditional reference) back into an identity.
+/// Any other search, or several values, is `None`.
+pub fn parse_conditional_url(url: &str) -> Option<Identity> {
+    let (resource_type, query) = url.split_once('?')?;
+    if resource_type.is_empty() || !resource_type.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let token = query.strip_prefix("identifier=")?;
+    if token.contains('&') {
+        return None;
+    }
+    let (system, value) = token.split_once('|')?;
+    let system = percent_decode(system)?;
+    let value = percent_decode(value)?;
+    // an unescaped comma or bar means several values or a malformed token
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            ',' | '|' => return None,
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some(Identity {
+        resource_type: resource_type.to_owned(),
+        system,
+        value: out,
+    })
+}
+
+/// Percent-decodes a URL part; `None` when the bytes are not UTF-8.
+fn percent_decode(part: &str) -> Option<String> {
+    if !part.contains('%') {
+        return Some(part.to_owned());
+    }
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A stable 128-bit hash (FNV-1a, finalised twice with splitmix64).
 /// Stable across runs, builds and platforms: used for urn:uuid values and
 /// to tell identities apart within a bundle; not for security.
@@ -235,6 +294,34 @@ mod tests {
             conditional_url("Patient", "urn:oid:1.2", "B,1|x y&z=Ü"),
             "Patient?identifier=urn:oid:1.2|B%5C%2C1%5C%7Cx%20y%26z%3D%C3%9C"
         );
+    }
+
+    #[test]
+    fn conditional_urls_read_back_into_identities() {
+        for (system, value) in [
+            ("http://sys.example/id", "P001"),
+            ("urn:oid:1.2", "B,1|x y&z=Ü"),
+            ("http://s", "a\\b$c"),
+        ] {
+            let url = conditional_url("Patient", system, value);
+            let id = parse_conditional_url(&url).unwrap_or_else(|| panic!("{url}"));
+            assert_eq!(
+                (
+                    id.resource_type.as_str(),
+                    id.system.as_str(),
+                    id.value.as_str()
+                ),
+                ("Patient", system, value)
+            );
+        }
+        assert_eq!(
+            parse_conditional_url("Patient?identifier=s|a\\,b").map(|i| i.value),
+            Some("a,b".into())
+        );
+        assert!(parse_conditional_url("Patient?identifier=s|a,s|b").is_none());
+        assert!(parse_conditional_url("Patient?name=x").is_none());
+        assert!(parse_conditional_url("Patient/123").is_none());
+        assert!(parse_conditional_url("Patient?identifier=s|a&_count=1").is_none());
     }
 
     #[test]

@@ -194,6 +194,43 @@ impl Plan {
         })
     }
 
+    /// What the server profile will refuse in this mapping, found without
+    /// reading a record: transaction streams that can emit more resources
+    /// than the profile's transactions hold. Each names the stream, the
+    /// limit and what to do.
+    pub fn warnings(&self) -> Vec<String> {
+        let p = &self.profile;
+        let mut out = Vec::new();
+        for s in &self.streams {
+            if !s.mapper.is_transaction() {
+                continue;
+            }
+            let name = &s.source.stream;
+            let (most, puts) = s.mapper.most_emitted();
+            if most > p.max_transaction_entries {
+                out.push(format!(
+                    "stream {name}: a record can emit {most} resources in one transaction; the {} profile allows {}: records that emit more are rejected",
+                    p.name, p.max_transaction_entries
+                ));
+            } else if p.transactions_are_conditional()
+                && puts > 0
+                && most > p.max_conditional_transaction_entries
+            {
+                out.push(format!(
+                    "stream {name}: a record can emit {most} resources in one transaction of conditional writes; the {} profile allows {} (the server runs such transactions in strict isolation): records that emit more are rejected; the resolve strategy writes by id and lifts this limit",
+                    p.name, p.max_conditional_transaction_entries
+                ));
+            }
+            if puts > p.max_transaction_updates {
+                out.push(format!(
+                    "stream {name}: a record's transaction can hold {puts} updates; the {} profile allows {}: records with more are rejected",
+                    p.name, p.max_transaction_updates
+                ));
+            }
+        }
+        out
+    }
+
     pub fn stream(&self, name: &str) -> Option<&PlannedStream> {
         self.streams.iter().find(|s| &*s.source.stream == name)
     }

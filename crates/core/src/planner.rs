@@ -188,6 +188,9 @@ pub struct Request {
     pub body: Vec<u8>,
     pub entries: Vec<EntryRef>,
     pub groups: Vec<GroupRef>,
+    /// Hashes of the identities it writes: the sender never has two
+    /// requests writing the same identity in flight at once.
+    pub identities: Vec<u64>,
 }
 
 impl Request {
@@ -222,6 +225,7 @@ impl Request {
             body,
             entries,
             groups: self.groups.clone(),
+            identities: self.identities.clone(),
         }
     }
 }
@@ -259,8 +263,9 @@ fn write_entry(out: &mut Vec<u8>, op: &Operation) {
     out.push(b'}');
 }
 
-/// A 64-bit hash of an identity. A collision only closes a bundle early.
-fn identity_hash(id: &Identity) -> u64 {
+/// A 64-bit hash of an identity. A collision only closes a bundle early
+/// (or holds a request back until another is answered).
+pub fn identity_hash(id: &Identity) -> u64 {
     stable_hash128(&[&id.resource_type, &id.system, &id.value]) as u64
 }
 
@@ -337,6 +342,7 @@ impl Packer {
                 body: b.body,
                 entries: b.entries,
                 groups: b.groups,
+                identities: b.identities.into_iter().collect(),
             });
         }
     }
@@ -454,7 +460,8 @@ impl Packer {
     ) -> Result<(), PlanError> {
         let p = &self.profile;
         let n = group.operations.len();
-        let conditional = group.operations.iter().any(|o| o.url.contains('?'));
+        let conditional = p.transactions_are_conditional()
+            && group.operations.iter().any(|o| o.url.contains('?'));
         let updates = group
             .operations
             .iter()
@@ -533,6 +540,12 @@ impl Packer {
                 }],
                 body: tx,
                 groups: vec![group_ref(&group)],
+                identities: group
+                    .operations
+                    .iter()
+                    .filter_map(|o| o.identity.as_ref())
+                    .map(identity_hash)
+                    .collect(),
             });
             return Ok(());
         }
@@ -713,9 +726,16 @@ mod tests {
         g.atomic = true;
         let op = g.operations[0].clone();
         g.operations = (0..9).map(|_| op.clone()).collect();
-        let (reqs, errs) = pack(ServerProfile::named("medplum").unwrap(), vec![g.clone()]);
+        let mut medplum = ServerProfile::named("medplum").unwrap();
+        medplum.strategy = crate::profile::WriteStrategy::Conditional;
+        let (reqs, errs) = pack(medplum.clone(), vec![g.clone()]);
         assert!(reqs.is_empty());
         assert!(errs[0].message.contains("allows 8"), "{}", errs[0].message);
+        // resolved, the same transaction writes by id: no strict isolation
+        medplum.strategy = crate::profile::WriteStrategy::Resolve;
+        let (reqs, errs) = pack(medplum, vec![g.clone()]);
+        assert!(errs.is_empty());
+        assert_eq!(reqs[0].kind, RequestKind::BatchOfTransactions);
         let (reqs, errs) = pack(ServerProfile::named("generic").unwrap(), vec![g]);
         assert!(errs.is_empty());
         assert_eq!(reqs[0].kind, RequestKind::Transaction);

@@ -1,6 +1,39 @@
-//! Server profiles: what differs between FHIR servers that the planner must respect.
+//! Server profiles: what differs between FHIR servers that the planner must
+//! respect, and how fhirlift writes to each (the write strategy).
 
 use crate::config::TargetConfig;
+
+/// How resources are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteStrategy {
+    /// Every write a conditional PUT on its identifier, references
+    /// conditional: the FHIR guides' way, one request per batch.
+    Conditional,
+    /// Identifiers are resolved first with one search per batch and type;
+    /// then plain POST creates, `PUT Type/id` with `If-Match` updates, and
+    /// no request at all for resources stored unchanged. References become
+    /// `Type/id`. Several times faster on Medplum, where every conditional
+    /// write is a serializable transaction.
+    Resolve,
+}
+
+impl WriteStrategy {
+    pub fn parse(name: &str) -> Option<WriteStrategy> {
+        match name {
+            "conditional" => Some(WriteStrategy::Conditional),
+            "resolve" => Some(WriteStrategy::Resolve),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteStrategy::Conditional => "conditional",
+            WriteStrategy::Resolve => "resolve",
+        }
+    }
+}
 
 /// Limits and abilities of one kind of FHIR server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +52,16 @@ pub struct ServerProfile {
     pub max_transaction_updates: usize,
     /// Whether a batch may hold transactions as `POST /` entries.
     pub batch_may_hold_transactions: bool,
+    /// Most bytes in an async batch (`Prefer: respond-async`; Medplum: 50 MB).
+    pub max_async_body_bytes: usize,
+    /// Whether transactions are known to be all-or-nothing. Medplum's are
+    /// only with the project's `transaction-bundles` feature, so fhirlift
+    /// checks every transaction-response for mixed statuses.
+    pub atomic_transactions: bool,
+    /// How fhirlift writes (the profile's default, or the run's choice).
+    pub strategy: WriteStrategy,
+    /// Batches go as async jobs.
+    pub asynchronous: bool,
 }
 
 /// The profile names fhirlift knows.
@@ -37,6 +80,10 @@ impl ServerProfile {
                 max_conditional_transaction_entries: 100,
                 max_transaction_updates: 100,
                 batch_may_hold_transactions: false,
+                max_async_body_bytes: 5 * 1024 * 1024,
+                atomic_transactions: true,
+                strategy: WriteStrategy::Conditional,
+                asynchronous: false,
             },
             // Measured on Medplum 5 (see the design notes): synchronous bodies
             // up to 1 MB (over it: 400 "File too large"), strict-isolation
@@ -49,6 +96,10 @@ impl ServerProfile {
                 max_conditional_transaction_entries: 8,
                 max_transaction_updates: 50,
                 batch_may_hold_transactions: true,
+                max_async_body_bytes: 50_000_000,
+                atomic_transactions: false,
+                strategy: WriteStrategy::Resolve,
+                asynchronous: false,
             },
             "hapi" => ServerProfile {
                 name: name.into(),
@@ -58,6 +109,10 @@ impl ServerProfile {
                 max_conditional_transaction_entries: 100,
                 max_transaction_updates: 100,
                 batch_may_hold_transactions: false,
+                max_async_body_bytes: 10 * 1024 * 1024,
+                atomic_transactions: true,
+                strategy: WriteStrategy::Conditional,
+                asynchronous: false,
             },
             _ => return None,
         };
@@ -98,6 +153,18 @@ impl ServerProfile {
                 )
             }
         })?;
+        if let Some(name) = &target.strategy {
+            p.strategy = WriteStrategy::parse(name).ok_or_else(|| {
+                format!(
+                    "{}: unknown write strategy {name:?}: conditional or resolve",
+                    target.pos
+                )
+            })?;
+        }
+        if target.asynchronous {
+            p.asynchronous = true;
+            p.max_body_bytes = p.max_async_body_bytes;
+        }
         if let Some(n) = target.batch_entries {
             p.max_batch_entries = n;
         }
@@ -105,6 +172,12 @@ impl ServerProfile {
             p.max_body_bytes = n;
         }
         Ok(p)
+    }
+
+    /// Whether transactions carry conditional writes as planned (they do
+    /// not once the resolve strategy has turned them into writes by id).
+    pub fn transactions_are_conditional(&self) -> bool {
+        self.strategy == WriteStrategy::Conditional
     }
 }
 

@@ -53,6 +53,8 @@ enum Command {
         /// Skip the pass that maps every record to count requests and rejects.
         #[arg(long)]
         no_count: bool,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Print the FHIR resources the first records of a stream map to.
     Preview {
@@ -81,10 +83,8 @@ enum Command {
         sandbox: Option<PathBuf>,
         #[command(flatten)]
         auth: AuthArgs,
-        /// The server profile (generic, medplum, hapi, or auto to read the
-        /// server's /metadata), replacing the migration file's target.profile.
-        #[arg(long, value_name = "NAME")]
-        profile: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
         /// The most requests in flight (the window adapts below it).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -99,6 +99,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+}
+
+/// How to write to the server, replacing the migration file's `target:`.
+#[derive(Debug, Default, clap::Args)]
+struct TargetArgs {
+    /// The server profile (generic, medplum, hapi, or auto to read the
+    /// server's /metadata).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// conditional (every write a conditional PUT) or resolve (search
+    /// identifiers, then create / update by id / skip unchanged). Default:
+    /// resolve on the medplum profile, conditional elsewhere.
+    #[arg(long, value_name = "NAME")]
+    strategy: Option<String>,
+    /// Send batches as async jobs (`Prefer: respond-async`) and poll them:
+    /// larger bodies, quota waits on the server's side.
+    #[arg(long = "async")]
+    asynchronous: bool,
 }
 
 /// Credentials: secrets come from the environment or files, never argv.
@@ -247,20 +265,26 @@ fn init_logging(verbose: bool) {
 }
 
 fn load(config: &Path) -> anyhow::Result<Plan> {
-    load_with(config, None, |_| Ok(None))
+    load_with(config, &TargetArgs::default(), |_| Ok(None))
 }
 
-/// Loads a migration with `profile` (from the command line) replacing the
-/// file's; `auto` asks `detect` for the server's profile.
+/// Loads a migration with the command line's target choices replacing the
+/// file's; profile `auto` asks `detect` for the server's profile.
 fn load_with(
     config: &Path,
-    profile: Option<&str>,
+    target: &TargetArgs,
     detect: impl FnOnce(&MigrationConfig) -> anyhow::Result<Option<String>>,
 ) -> anyhow::Result<Plan> {
     let registry = Registry::from_inventory()?;
     let mut config = MigrationConfig::load(config).map_err(|e| anyhow!("{e}"))?;
-    if let Some(p) = profile {
-        config.target.profile = p.to_owned();
+    if let Some(p) = &target.profile {
+        config.target.profile = p.clone();
+    }
+    if let Some(s) = &target.strategy {
+        config.target.strategy = Some(s.clone());
+    }
+    if target.asynchronous {
+        config.target.asynchronous = true;
     }
     if config.target.profile == "auto"
         && let Some(found) = detect(&config)?
@@ -314,8 +338,12 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Check { config, no_count } => {
-            let plan = load(&config)?;
+        Command::Check {
+            config,
+            no_count,
+            target,
+        } => {
+            let plan = load_with(&config, &target, |_| Ok(None))?;
             report::write_plan(out, &plan)?;
             if no_count {
                 return Ok(0);
@@ -366,13 +394,13 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             server,
             sandbox,
             auth,
-            profile,
+            target,
             concurrency,
             max_attempts,
             rejects,
             report,
         } => {
-            let plan = load_with(&config, profile.as_deref(), |_| {
+            let plan = load_with(&config, &target, |_| {
                 detect_profile(server.as_deref(), sandbox.is_some(), &auth)
             })?;
             let default_dir = match (&dry_run, &sandbox) {
@@ -462,6 +490,14 @@ fn send(
     config.auth = auth.auth()?;
     config.max_in_flight = concurrency.max(1);
     config.max_attempts = max_attempts.max(1);
+    config.strategy = plan.profile.strategy;
+    config.asynchronous = plan.profile.asynchronous;
+    tracing::info!(
+        profile = %plan.profile.name,
+        strategy = plan.profile.strategy.as_str(),
+        asynchronous = plan.profile.asynchronous,
+        "writing"
+    );
     let mut sink = SenderSink::start(runtime.handle(), config)?;
     let result = plan.run_observed(&mut sink, rejects, observer().as_mut());
     // every phase ends settled; anything left comes from a run that stopped

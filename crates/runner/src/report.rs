@@ -8,15 +8,37 @@ use fhirlift_core::pipeline::{Plan, RunSummary};
 
 /// The phases and streams of a plan.
 pub fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
+    let p = &plan.profile;
     writeln!(
         out,
-        "migration {} (connector {}, profile {}: batches of at most {} entries and {} bytes)",
+        "migration {} (connector {})",
         plan.config.path.display(),
         plan.connector_name,
-        plan.profile.name,
-        plan.profile.max_batch_entries,
-        plan.profile.max_body_bytes
     )?;
+    writeln!(
+        out,
+        "profile {}: strategy {}{}; batches of at most {} entries and {} bytes; transactions of at most {} entries ({} with conditional writes) and {} updates{}",
+        p.name,
+        p.strategy.as_str(),
+        if p.asynchronous {
+            ", async batches"
+        } else {
+            ""
+        },
+        p.max_batch_entries,
+        p.max_body_bytes,
+        p.max_transaction_entries,
+        p.max_conditional_transaction_entries,
+        p.max_transaction_updates,
+        if p.atomic_transactions {
+            ""
+        } else {
+            "; transactions checked for partial writes"
+        }
+    )?;
+    for warning in plan.warnings() {
+        writeln!(out, "warning: {warning}")?;
+    }
     for phase in &plan.phases {
         writeln!(out, "phase {}:", phase.number)?;
         for name in &phase.streams {

@@ -161,6 +161,22 @@ pub struct StreamMapper {
 }
 
 impl StreamMapper {
+    /// The most resources one record can emit, and how many of them are
+    /// idempotent writes on an identifier (PUT) rather than plain creates.
+    pub fn most_emitted(&self) -> (usize, usize) {
+        let puts = self
+            .entries
+            .iter()
+            .filter(|e| e.write != WriteMode::Create)
+            .count();
+        (self.entries.len(), puts)
+    }
+
+    /// Whether everything one record emits is written atomically.
+    pub fn is_transaction(&self) -> bool {
+        self.transaction
+    }
+
     /// Compiles a stream's emit entries against its source's columns.
     /// Every error is collected, each with its mapping file:line.
     pub fn compile(

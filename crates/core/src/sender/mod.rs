@@ -16,6 +16,7 @@
 
 mod auth;
 mod clock;
+mod resolve;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ use auth::AuthState;
 
 use crate::pipeline::{RequestSink, SinkError};
 use crate::planner::{Request, RequestKind};
+use crate::profile::WriteStrategy;
+use resolve::{Resolution, Resolver};
 
 /// How to reach the server.
 #[derive(Debug, Clone)]
@@ -47,6 +50,12 @@ pub struct SenderConfig {
     /// The first backoff; it doubles per attempt up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Conditional writes as planned, or resolve identifiers first.
+    pub strategy: WriteStrategy,
+    /// Send batches as async jobs (`Prefer: respond-async`) and poll them.
+    pub asynchronous: bool,
+    /// The longest wait for one async job.
+    pub async_timeout: Duration,
 }
 
 impl SenderConfig {
@@ -59,6 +68,9 @@ impl SenderConfig {
             timeout: Duration::from_secs(120),
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            strategy: WriteStrategy::Conditional,
+            asynchronous: false,
+            async_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -158,8 +170,25 @@ enum Answer {
         quotas: Vec<Quota>,
         /// The server's clock (`Date`) minus the request's duration, in ms.
         sent_at_ms: Option<i64>,
+        /// `Content-Location` (an async job's status URL).
+        content_location: Option<String>,
         body: Value,
     },
+}
+
+impl Answer {
+    /// A success with nothing sent (the resolver skipped every write).
+    fn nothing_sent(quotas: Vec<Quota>) -> Answer {
+        Answer::Http {
+            status: 200,
+            used_auth: None,
+            retry_after: None,
+            quotas,
+            sent_at_ms: None,
+            content_location: None,
+            body: Value::Null,
+        }
+    }
 }
 
 /// The pipeline's side of the sender: submit blocks while the window is full.
@@ -191,8 +220,16 @@ impl SenderSink {
         let fatal = Arc::new(std::sync::Mutex::new(None));
         let dispatcher = Dispatcher {
             fatal: fatal.clone(),
-            auth: Arc::new(AuthState::new(config.auth.clone(), &config.base_url)),
-            client,
+            http: Arc::new(Http {
+                auth: AuthState::new(config.auth.clone(), &config.base_url),
+                client,
+                base: config.base_url.clone(),
+                asynchronous: config.asynchronous,
+                async_timeout: config.async_timeout,
+            }),
+            resolver: (config.strategy == WriteStrategy::Resolve)
+                .then(|| Arc::new(Resolver::default())),
+            busy: std::collections::HashMap::new(),
             window: Window::new(config.max_in_flight),
             config,
             settled: settled_tx,
@@ -346,8 +383,12 @@ struct Dispatcher {
     /// Why the run cannot go on (refused credentials), once known.
     fatal: Arc<std::sync::Mutex<Option<String>>>,
     config: SenderConfig,
-    client: reqwest::Client,
-    auth: Arc<AuthState>,
+    http: Arc<Http>,
+    /// Present under the resolve strategy.
+    resolver: Option<Arc<Resolver>>,
+    /// Identities written by requests in flight or waiting to retry, with
+    /// how many such requests hold each.
+    busy: std::collections::HashMap<u64, u32>,
     window: Window,
     settled: std::sync::mpsc::Sender<Settled>,
     stats: Arc<SenderStats>,
@@ -359,8 +400,12 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut in_flight: JoinSet<(Job, Answer)> = JoinSet::new();
+        type Joined = (Job, Answer, Option<Resolution>);
+        let mut in_flight: JoinSet<Joined> = JoinSet::new();
         let mut waiting: VecDeque<Job> = VecDeque::new();
+        // requests held back, in order, because an identity they write is
+        // being written by another request
+        let mut held: VecDeque<Request> = VecDeque::new();
         let mut barrier: Option<oneshot::Sender<()>> = None;
         let mut input_open = true;
         loop {
@@ -382,19 +427,29 @@ impl Dispatcher {
                     None => break,
                 }
             }
-            if barrier.is_some() && in_flight.is_empty() && waiting.is_empty() {
+            // then held requests whose identities are free again
+            while !paused
+                && in_flight.len() < self.window.get()
+                && held.front().is_some_and(|r| !self.overlaps(r))
+            {
+                if let Some(request) = held.pop_front() {
+                    self.start(&mut in_flight, request);
+                }
+            }
+            let idle = in_flight.is_empty() && waiting.is_empty() && held.is_empty();
+            if barrier.is_some() && idle {
                 if let Some(done) = barrier.take() {
                     let _ = done.send(());
                 }
                 continue;
             }
-            if !input_open && in_flight.is_empty() && waiting.is_empty() {
+            if !input_open && idle {
                 return;
             }
             // requests waiting to be retried hold their place in the window:
             // a failing server slows intake instead of piling up bodies
             let room = !paused
-                && in_flight.len() + waiting.len() < self.window.get()
+                && in_flight.len() + waiting.len() + held.len() < self.window.get()
                 && barrier.is_none()
                 && input_open;
             let wake = waiting
@@ -405,18 +460,57 @@ impl Dispatcher {
                 .unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Ok((job, answer)) = joined {
-                        self.handle(job, answer, &mut waiting).await;
+                    if let Ok((job, answer, resolution)) = joined {
+                        let identities = job.request.identities.clone();
+                        let before = waiting.len();
+                        self.handle(job, answer, resolution, &mut waiting).await;
+                        if waiting.len() == before {
+                            self.release(&identities);
+                        }
                     }
                 }
                 msg = rx.recv(), if room => match msg {
                     Some(Msg::Request(request)) => {
-                        self.spawn(&mut in_flight, Job { request, attempt: 0, not_before: None, reauths: 0 });
+                        if held.is_empty() && !self.overlaps(&request) {
+                            self.start(&mut in_flight, request);
+                        } else {
+                            held.push_back(request);
+                        }
                     }
                     Some(Msg::Barrier(done)) => barrier = Some(done),
                     None => input_open = false,
                 },
                 _ = tokio::time::sleep_until(wake.into()), if !waiting.is_empty() || paused => {}
+            }
+        }
+    }
+
+    /// Whether another request in flight writes an identity this one writes.
+    fn overlaps(&self, request: &Request) -> bool {
+        !self.busy.is_empty() && request.identities.iter().any(|i| self.busy.contains_key(i))
+    }
+
+    /// Sends a new request, marking its identities busy until it is settled.
+    fn start(&mut self, set: &mut JoinSet<(Job, Answer, Option<Resolution>)>, request: Request) {
+        for &i in &request.identities {
+            *self.busy.entry(i).or_default() += 1;
+        }
+        let job = Job {
+            request,
+            attempt: 0,
+            not_before: None,
+            reauths: 0,
+        };
+        self.spawn(set, job);
+    }
+
+    fn release(&mut self, identities: &[u64]) {
+        for i in identities {
+            if let Some(n) = self.busy.get_mut(i) {
+                *n -= 1;
+                if *n == 0 {
+                    self.busy.remove(i);
+                }
             }
         }
     }
@@ -447,14 +541,35 @@ impl Dispatcher {
         pause
     }
 
-    fn spawn(&self, set: &mut JoinSet<(Job, Answer)>, job: Job) {
+    fn spawn(&self, set: &mut JoinSet<(Job, Answer, Option<Resolution>)>, job: Job) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let client = self.client.clone();
-        let auth = self.auth.clone();
-        let url = format!("{}/", self.config.base_url);
+        let http = self.http.clone();
+        let resolver = self.resolver.clone();
         set.spawn(async move {
-            let answer = attempt(&client, &auth, &url, job.request.body.clone()).await;
-            (job, answer)
+            let Some(resolver) = resolver else {
+                let answer = http
+                    .post_bundle(job.request.body.clone(), job.request.kind)
+                    .await;
+                return (job, answer, None);
+            };
+            match resolver.resolve(&http, &job.request).await {
+                Err(answer) => (job, answer, None),
+                Ok(mut resolution) => {
+                    let answer = match resolution.write.as_mut() {
+                        Some(write) => {
+                            let body = std::mem::take(&mut write.body);
+                            let answer = http.post_bundle(body, write.kind).await;
+                            if is_ambiguous(&answer) {
+                                // the write may have landed unseen
+                                resolver.distrust(&job.request);
+                            }
+                            answer
+                        }
+                        None => Answer::nothing_sent(std::mem::take(&mut resolution.quotas)),
+                    };
+                    (job, answer, Some(resolution))
+                }
+            }
         });
     }
 
@@ -502,7 +617,13 @@ impl Dispatcher {
         waiting.push_back(job);
     }
 
-    async fn handle(&mut self, job: Job, answer: Answer, waiting: &mut VecDeque<Job>) {
+    async fn handle(
+        &mut self,
+        job: Job,
+        answer: Answer,
+        resolution: Option<Resolution>,
+        waiting: &mut VecDeque<Job>,
+    ) {
         match answer {
             Answer::Transport(why) => {
                 self.window.shrink();
@@ -521,10 +642,11 @@ impl Dispatcher {
                 quotas,
                 sent_at_ms,
                 body,
+                ..
             } => {
                 let pause = self.pace(&quotas);
                 if status == 401 && job.reauths < MAX_REAUTHS {
-                    self.auth.invalidate(used_auth.as_ref()).await;
+                    self.http.auth.invalidate(used_auth.as_ref()).await;
                     let mut job = job;
                     job.reauths += 1;
                     self.retry(
@@ -550,7 +672,7 @@ impl Dispatcher {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(why);
-                } else if is_transient(status) {
+                } else if is_transient(status) || (status == 412 && resolution.is_some()) {
                     self.window.shrink();
                     let wait = retry_after.or(pause);
                     if status == 429 && wait.is_some() {
@@ -558,17 +680,24 @@ impl Dispatcher {
                     }
                     self.retry(job, wait, format!("HTTP {status}"), waiting);
                 } else if (200..300).contains(&status) {
-                    self.answered(job, &body, sent_at_ms, waiting);
+                    match resolution {
+                        Some(r) => self.answered_resolved(job, r, &body, sent_at_ms, waiting),
+                        None => self.answered(job, &body, sent_at_ms, waiting),
+                    }
                 } else {
-                    let n = job.request.entries.len();
                     let reason = format!("HTTP {status}: {}", outcome_text(&body));
-                    self.reject_entries(
-                        &job,
-                        &(0..n).collect::<Vec<_>>(),
-                        Some(status),
-                        &reason,
-                        Some(&body),
-                    );
+                    let which: Vec<usize> = match &resolution {
+                        // what was settled before sending stays settled
+                        Some(r) => {
+                            self.settle_resolved_before(&job, r);
+                            r.write
+                                .as_ref()
+                                .map(|w| w.sent.iter().map(|s| s.entry).collect())
+                                .unwrap_or_default()
+                        }
+                        None => (0..job.request.entries.len()).collect(),
+                    };
+                    self.reject_entries(&job, &which, Some(status), &reason, Some(&body));
                 }
             }
         }
@@ -588,13 +717,7 @@ impl Dispatcher {
             .map(Vec::as_slice)
             .unwrap_or_default();
         if request.kind == RequestKind::Transaction {
-            let entry = &request.entries[0];
-            let group = &request.groups[entry.group];
-            for (i, resource_type) in group.resource_types.iter().enumerate() {
-                let outcome =
-                    entry_outcome(responses.get(i), sent_at_ms).unwrap_or(Outcome::Updated);
-                self.settle(&job, 0, i, resource_type, outcome);
-            }
+            self.settle_transaction(&job, 0, responses, body, sent_at_ms);
             self.window.grow();
             return;
         }
@@ -630,24 +753,231 @@ impl Dispatcher {
                 );
             }
         }
+        self.resend_or_grow(&job, &resend, throttled, waiting);
+    }
+
+    /// After an answer: grow the window when every entry settled, or resend
+    /// the entries that failed for a passing reason (shrinking the window
+    /// when the server pushed back).
+    fn resend_or_grow(
+        &mut self,
+        job: &Job,
+        resend: &[usize],
+        throttled: bool,
+        waiting: &mut VecDeque<Job>,
+    ) {
         if resend.is_empty() {
             self.window.grow();
-        } else {
-            if throttled {
-                self.window.shrink();
-            }
-            let retry = Job {
-                request: request.subset(&resend),
-                attempt: job.attempt,
-                not_before: None,
-                reauths: job.reauths,
-            };
-            self.retry(
-                retry,
-                None,
-                format!("{} entries failed for a passing reason", resend.len()),
-                waiting,
+            return;
+        }
+        if throttled {
+            self.window.shrink();
+        }
+        let retry = Job {
+            request: job.request.subset(resend),
+            attempt: job.attempt,
+            not_before: None,
+            reauths: job.reauths,
+        };
+        self.retry(
+            retry,
+            None,
+            format!("{} entries failed for a passing reason", resend.len()),
+            waiting,
+        );
+    }
+
+    /// Settles what the resolver decided without a write: stored
+    /// unchanged, or refused before sending.
+    fn settle_resolved_before(&self, job: &Job, resolution: &Resolution) {
+        let request = &job.request;
+        for &(entry, op) in &resolution.unchanged {
+            let group = &request.groups[request.entries[entry].group];
+            self.settle(
+                job,
+                entry,
+                op,
+                &group.resource_types[op],
+                Outcome::Unchanged,
             );
+        }
+        for (entry, reason) in &resolution.rejected {
+            self.reject_entries(job, &[*entry], None, reason, None);
+        }
+    }
+
+    /// A 2xx answer to a resolved write: settle by what was sent, resend
+    /// the entries that failed for a passing reason (they resolve again).
+    fn answered_resolved(
+        &mut self,
+        job: Job,
+        resolution: Resolution,
+        body: &Value,
+        sent_at_ms: Option<i64>,
+        waiting: &mut VecDeque<Job>,
+    ) {
+        self.settle_resolved_before(&job, &resolution);
+        let Some(write) = &resolution.write else {
+            self.window.grow();
+            return;
+        };
+        let responses: Vec<&Value> = match write.kind {
+            // a lone transaction's answer is the transaction-response
+            RequestKind::Transaction => vec![body],
+            _ => body["entry"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default(),
+        };
+        if responses.len() != write.sent.len() {
+            let reason = format!(
+                "the server answered {} entries for a bundle of {}; nothing can be assumed written",
+                responses.len(),
+                write.sent.len()
+            );
+            let which: Vec<usize> = write.sent.iter().map(|s| s.entry).collect();
+            self.reject_entries(&job, &which, None, &reason, Some(body));
+            return;
+        }
+        let mut resend = Vec::new();
+        let mut throttled = false;
+        for (sent, response) in write.sent.iter().zip(responses) {
+            let inner: Vec<&Value> = if write.kind == RequestKind::Transaction {
+                response["entry"]
+                    .as_array()
+                    .map(|a| a.iter().collect())
+                    .unwrap_or_default()
+            } else if write.kind == RequestKind::BatchOfTransactions {
+                let status = entry_status(response);
+                if !(200..300).contains(&status) {
+                    if is_transient(status) || status == 412 {
+                        throttled |= status == 429 || status == 409;
+                        resend.push(sent.entry);
+                    } else {
+                        let outcome = &response["response"]["outcome"];
+                        let reason = format!("{status}: {}", outcome_text(outcome));
+                        self.reject_entries(
+                            &job,
+                            &[sent.entry],
+                            Some(status),
+                            &reason,
+                            Some(outcome),
+                        );
+                    }
+                    continue;
+                }
+                response["resource"]["entry"]
+                    .as_array()
+                    .map(|a| a.iter().collect())
+                    .unwrap_or_default()
+            } else {
+                vec![response]
+            };
+            let statuses: Vec<u16> = inner.iter().map(|r| entry_status(r)).collect();
+            if inner.len() != sent.ops.len() {
+                let reason = format!(
+                    "the server answered {} entries for a transaction of {}; it may be partially written",
+                    inner.len(),
+                    sent.ops.len()
+                );
+                self.reject_entries(&job, &[sent.entry], None, &reason, Some(response));
+                continue;
+            }
+            let failed = statuses.iter().filter(|s| !(200..300).contains(*s)).count();
+            if failed == 0 {
+                for (k, r) in inner.iter().enumerate() {
+                    self.settle_written(&job, sent, k, r, sent_at_ms);
+                }
+            } else if failed < inner.len() {
+                // a transaction the server ran as a batch
+                self.partially_written(&job, sent, &inner, sent_at_ms);
+            } else if statuses.iter().all(|&s| is_transient(s) || s == 412) {
+                throttled |= statuses.iter().any(|&s| s == 429 || s == 409);
+                resend.push(sent.entry);
+            } else {
+                let outcome = &inner[0]["response"]["outcome"];
+                let reason = format!("{}: {}", statuses[0], outcome_text(outcome));
+                self.reject_entries(
+                    &job,
+                    &[sent.entry],
+                    Some(statuses[0]),
+                    &reason,
+                    Some(outcome),
+                );
+            }
+        }
+        self.resend_or_grow(&job, &resend, throttled, waiting);
+    }
+
+    /// Settles one written operation of a resolved write and remembers its id.
+    fn settle_written(
+        &self,
+        job: &Job,
+        sent: &resolve::SentEntry,
+        k: usize,
+        response: &Value,
+        sent_at_ms: Option<i64>,
+    ) {
+        let request = &job.request;
+        let op = sent.ops[k];
+        let group = &request.groups[request.entries[sent.entry].group];
+        let outcome = entry_outcome(Some(response), sent_at_ms).unwrap_or(Outcome::Updated);
+        if let (Some(resolver), Some(identity)) = (&self.resolver, &sent.identities[k]) {
+            match resolve::answered_id(response) {
+                Some(id) => resolver.created(identity, &id),
+                // an id the answer does not give cannot be remembered
+                None => resolver.distrust_system(identity),
+            }
+        }
+        self.settle(job, sent.entry, op, &group.resource_types[op], outcome);
+    }
+
+    /// A transaction answered with mixed statuses: it was not atomic. What
+    /// the server wrote is settled as written; the rest is rejected with
+    /// the group named partially written, never assumed.
+    fn partially_written(
+        &self,
+        job: &Job,
+        sent: &resolve::SentEntry,
+        inner: &[&Value],
+        sent_at_ms: Option<i64>,
+    ) {
+        let request = &job.request;
+        let entry = &request.entries[sent.entry];
+        let group = &request.groups[entry.group];
+        let written = inner
+            .iter()
+            .filter(|r| (200..300).contains(&entry_status(r)))
+            .count();
+        let text = String::from_utf8_lossy(&request.body[entry.range.clone()]).into_owned();
+        let mut first = true;
+        for (k, r) in inner.iter().enumerate() {
+            let status = entry_status(r);
+            if (200..300).contains(&status) {
+                self.settle_written(job, sent, k, r, sent_at_ms);
+                continue;
+            }
+            let op = sent.ops[k];
+            let outcome = &r["response"]["outcome"];
+            let _ = self.settled.send(Settled {
+                stream: request.stream.clone(),
+                key: group.key.clone(),
+                provenance: group.provenance.clone(),
+                resource_type: group.resource_types[op].clone(),
+                outcome: Outcome::Rejected,
+                retries: job.attempt,
+                reject_line: first,
+                status: Some(status),
+                reason: format!(
+                    "the transaction was not atomic: {written} of its {} resources were written and its {} failed ({status}: {}); the record is partially written, run again to complete it (on Medplum, enable the project's transaction-bundles feature for atomic transactions)",
+                    inner.len(),
+                    group.resource_types[op],
+                    outcome_text(outcome)
+                ),
+                entry: first.then(|| text.clone()),
+                server_outcome: first.then(|| outcome.clone()),
+            });
+            first = false;
         }
     }
 
@@ -660,21 +990,54 @@ impl Dispatcher {
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let all_ok = inner.len() == entry.operations
-                && inner.iter().all(|r| (200..300).contains(&entry_status(r)));
-            if !all_ok {
-                let reason = "the server answered the transaction with mixed statuses: it may be partially written (is it run atomically? Medplum needs the transaction-bundles feature)";
-                self.reject_entries(job, &[index], None, reason, Some(&response["resource"]));
-                return;
-            }
-            for (k, r) in inner.iter().enumerate() {
-                let op = entry.first_op + k;
-                let outcome = entry_outcome(Some(r), sent_at_ms).unwrap_or(Outcome::Updated);
-                self.settle(job, index, op, &types[op], outcome);
-            }
+            self.settle_transaction(job, index, inner, &response["resource"], sent_at_ms);
         } else {
             let outcome = entry_outcome(Some(response), sent_at_ms).unwrap_or(Outcome::Updated);
             self.settle(job, index, entry.first_op, &types[entry.first_op], outcome);
+        }
+    }
+
+    /// Settles a transaction's answer: all written, partially written (a
+    /// server that ran it as a batch), or refused.
+    fn settle_transaction(
+        &self,
+        job: &Job,
+        index: usize,
+        inner: &[Value],
+        whole: &Value,
+        sent_at_ms: Option<i64>,
+    ) {
+        let entry = &job.request.entries[index];
+        let sent = resolve::SentEntry {
+            entry: index,
+            ops: (entry.first_op..entry.first_op + entry.operations).collect(),
+            identities: vec![None; entry.operations],
+        };
+        let inner: Vec<&Value> = inner.iter().collect();
+        if inner.len() != entry.operations {
+            let reason = format!(
+                "the server answered {} entries for a transaction of {}; it may be partially written",
+                inner.len(),
+                entry.operations
+            );
+            self.reject_entries(job, &[index], None, &reason, Some(whole));
+            return;
+        }
+        let ok = inner
+            .iter()
+            .filter(|r| (200..300).contains(&entry_status(r)))
+            .count();
+        if ok == inner.len() {
+            for (k, r) in inner.iter().enumerate() {
+                self.settle_written(job, &sent, k, r, sent_at_ms);
+            }
+        } else if ok > 0 {
+            self.partially_written(job, &sent, &inner, sent_at_ms);
+        } else {
+            let status = entry_status(inner[0]);
+            let outcome = &inner[0]["response"]["outcome"];
+            let reason = format!("{status}: {}", outcome_text(outcome));
+            self.reject_entries(job, &[index], Some(status), &reason, Some(outcome));
         }
     }
 
@@ -782,59 +1145,278 @@ fn outcome_text(outcome: &Value) -> String {
     }
 }
 
-async fn attempt(client: &reqwest::Client, auth: &AuthState, url: &str, body: Vec<u8>) -> Answer {
-    let started = Instant::now();
-    let header = match auth.header(client).await {
-        Ok(h) => h,
-        Err(e) if e.refused => {
-            return Answer::AuthRefused(format!("authentication: {}", e.message));
+/// The HTTP side: one client, the credentials and the base URL.
+struct Http {
+    client: reqwest::Client,
+    auth: AuthState,
+    base: String,
+    asynchronous: bool,
+    async_timeout: Duration,
+}
+
+/// Whether a failed write may still have been carried out by the server:
+/// the connection broke after the body went, or the server failed inside.
+fn is_ambiguous(answer: &Answer) -> bool {
+    match answer {
+        Answer::Transport(_) => true,
+        Answer::Http { status, .. } => matches!(status, 500 | 502 | 504),
+        Answer::AuthRefused(_) => false,
+    }
+}
+
+impl Http {
+    /// One request, with the credentials; never fails, answers what happened.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+        prefer_async: bool,
+    ) -> Answer {
+        let started = Instant::now();
+        let header = match self.auth.header(&self.client).await {
+            Ok(h) => h,
+            Err(e) if e.refused => {
+                return Answer::AuthRefused(format!("authentication: {}", e.message));
+            }
+            Err(e) => return Answer::Transport(format!("authentication: {}", e.message)),
+        };
+        let mut request = self
+            .client
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, "application/fhir+json");
+        if let Some((content_type, body)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body);
         }
-        Err(e) => return Answer::Transport(format!("authentication: {}", e.message)),
-    };
-    let mut request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/fhir+json")
-        .header(reqwest::header::ACCEPT, "application/fhir+json")
-        .body(body);
-    if let Some(h) = &header {
-        request = request.header(reqwest::header::AUTHORIZATION, h.clone());
+        if prefer_async {
+            request = request.header("prefer", "respond-async");
+        }
+        if let Some(h) = &header {
+            request = request.header(reqwest::header::AUTHORIZATION, h.clone());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Answer::Transport(transport_reason(&e)),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let quotas = headers
+            .get("ratelimit")
+            .and_then(|v| v.to_str().ok())
+            .map(parse_ratelimit)
+            .unwrap_or_default();
+        let content_location = headers
+            .get(reqwest::header::CONTENT_LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let elapsed_ms = started.elapsed().as_millis() as i64;
+        let sent_at_ms = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(clock::parse_http_date)
+            // the Date header has whole seconds: allow one more
+            .map(|secs| secs * 1000 - elapsed_ms - 1000);
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Answer::Transport(transport_reason(&e)),
+        };
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer::Http {
+            status,
+            used_auth: header,
+            retry_after,
+            quotas,
+            sent_at_ms,
+            content_location,
+            body,
+        }
     }
-    let response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => return Answer::Transport(transport_reason(&e)),
-    };
-    let status = response.status().as_u16();
-    let headers = response.headers();
-    let retry_after = headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let quotas = headers
-        .get("ratelimit")
-        .and_then(|v| v.to_str().ok())
-        .map(parse_ratelimit)
-        .unwrap_or_default();
-    let elapsed_ms = started.elapsed().as_millis() as i64;
-    let sent_at_ms = headers
-        .get(reqwest::header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(clock::parse_http_date)
-        // the Date header has whole seconds: allow one more
-        .map(|secs| secs * 1000 - elapsed_ms - 1000);
-    let bytes = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Answer::Transport(transport_reason(&e)),
-    };
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer::Http {
-        status,
-        used_auth: header,
-        retry_after,
-        quotas,
-        sent_at_ms,
-        body,
+
+    async fn get(&self, url: &str) -> Answer {
+        self.exchange(reqwest::Method::GET, url, None, false).await
     }
+
+    async fn post_form(&self, url: &str, form: String) -> Answer {
+        let body = Some(("application/x-www-form-urlencoded", form.into_bytes()));
+        self.exchange(reqwest::Method::POST, url, body, false).await
+    }
+
+    /// Posts a bundle to the base. Batches go as async jobs when asked
+    /// (transactions never: Medplum refuses async transactions).
+    async fn post_bundle(&self, body: Vec<u8>, kind: RequestKind) -> Answer {
+        let prefer_async = self.asynchronous && kind != RequestKind::Transaction;
+        let url = format!("{}/", self.base);
+        let answer = self
+            .exchange(
+                reqwest::Method::POST,
+                &url,
+                Some(("application/fhir+json", body)),
+                prefer_async,
+            )
+            .await;
+        match answer {
+            Answer::Http {
+                status: 202,
+                content_location: Some(status_url),
+                sent_at_ms,
+                ..
+            } if prefer_async => self.await_job(&status_url, sent_at_ms).await,
+            other => other,
+        }
+    }
+
+    /// Polls an async job until it is done, then reads its batch-response.
+    async fn await_job(&self, status_url: &str, sent_at_ms: Option<i64>) -> Answer {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if started.elapsed() > self.async_timeout {
+                return Answer::Transport(format!(
+                    "the async job {status_url} did not finish in {} s",
+                    self.async_timeout.as_secs()
+                ));
+            }
+            let answer = self.get(status_url).await;
+            match answer {
+                Answer::Http {
+                    status: 202,
+                    retry_after,
+                    ..
+                } => {
+                    tokio::time::sleep(retry_after.unwrap_or(delay).min(Duration::from_secs(10)))
+                        .await;
+                    delay = (delay * 3 / 2).min(Duration::from_secs(5));
+                }
+                Answer::Http {
+                    status: 200..=299,
+                    body,
+                    quotas,
+                    ..
+                } if body["resourceType"] == "AsyncJob" => {
+                    return self.job_results(&body, quotas, sent_at_ms).await;
+                }
+                // a server that answered the bundle itself
+                other => return other,
+            }
+        }
+    }
+
+    /// The batch-response of a finished job, from its output Binary.
+    async fn job_results(
+        &self,
+        job: &Value,
+        quotas: Vec<Quota>,
+        sent_at_ms: Option<i64>,
+    ) -> Answer {
+        let params = job["output"]["parameter"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let results = params
+            .iter()
+            .find(|p| p["name"] == "results")
+            .and_then(|p| p["valueReference"]["reference"].as_str());
+        let failed = |why: String| Answer::Http {
+            status: 500,
+            used_auth: None,
+            retry_after: None,
+            quotas: quotas.clone(),
+            sent_at_ms,
+            content_location: None,
+            body: serde_json::json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{ "severity": "error", "code": "exception", "details": { "text": why } }]
+            }),
+        };
+        if job["status"] != "completed" {
+            let why = params
+                .iter()
+                .find(|p| p["name"] == "error")
+                .and_then(|p| p["valueString"].as_str())
+                .unwrap_or("no reason given");
+            return failed(format!("the async job ended {}: {why}", job["status"]));
+        }
+        let Some(reference) = results else {
+            return failed("the async job completed without results".into());
+        };
+        let url = if reference.starts_with("http") {
+            reference.to_owned()
+        } else {
+            format!("{}/{reference}", self.base)
+        };
+        let mut answer = self.get(&url).await;
+        // a Binary resource: the bundle inline (base64) or at a URL
+        for _ in 0..2 {
+            let Answer::Http {
+                status: 200..=299,
+                body,
+                ..
+            } = &answer
+            else {
+                return answer;
+            };
+            if body["resourceType"] == "Bundle" {
+                break;
+            }
+            if let Some(data) = body["data"].as_str() {
+                let bundle = decode_base64(data)
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .unwrap_or(Value::Null);
+                if let Answer::Http { body, .. } = &mut answer {
+                    *body = bundle;
+                }
+                break;
+            }
+            match body["url"].as_str() {
+                Some(u) => answer = self.get(u).await,
+                None => return failed(format!("{reference} holds no batch-response")),
+            }
+        }
+        if let Answer::Http {
+            sent_at_ms: s,
+            quotas: q,
+            ..
+        } = &mut answer
+        {
+            *s = sent_at_ms;
+            *q = quotas;
+        }
+        answer
+    }
+}
+
+/// Standard base64, padding optional; `None` on any other byte.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 /// A transport error in words, without the request (no patient data).
