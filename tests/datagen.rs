@@ -160,6 +160,17 @@ pub struct Generated {
 /// Writes patients.csv, conditions.csv, patient_conditions.csv and
 /// encounters.csv into `dir`, shaped like the bundled example.
 pub fn write_example_tables(dir: &Path, patients: u64, seed: u64) -> std::io::Result<Generated> {
+    write_tables(dir, patients, seed, None)
+}
+
+/// Like [`write_example_tables`], with exactly `conditions_each` conditions
+/// per patient when given (0 to 4 at random otherwise).
+pub fn write_tables(
+    dir: &Path,
+    patients: u64,
+    seed: u64,
+    conditions_each: Option<u64>,
+) -> std::io::Result<Generated> {
     std::fs::create_dir_all(dir)?;
     let mut rng = Rng(seed);
     let open = |name: &str| -> std::io::Result<BufWriter<File>> {
@@ -216,7 +227,8 @@ pub fn write_example_tables(dir: &Path, patients: u64, seed: u64) -> std::io::Re
         let (first, last) = (rng.pick(FIRST), rng.pick(LAST));
         row(&mut p, &[&id, first, last, &birth, gender])?;
         counts.patients += 1;
-        for _ in 0..rng.below(5) {
+        let conditions_here = conditions_each.unwrap_or_else(|| rng.below(5));
+        for _ in 0..conditions_here {
             counts.conditions += 1;
             let (cid, ..) = CONDITIONS[rng.below(CONDITIONS.len() as u64) as usize];
             let pcid = format!("PC{:08}", counts.conditions);
@@ -245,7 +257,17 @@ pub fn write_example_tables(dir: &Path, patients: u64, seed: u64) -> std::io::Re
 /// Writes the tables under `dir/data` and a copy of the bundled example's
 /// migration file as `dir/migration.yaml`, ready for `fhirlift`.
 pub fn write_example(dir: &Path, patients: u64, seed: u64) -> std::io::Result<Generated> {
-    let counts = write_example_tables(&dir.join("data"), patients, seed)?;
+    write_example_shaped(dir, patients, seed, None)
+}
+
+/// [`write_example`] with exactly `conditions_each` conditions per patient.
+pub fn write_example_shaped(
+    dir: &Path,
+    patients: u64,
+    seed: u64,
+    conditions_each: Option<u64>,
+) -> std::io::Result<Generated> {
+    let counts = write_tables(&dir.join("data"), patients, seed, conditions_each)?;
     std::fs::copy(crate::guide_example(), dir.join("migration.yaml"))?;
     Ok(counts)
 }

@@ -1,10 +1,12 @@
-//! `fhirlift-gen --patients N DIR`: the example's tables at any size, and a
-//! migration file beside them. Run through `cargo xtask gen`.
+//! `fhirlift-gen --patients N [--conditions-each K] DIR`: the example's
+//! tables at any size, and a migration file beside them. Run through
+//! `cargo xtask gen`.
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut patients = 1000u64;
     let mut seed = 42u64;
+    let mut conditions_each = None;
     let mut dir = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -14,6 +16,13 @@ fn main() {
                     .next()
                     .and_then(|n| n.replace('_', "").parse().ok())
                     .unwrap_or_else(|| usage())
+            }
+            "--conditions-each" => {
+                conditions_each = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
             }
             "--seed" => {
                 seed = it
@@ -26,7 +35,7 @@ fn main() {
         }
     }
     let dir = dir.unwrap_or_else(|| usage());
-    match fhirlift_tests::datagen::write_example(&dir, patients, seed) {
+    match fhirlift_tests::datagen::write_example_shaped(&dir, patients, seed, conditions_each) {
         Ok(g) => println!(
             "wrote {} patients, {} conditions, {} encounters to {}/data, and {}/migration.yaml",
             g.patients,
@@ -43,6 +52,6 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: fhirlift-gen --patients N [--seed S] DIR");
+    eprintln!("usage: fhirlift-gen --patients N [--conditions-each K] [--seed S] DIR");
     std::process::exit(1);
 }

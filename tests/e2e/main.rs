@@ -4,6 +4,8 @@
 mod auth;
 mod cli;
 mod golden;
+mod medplum;
 mod rejects;
 mod sandbox;
+mod support;
 mod volume;

@@ -1,61 +1,13 @@
 //! Migrations sent over real HTTP to the sandbox server.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::path::Path;
 use std::time::Duration;
 
 use fhirlift_sandbox::{Faults, SandboxConfig};
-use fhirlift_tests::{
-    Outcome, TestServer, datagen, fhirlift, fhirlift_binary, guide_example, scratch,
-};
+use fhirlift_tests::{TestServer, datagen, fhirlift, fhirlift_binary, guide_example, scratch};
 use serde_json::Value;
 
-fn migrate(config: &Path, url: &str, dir: &Path, extra: &[&str]) -> Outcome {
-    let mut args: Vec<OsString> = vec![
-        "migrate".into(),
-        "-c".into(),
-        config.into(),
-        "--server".into(),
-        url.into(),
-        "--rejects".into(),
-        dir.join("rejects.ndjson").into(),
-        "--report".into(),
-        dir.join("report.json").into(),
-    ];
-    args.extend(extra.iter().map(Into::into));
-    fhirlift(args)
-}
-
-fn report(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
-}
-
-/// Sums one outcome over every stream and resource type of a report.
-fn total(report: &Value, outcome: &str) -> u64 {
-    report["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["written"].as_object().unwrap().values())
-        .map(|c| c[outcome].as_u64().unwrap())
-        .sum()
-}
-
-fn id_of(
-    store: &fhirlift_sandbox::Store,
-    resource_type: &str,
-    system: &str,
-    value: &str,
-) -> String {
-    let found = store.find(resource_type, system, value);
-    assert_eq!(
-        found.len(),
-        1,
-        "{resource_type} {value} stored exactly once"
-    );
-    found[0]["id"].as_str().unwrap().to_owned()
-}
+use crate::support::{id_of, migrate, report, total};
 
 #[test]
 fn the_guide_example_lands_linked_and_a_rerun_creates_nothing() {

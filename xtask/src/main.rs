@@ -8,7 +8,10 @@
 //! - `cargo xtask test [ARGS]`: starts what the tests need and runs them all.
 //! - `cargo xtask gen --patients N DIR`: the example's tables at any size.
 //! - `cargo xtask bench [--patients N]`: map + plan throughput and peak memory
-//!   of the release build on generated data, then the criterion benchmarks.
+//!   of the release build on generated data, sending to a sink sandbox, the
+//!   two write strategies against the sandbox in Medplum mode, then the
+//!   criterion benchmarks. `cargo xtask bench medplum [--patients N]` runs
+//!   only the strategy comparison.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +51,8 @@ fn main() -> anyhow::Result<()> {
                  test [ARGS]              start what the tests need and run them all\n  \
                  gen --patients N DIR     write the example's tables at any size\n  \
                  sandbox [ARGS]           run the sandbox FHIR server (--help for its knobs)\n  \
-                 bench [--patients N]     measure map + plan throughput and memory"
+                 bench [--patients N]     measure map + plan throughput and memory\n  \
+                 bench medplum            compare the write strategies against Medplum mode"
             );
             if task.is_empty() || task == "help" || task == "--help" {
                 Ok(())
@@ -181,9 +185,11 @@ fn generate(args: &[String]) -> anyhow::Result<()> {
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let mut patients: u64 = 1_000_000;
+    let mut strategies_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "medplum" => strategies_only = true,
             "--patients" => {
                 patients = it
                     .next()
@@ -205,8 +211,17 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "fhirlift",
         "--bin",
         "fhirlift-gen",
+        "--package",
+        "fhirlift-sandbox",
     ]);
     run(build)?;
+    if strategies_only {
+        return bench_strategies(if args.iter().any(|a| a == "--patients") {
+            patients
+        } else {
+            20_000
+        });
+    }
     // Two sizes: throughput from the large one, flat memory from comparing both.
     for n in [patients / 10, patients] {
         let dir = root().join(format!("target/bench-data/{n}"));
@@ -251,6 +266,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         send.args(["migrate", "--config"])
             .arg(file)
             .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
+            // the sink answers no searches: measure the planned bundles
+            .args(["--strategy", "conditional"])
             .arg("--rejects")
             .arg(dir.join("bench-rejects.ndjson"));
         outcome = outcome.and(run(send));
@@ -258,6 +275,7 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     let _ = sink.kill();
     let _ = sink.wait();
     outcome?;
+    bench_strategies(20_000)?;
     println!("\n== criterion: map + plan of the patients stream");
     let mut criterion = cargo();
     criterion.args([
@@ -268,4 +286,97 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "map_plan",
     ]);
     run(criterion)
+}
+
+/// The two write strategies against the sandbox in Medplum mode: each write
+/// holds one of 4 server workers for 4 ms, each search 2 ms, and concurrent
+/// conditional writes conflict (409) as on Medplum. Patients with 3
+/// conditions each; a first load, then an unchanged re-run.
+fn bench_strategies(patients: u64) -> anyhow::Result<()> {
+    let dir = root().join(format!("target/bench-data/strategies-{patients}"));
+    if !dir.join("patients-conditions.yaml").exists() {
+        let mut g = Command::new(root().join("target/release/fhirlift-gen"));
+        g.args([
+            "--patients",
+            &patients.to_string(),
+            "--conditions-each",
+            "3",
+        ])
+        .arg(&dir);
+        run(g)?;
+        let text = std::fs::read_to_string(dir.join("migration.yaml"))?;
+        std::fs::write(
+            dir.join("patients-conditions.yaml"),
+            &text[..text.find("\n  encounters:").unwrap_or(text.len())],
+        )?;
+    }
+    let mut results = Vec::new();
+    for (n, strategy) in ["conditional", "resolve"].into_iter().enumerate() {
+        let port = (18120 + n).to_string();
+        let mut server = Command::new(root().join("target/release/fhirlift-sandbox"))
+            .args(["--medplum", "--transaction-bundles", "--workers", "4"])
+            .args([
+                "--write-cost-ms",
+                "4",
+                "--search-cost-ms",
+                "2",
+                "--conflict-rate",
+                "0.05",
+            ])
+            .args(["--port", &port])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start the sandbox")?;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut outcome = Ok(());
+        for pass in ["first load", "unchanged re-run"] {
+            println!(
+                "\n== {patients} patients + {} conditions, strategy {strategy}, {pass}: into the sandbox in Medplum mode",
+                patients * 3
+            );
+            let mut send = Command::new(root().join("target/release/fhirlift"));
+            send.args(["migrate", "--config"])
+                .arg(dir.join("patients-conditions.yaml"))
+                .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
+                .args([
+                    "--strategy",
+                    strategy,
+                    "--concurrency",
+                    "4",
+                    "--max-attempts",
+                    "50",
+                ])
+                .arg("--rejects")
+                .arg(dir.join("bench-rejects.ndjson"));
+            let started = std::time::Instant::now();
+            outcome = outcome.and(run(send));
+            results.push((strategy, pass, started.elapsed()));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        outcome?;
+    }
+    let resources = (patients * 4) as f64;
+    println!("\n== write strategies, {} resources", patients * 4);
+    for (strategy, pass, took) in &results {
+        println!(
+            "{strategy:<12} {pass:<17} {:>8.1} s {:>8.0} resources/s",
+            took.as_secs_f64(),
+            resources / took.as_secs_f64()
+        );
+    }
+    for pass in ["first load", "unchanged re-run"] {
+        let time = |s: &str| {
+            results
+                .iter()
+                .find(|r| r.0 == s && r.1 == pass)
+                .map(|r| r.2.as_secs_f64())
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "resolve is {:.1}x faster than conditional on the {pass}",
+            time("conditional") / time("resolve")
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,57 @@
+//! Helpers shared by the modules that send migrations to a sandbox.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use fhirlift_tests::{Outcome, fhirlift};
+use serde_json::Value;
+
+/// `fhirlift migrate -c CONFIG --server URL`, with the rejects file and the
+/// JSON report in `dir`.
+pub fn migrate(config: &Path, url: &str, dir: &Path, extra: &[&str]) -> Outcome {
+    let mut args: Vec<OsString> = vec![
+        "migrate".into(),
+        "-c".into(),
+        config.into(),
+        "--server".into(),
+        url.into(),
+        "--rejects".into(),
+        dir.join("rejects.ndjson").into(),
+        "--report".into(),
+        dir.join("report.json").into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    fhirlift(args)
+}
+
+/// The JSON report of the last run in `dir`.
+pub fn report(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+/// Sums one outcome over every stream and resource type of a report.
+pub fn total(report: &Value, outcome: &str) -> u64 {
+    report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["written"].as_object().unwrap().values())
+        .map(|c| c[outcome].as_u64().unwrap())
+        .sum()
+}
+
+/// The id of the one stored resource holding the identifier.
+pub fn id_of(
+    store: &fhirlift_sandbox::Store,
+    resource_type: &str,
+    system: &str,
+    value: &str,
+) -> String {
+    let found = store.find(resource_type, system, value);
+    assert_eq!(
+        found.len(),
+        1,
+        "{resource_type} {value} stored exactly once"
+    );
+    found[0]["id"].as_str().unwrap().to_owned()
+}
