@@ -142,6 +142,24 @@ fn conditional_references(value: &Value) -> u64 {
     }
 }
 
+/// The refusal of a conditional reference outside a transaction, when the
+/// sandbox is set to resolve them only there.
+pub(crate) fn outside_transaction(shared: &Shared, resource: &Value) -> Option<FhirError> {
+    (shared
+        .config
+        .limits
+        .conditional_references_in_transactions_only
+        && shared.config.medplum.is_none()
+        && conditional_references(resource) > 0)
+        .then(|| {
+            FhirError::new(
+                400,
+                "not-supported",
+                "conditional references are resolved only inside transactions",
+            )
+        })
+}
+
 /// A conditional write entry (a conditional PUT, or one holding a
 /// conditional reference): it may meet a serialization conflict.
 fn is_conditional(entry: &Value) -> bool {
@@ -460,13 +478,34 @@ fn batch_entry(shared: &Shared, entry: &Value) -> Value {
     if let Some(e) = fault_409(shared) {
         return error_entry(&e);
     }
+    if let Some(e) = outside_transaction(shared, &entry["resource"]) {
+        return error_entry(&e);
+    }
     let result = entry_write(entry).and_then(|write| {
         let mut store = lock(shared);
+        fault_412(shared, &mut store, &write);
         single_write(&mut store, &write, entry["resource"].clone(), false)
     });
     match result {
         Ok(w) => written_entry(&w),
         Err(e) => error_entry(&e),
+    }
+}
+
+/// The concurrent writer of [`crate::Faults::rate_412`]: moves the target
+/// of an update by id with `If-Match` to a new version first.
+fn fault_412(shared: &Shared, store: &mut Store, write: &Write) {
+    let rate = shared.config.faults.rate_412;
+    if let Write::ById {
+        resource_type,
+        id,
+        if_match: Some(_),
+    } = write
+        && rate > 0.0
+        && shared.roll() < rate
+    {
+        shared.stats.faults.fetch_add(1, Ordering::Relaxed);
+        store.touch(resource_type, id);
     }
 }
 
@@ -665,6 +704,7 @@ async fn run_entries(
                     Some(e) => Err(e),
                     None => {
                         let mut store = lock(shared);
+                        fault_412(shared, &mut store, write);
                         run_planned(
                             &mut store,
                             write,

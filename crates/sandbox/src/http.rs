@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::bundle::{Work, Write, busy, conflict, lock, process_bundle, single_write, throttled};
+use crate::bundle::{
+    Work, Write, busy, conflict, lock, outside_transaction, process_bundle, single_write, throttled,
+};
 use crate::query::parse_search;
 use crate::store::{FhirError, Store, WriteResult, Written};
 use crate::{Mode, OnQuota, Shared};
@@ -562,6 +564,9 @@ async fn plain_write(shared: &Shared, write: Write, body: &Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
+    if let Some(e) = outside_transaction(shared, &resource) {
+        return error_response(&e);
+    }
     let work = Work::write(matches!(write, Write::Conditional { .. }), &resource);
     let _busy = busy(shared, work).await;
     if let Some(e) = conflict(shared, work.conditional) {

@@ -66,6 +66,10 @@ pub struct Faults {
     pub rate_429: f64,
     /// Per batch entry: 409 (a serialization conflict), entry not processed.
     pub rate_409: f64,
+    /// Per update by id carrying `If-Match`: another client writes the
+    /// resource just before (its version moves on, its content stays), so
+    /// the update meets 412 Precondition Failed.
+    pub rate_412: f64,
     /// HTTP 503 before processing.
     pub rate_503: f64,
     /// The connection is cut instead of answered; half of them after the
@@ -90,6 +94,10 @@ pub struct Limits {
     pub max_transaction_entries: Option<usize>,
     /// A write quota like Medplum's `fhirInteractions`.
     pub quota: Option<Quota>,
+    /// Resolve conditional references (`Patient?identifier=…`) only inside
+    /// transactions, as FHIR R4 requires of a server; elsewhere they are
+    /// 400. (Medplum, and the sandbox by default, resolve them everywhere.)
+    pub conditional_references_in_transactions_only: bool,
 }
 
 /// A quota of units per window: each write costs `write_cost`. Every answer

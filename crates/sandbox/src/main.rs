@@ -5,7 +5,7 @@ use std::time::Duration;
 use fhirlift_sandbox::{MedplumBehaviour, Mode, Sandbox, SandboxConfig, Store};
 
 const USAGE: &str = "usage: fhirlift-sandbox [--port N] [--sink] [--store DIR]
-       [--rate-429 R] [--rate-409 R] [--rate-503 R] [--rate-reset R] [--latency-ms MIN,MAX] [--seed N]
+       [--rate-429 R] [--rate-409 R] [--rate-412 R] [--rate-503 R] [--rate-reset R] [--latency-ms MIN,MAX] [--seed N]
        [--max-batch-entries N] [--max-body-bytes N] [--max-transaction-entries N]
        [--quota UNITS,SECONDS,WRITE_COST]
        [--medplum [--transaction-bundles] [--write-cost-ms N] [--search-cost-ms N]
@@ -62,6 +62,7 @@ fn main() {
             "--store" => store_dir = Some(std::path::PathBuf::from(value())),
             "--rate-429" => config.faults.rate_429 = rate(value()),
             "--rate-409" => config.faults.rate_409 = rate(value()),
+            "--rate-412" => config.faults.rate_412 = rate(value()),
             "--rate-503" => config.faults.rate_503 = rate(value()),
             "--rate-reset" => config.faults.rate_reset = rate(value()),
             "--seed" => config.faults.seed = number(value()),

@@ -232,6 +232,34 @@ impl Store {
         }
     }
 
+    /// A new version of a stored resource with the same content, as if
+    /// another client had written it.
+    pub fn touch(&mut self, resource_type: &str, id: &str) {
+        let Some(stored) = self
+            .types
+            .get_mut(resource_type)
+            .and_then(|t| t.by_id.get_mut(id))
+        else {
+            return;
+        };
+        stored.version += 1;
+        stored.last_updated = now_instant();
+        if let Some(meta) = stored
+            .resource
+            .get_mut("meta")
+            .and_then(Value::as_object_mut)
+        {
+            meta.insert(
+                "versionId".into(),
+                Value::String(stored.version.to_string()),
+            );
+            meta.insert(
+                "lastUpdated".into(),
+                Value::String(stored.last_updated.clone()),
+            );
+        }
+    }
+
     pub fn new_id(&mut self) -> String {
         self.next_id += 1;
         format!("{:012x}", self.next_id)

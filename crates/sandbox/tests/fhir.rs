@@ -251,8 +251,7 @@ async fn limits_refuse_big_bodies_and_long_batches_as_medplum_does() {
         limits: Limits {
             max_body_bytes: Some(2_000),
             max_batch_entries: Some(2),
-            max_transaction_entries: None,
-            quota: None,
+            ..Limits::default()
         },
         ..SandboxConfig::default()
     })
