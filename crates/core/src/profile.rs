@@ -58,6 +58,11 @@ pub struct ServerProfile {
     /// only with the project's `transaction-bundles` feature, so fhirlift
     /// checks every transaction-response for mixed statuses.
     pub atomic_transactions: bool,
+    /// Whether the server resolves conditional references
+    /// (`Patient?identifier=…`) in batches and plain writes, not only in
+    /// transactions as FHIR R4 requires. When it does not, the conditional
+    /// strategy resolves references itself before sending.
+    pub conditional_references_outside_transactions: bool,
     /// How fhirlift writes (the profile's default, or the run's choice).
     pub strategy: WriteStrategy,
     /// Batches go as async jobs.
@@ -82,6 +87,7 @@ impl ServerProfile {
                 batch_may_hold_transactions: false,
                 max_async_body_bytes: 5 * 1024 * 1024,
                 atomic_transactions: true,
+                conditional_references_outside_transactions: false,
                 strategy: WriteStrategy::Conditional,
                 asynchronous: false,
             },
@@ -98,6 +104,7 @@ impl ServerProfile {
                 batch_may_hold_transactions: true,
                 max_async_body_bytes: 50_000_000,
                 atomic_transactions: false,
+                conditional_references_outside_transactions: true,
                 strategy: WriteStrategy::Resolve,
                 asynchronous: false,
             },
@@ -111,6 +118,7 @@ impl ServerProfile {
                 batch_may_hold_transactions: false,
                 max_async_body_bytes: 10 * 1024 * 1024,
                 atomic_transactions: true,
+                conditional_references_outside_transactions: false,
                 strategy: WriteStrategy::Conditional,
                 asynchronous: false,
             },
@@ -172,6 +180,13 @@ impl ServerProfile {
             p.max_body_bytes = n;
         }
         Ok(p)
+    }
+
+    /// Whether the sender must resolve conditional references itself
+    /// (while writes stay conditional).
+    pub fn resolves_references_itself(&self) -> bool {
+        self.strategy == WriteStrategy::Conditional
+            && !self.conditional_references_outside_transactions
     }
 
     /// Whether transactions carry conditional writes as planned (they do

@@ -491,6 +491,7 @@ fn send(
     config.max_in_flight = concurrency.max(1);
     config.max_attempts = max_attempts.max(1);
     config.strategy = plan.profile.strategy;
+    config.resolve_references = plan.profile.resolves_references_itself();
     config.asynchronous = plan.profile.asynchronous;
     tracing::info!(
         profile = %plan.profile.name,

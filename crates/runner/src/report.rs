@@ -17,9 +17,14 @@ pub fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "profile {}: strategy {}{}; batches of at most {} entries and {} bytes; transactions of at most {} entries ({} with conditional writes) and {} updates{}",
+        "profile {}: strategy {}{}{}; batches of at most {} entries and {} bytes; transactions of at most {} entries ({} with conditional writes) and {} updates{}",
         p.name,
         p.strategy.as_str(),
+        if p.resolves_references_itself() {
+            " (references resolved by fhirlift)"
+        } else {
+            ""
+        },
         if p.asynchronous {
             ", async batches"
         } else {

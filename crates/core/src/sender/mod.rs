@@ -52,6 +52,9 @@ pub struct SenderConfig {
     pub max_backoff: Duration,
     /// Conditional writes as planned, or resolve identifiers first.
     pub strategy: WriteStrategy,
+    /// Under the conditional strategy: resolve conditional references
+    /// before sending, for servers that resolve them only in transactions.
+    pub resolve_references: bool,
     /// Send batches as async jobs (`Prefer: respond-async`) and poll them.
     pub asynchronous: bool,
     /// The longest wait for one async job.
@@ -69,6 +72,7 @@ impl SenderConfig {
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             strategy: WriteStrategy::Conditional,
+            resolve_references: false,
             asynchronous: false,
             async_timeout: Duration::from_secs(3600),
         }
@@ -227,8 +231,11 @@ impl SenderSink {
                 asynchronous: config.asynchronous,
                 async_timeout: config.async_timeout,
             }),
-            resolver: (config.strategy == WriteStrategy::Resolve)
-                .then(|| Arc::new(Resolver::default())),
+            resolver: match (config.strategy, config.resolve_references) {
+                (WriteStrategy::Resolve, _) => Some(Arc::new(Resolver::default())),
+                (WriteStrategy::Conditional, true) => Some(Arc::new(Resolver::references_only())),
+                (WriteStrategy::Conditional, false) => None,
+            },
             busy: std::collections::HashMap::new(),
             window: Window::new(config.max_in_flight),
             config,
@@ -546,7 +553,7 @@ impl Dispatcher {
         let http = self.http.clone();
         let resolver = self.resolver.clone();
         set.spawn(async move {
-            let Some(resolver) = resolver else {
+            let Some(resolver) = resolver.filter(|r| r.needed_for(&job.request)) else {
                 let answer = http
                     .post_bundle(job.request.body.clone(), job.request.kind)
                     .await;

@@ -105,6 +105,10 @@ pub(super) struct Resolver {
     /// Held while counting systems, so requests in flight together count
     /// each system once.
     counting: tokio::sync::Mutex<()>,
+    /// Only references are resolved; writes go as planned (the conditional
+    /// strategy on a server that resolves conditional references only in
+    /// transactions).
+    references_only: bool,
 }
 
 #[derive(Default)]
@@ -167,6 +171,21 @@ pub(super) struct SentEntry {
 }
 
 impl Resolver {
+    /// A resolver that rewrites references and leaves writes conditional.
+    pub(super) fn references_only() -> Resolver {
+        Resolver {
+            references_only: true,
+            ..Resolver::default()
+        }
+    }
+
+    /// Whether a planned request needs resolving at all: a references-only
+    /// resolver has nothing to do for a request without conditional
+    /// references (found by a byte scan, without parsing).
+    pub(super) fn needed_for(&self, request: &Request) -> bool {
+        !self.references_only || has_conditional_reference(&request.body)
+    }
+
     /// Resolves a planned request: searches, then decides each write.
     /// An `Err` is the answer of a search that failed (retry the request).
     pub(super) async fn resolve(
@@ -200,7 +219,7 @@ impl Resolver {
             unknown
         };
         let first_look = unknown_systems(&self.systems.lock().unwrap_or_else(|p| p.into_inner()));
-        if !first_look.is_empty() {
+        if !first_look.is_empty() && !self.references_only {
             let _counting = self.counting.lock().await;
             // another request may have counted them meanwhile
             let unknown = unknown_systems(&self.systems.lock().unwrap_or_else(|p| p.into_inner()));
@@ -234,7 +253,9 @@ impl Resolver {
                         == Some(&SystemState::Empty)
             };
             for op in units.iter().flat_map(|u| &u.ops) {
-                if let Some(id) = &op.identity {
+                if let Some(id) = &op.identity
+                    && !self.references_only
+                {
                     let cached = cache.map.contains_key(&identity_key(id));
                     if !absent(id, cached) && seen.insert(id) {
                         wanted.push(id.clone());
@@ -383,6 +404,11 @@ impl Resolver {
                 let mut resource = op.entry["resource"].clone();
                 rewrite_references(&mut resource, known_refs, &local);
                 let entry = match (s, &op.identity) {
+                    _ if self.references_only => {
+                        let mut entry = op.entry.clone();
+                        entry["resource"] = resource;
+                        entry
+                    }
                     (Some(f), _) => {
                         if same_content(&resource, &f.resource) {
                             resolution.unchanged.push((unit.entry, first_op + k));
@@ -645,6 +671,22 @@ fn take_entries(mut bundle: Value) -> Vec<Value> {
     }
 }
 
+/// Whether JSON text holds a `"reference":"Type?…"`.
+fn has_conditional_reference(body: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"reference\":\"";
+    let mut at = 0;
+    while let Some(i) = body[at..].windows(KEY.len()).position(|w| w == KEY) {
+        let start = at + i + KEY.len();
+        let rest = &body[start..];
+        let letters = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        if letters > 0 && rest.get(letters) == Some(&b'?') {
+            return true;
+        }
+        at = start;
+    }
+    false
+}
+
 /// Every conditional reference (`Type?identifier=s|v`) in a resource.
 fn collect_references(value: &Value, out: &mut Vec<Identity>) {
     match value {
@@ -803,6 +845,19 @@ mod tests {
         with_display["subject"]["display"] = json!("Someone else");
         assert!(!same_content(&with_display, &stored));
         assert!(same_content(&json!({ "n": 1.0 }), &json!({ "n": 1 })));
+    }
+
+    #[test]
+    fn conditional_references_are_spotted_without_parsing() {
+        assert!(has_conditional_reference(
+            br#"{"subject":{"reference":"Patient?identifier=s|1"}}"#
+        ));
+        assert!(!has_conditional_reference(
+            br#"{"request":{"url":"Patient?identifier=s|1"},"subject":{"reference":"Patient/1"}}"#
+        ));
+        assert!(!has_conditional_reference(
+            br#"{"encounter":{"reference":"urn:uuid:1"}}"#
+        ));
     }
 
     #[test]
