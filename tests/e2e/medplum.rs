@@ -22,6 +22,14 @@ fn medplum(behaviour: MedplumBehaviour) -> SandboxConfig {
     }
 }
 
+/// Medplum mode with injected faults.
+fn medplum_with(faults: Faults) -> SandboxConfig {
+    SandboxConfig {
+        faults,
+        ..medplum(MedplumBehaviour::default())
+    }
+}
+
 /// Reads a generated CSV table as rows of column → value.
 fn table(path: &Path) -> Vec<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -286,14 +294,11 @@ fn concurrent_conditional_writes_conflict_and_are_retried_while_resolve_never_co
 
 #[test]
 fn resets_after_the_write_are_resolved_again_and_never_duplicate_a_create() {
-    let server = TestServer::start(SandboxConfig {
-        faults: Faults {
-            rate_reset: 0.15,
-            seed: 77,
-            ..Faults::default()
-        },
-        ..medplum(MedplumBehaviour::default())
-    });
+    let server = TestServer::start(medplum_with(Faults {
+        rate_reset: 0.15,
+        seed: 77,
+        ..Faults::default()
+    }));
     let dir = scratch("medplum-resets");
     let counts = datagen::write_example(&dir, 1_500, 12).unwrap();
     let run = migrate(
@@ -503,4 +508,116 @@ streams:
         server.sandbox.with_store(|s| s.count("ClinicalImpression")),
         12
     );
+}
+
+#[test]
+fn a_server_that_resolves_conditional_references_only_in_transactions_gets_ids_instead() {
+    for (profile, strategy, ok) in [
+        ("generic", "conditional", true),
+        ("medplum", "conditional", false),
+    ] {
+        let server = TestServer::start(SandboxConfig {
+            limits: fhirlift_sandbox::Limits {
+                conditional_references_in_transactions_only: true,
+                ..fhirlift_sandbox::Limits::default()
+            },
+            ..SandboxConfig::default()
+        });
+        let dir = scratch(&format!("strict-references-{profile}"));
+        let counts = datagen::write_example(&dir, 150, 31).unwrap();
+        let migration = dir.join("migration.yaml");
+        datagen::streams_before(&migration, "encounters", &migration).unwrap();
+        let run = migrate(
+            &migration,
+            &server.url(),
+            &dir,
+            &["--profile", profile, "--strategy", strategy],
+        );
+        if ok {
+            // the generic profile knows R4 servers resolve them in transactions only
+            assert_eq!(run.code, 0, "{profile}\n{}\n{}", run.stdout, run.stderr);
+            server.sandbox.with_store(|store| {
+                assert_eq!(store.count("Condition") as u64, counts.conditions);
+                for c in store.resources("Condition") {
+                    let r = c["subject"]["reference"].as_str().unwrap();
+                    assert!(r.starts_with("Patient/"), "{r}");
+                }
+            });
+        } else {
+            // Medplum resolves them anywhere: sent as they are, refused here
+            assert_eq!(run.code, 2, "{profile}\n{}", run.stdout);
+            let rejects = std::fs::read_to_string(dir.join("rejects.ndjson")).unwrap();
+            assert!(rejects.contains("only inside transactions"), "{rejects}");
+        }
+    }
+}
+
+#[test]
+fn an_update_that_meets_412_is_resolved_again_and_lands_on_the_newer_version() {
+    let server = TestServer::start(medplum_with(Faults {
+        rate_412: 0.3,
+        seed: 412,
+        ..Faults::default()
+    }));
+    let dir = scratch("medplum-412");
+    let counts = datagen::write_example(&dir, 200, 14).unwrap();
+    let migration = dir.join("migration.yaml");
+    datagen::streams_before(&migration, "conditions", &migration).unwrap();
+    let first = migrate(&migration, &server.url(), &dir, &[]);
+    assert_eq!(first.code, 0, "{}", first.stdout);
+    // every patient changes: each update goes by id with If-Match, and
+    // another writer moves some of them on just before
+    let patients = dir.join("data/patients.csv");
+    let text = std::fs::read_to_string(&patients).unwrap();
+    let changed: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l}\n")
+            } else {
+                format!("{}\n", l.replacen(",", ",New", 1))
+            }
+        })
+        .collect();
+    std::fs::write(&patients, changed).unwrap();
+    let second = migrate(&migration, &server.url(), &dir, &["--max-attempts", "30"]);
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    let r = report(&dir);
+    assert_eq!(total(&r, "updated"), counts.patients);
+    assert_eq!(total(&r, "rejected"), 0);
+    assert!(
+        r["streams"][0]["retried"].as_u64().unwrap() > 0,
+        "412s were met"
+    );
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient") as u64, counts.patients);
+        for p in store.resources("Patient") {
+            let given = p["name"][0]["given"][0].as_str().unwrap();
+            assert!(given.starts_with("New"), "{given}");
+            assert!(
+                store
+                    .get("Patient", p["id"].as_str().unwrap())
+                    .unwrap()
+                    .version
+                    >= 2
+            );
+        }
+    });
+}
+
+#[test]
+fn profile_auto_recognises_medplum_and_takes_its_strategy() {
+    let server = TestServer::start(medplum(MedplumBehaviour::default()));
+    let dir = scratch("medplum-auto");
+    datagen::write_example(&dir, 20, 1).unwrap();
+    let run = migrate(
+        &dir.join("migration.yaml"),
+        &server.url(),
+        &dir,
+        &["--profile", "auto"],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    // the first load under resolve counts each system instead of searching
+    assert_eq!(stat(&server, |s| &s.searches), 4);
 }

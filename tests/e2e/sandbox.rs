@@ -324,42 +324,46 @@ fn profile_auto_reads_the_servers_metadata() {
 fn a_used_up_quota_pauses_sending_and_the_429_tail_of_a_batch_is_resent() {
     // 70 writes a second: the first batch of 100 runs into the quota
     // part-way (whatever the machine's speed), and the entries from there on
-    // come back 429 inside an HTTP 200 answer
-    let server = TestServer::start(SandboxConfig {
-        limits: fhirlift_sandbox::Limits {
-            quota: Some(fhirlift_sandbox::Quota {
-                units: 700,
-                window: Duration::from_secs(1),
-                write_cost: 10,
-            }),
-            ..fhirlift_sandbox::Limits::default()
-        },
-        ..SandboxConfig::default()
-    });
-    let dir = scratch("sandbox-quota");
-    let counts = datagen::write_example(&dir, 200, 9).unwrap();
-    let migration = dir.join("migration.yaml");
-    datagen::streams_before(&migration, "conditions", &migration).unwrap();
-    let run = migrate(
-        &dir.join("migration.yaml"),
-        &server.url(),
-        &dir,
-        &["--max-attempts", "20"],
-    );
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(
+    // come back 429 inside an HTTP 200 answer; in Medplum mode too, where
+    // the resolve strategy writes
+    for medplum in [None, Some(fhirlift_sandbox::MedplumBehaviour::default())] {
+        let server = TestServer::start(SandboxConfig {
+            limits: fhirlift_sandbox::Limits {
+                quota: Some(fhirlift_sandbox::Quota {
+                    units: 700,
+                    window: Duration::from_secs(1),
+                    write_cost: 10,
+                }),
+                ..fhirlift_sandbox::Limits::default()
+            },
+            medplum: medplum.clone(),
+            ..SandboxConfig::default()
+        });
+        let dir = scratch(&format!("sandbox-quota-{}", medplum.is_some()));
+        let counts = datagen::write_example(&dir, 200, 9).unwrap();
+        let migration = dir.join("migration.yaml");
+        datagen::streams_before(&migration, "conditions", &migration).unwrap();
+        let run = migrate(
+            &dir.join("migration.yaml"),
+            &server.url(),
+            &dir,
+            &["--max-attempts", "20"],
+        );
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert!(
+            server
+                .sandbox
+                .stats()
+                .throttled
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0,
+            "the quota was hit"
+        );
+        let report = report(&dir);
+        assert_eq!(total(&report, "rejected"), 0);
+        assert_eq!(total(&report, "created"), counts.patients);
         server
             .sandbox
-            .stats()
-            .throttled
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0,
-        "the quota was hit"
-    );
-    let report = report(&dir);
-    assert_eq!(total(&report, "rejected"), 0);
-    assert_eq!(total(&report, "created"), counts.patients);
-    server
-        .sandbox
-        .with_store(|s| assert_eq!(s.count("Patient") as u64, counts.patients));
+            .with_store(|s| assert_eq!(s.count("Patient") as u64, counts.patients));
+    }
 }

@@ -213,6 +213,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "fhirlift-gen",
         "--package",
         "fhirlift-sandbox",
+        "--bin",
+        "fhirlift-sandbox",
     ]);
     run(build)?;
     if strategies_only {
@@ -246,6 +248,9 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start the sandbox")?;
     std::thread::sleep(std::time::Duration::from_millis(500));
+    if let Some(status) = sink.try_wait()? {
+        bail!("the sandbox stopped at once ({status})");
+    }
     let dir = root().join(format!("target/bench-data/{patients}"));
     let config = dir.join("migration.yaml");
     let text = std::fs::read_to_string(&config)?;
@@ -328,6 +333,9 @@ fn bench_strategies(patients: u64) -> anyhow::Result<()> {
             .spawn()
             .context("cannot start the sandbox")?;
         std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Some(status) = server.try_wait()? {
+            bail!("the sandbox stopped at once ({status})");
+        }
         let mut outcome = Ok(());
         for pass in ["first load", "unchanged re-run"] {
             println!(
