@@ -140,6 +140,8 @@ fn both_strategies_load_the_example_with_every_identifier_once_and_links_right()
                 entries,
                 "an unchanged re-run under resolve writes nothing"
             );
+            assert_eq!(second["traffic"]["writes"], 0, "{}", again.stdout);
+            assert!(second["traffic"]["searches"].as_u64().unwrap() > 0);
         } else {
             assert_eq!(total(&second, "unchanged") + total(&second, "updated"), all);
         }

@@ -343,6 +343,7 @@ impl Plan {
             .map_err(|e| SinkError(format!("rejects file: {e}")))?;
         Ok(RunSummary {
             streams: accounts.summaries,
+            traffic: sink.traffic(),
             elapsed: started.elapsed(),
             rejects_file: rejects
                 .path()
@@ -643,6 +644,18 @@ pub trait RequestSink {
     fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
         Ok(())
     }
+    /// The HTTP requests really sent, when the sink is a server.
+    fn traffic(&self) -> Option<Traffic> {
+        None
+    }
+}
+
+/// What went over the wire: bundles written (retries included) and
+/// searches made (the resolve strategy's lookups, counts and pages).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Traffic {
+    pub writes: u64,
+    pub searches: u64,
 }
 
 /// Counts requests and drops them: `check` and benchmarks.
@@ -753,6 +766,8 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub streams: Vec<StreamSummary>,
+    /// Requests really sent, when writing to a server.
+    pub traffic: Option<Traffic>,
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub rejects_file: Option<PathBuf>,

@@ -504,7 +504,7 @@ fn send(
     // every phase ends settled; anything left comes from a run that stopped
     let _ = sink.finish();
     let summary = result?;
-    report::write_summary(out, &summary, "sent")?;
+    report::write_summary(out, &summary, "accounted for")?;
     if let (Some(sb), Some(dir)) = (embedded, &sandbox) {
         sb.save(dir)?;
         writeln!(out, "sandbox store saved to {}", dir.display())?;

@@ -157,5 +157,13 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
     if let Some(rss) = peak_rss() {
         write!(out, ", peak memory {} MB", rss / (1024 * 1024))?;
     }
-    writeln!(out)
+    writeln!(out)?;
+    if let Some(t) = summary.traffic {
+        writeln!(
+            out,
+            "sent to the server: {} write requests, {} searches",
+            t.writes, t.searches
+        )?;
+    }
+    Ok(())
 }

@@ -140,6 +140,10 @@ pub struct Settled {
 #[derive(Debug, Default)]
 pub struct SenderStats {
     pub requests: AtomicU64,
+    /// Bundles posted (retries included).
+    pub writes: AtomicU64,
+    /// Searches made by the resolver (counts and pages included).
+    pub searches: AtomicU64,
     pub in_flight: AtomicU64,
     pub retries: AtomicU64,
     pub window: AtomicU64,
@@ -225,6 +229,7 @@ impl SenderSink {
         let dispatcher = Dispatcher {
             fatal: fatal.clone(),
             http: Arc::new(Http {
+                stats: stats.clone(),
                 auth: AuthState::new(config.auth.clone(), &config.base_url),
                 client,
                 base: config.base_url.clone(),
@@ -299,6 +304,13 @@ impl RequestSink for SenderSink {
 
     fn settled(&mut self) -> Vec<Settled> {
         self.settled.try_iter().collect()
+    }
+
+    fn traffic(&self) -> Option<crate::pipeline::Traffic> {
+        Some(crate::pipeline::Traffic {
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            searches: self.stats.searches.load(Ordering::Relaxed),
+        })
     }
 
     fn activity(&self) -> Option<(u64, u64)> {
@@ -1154,6 +1166,7 @@ fn outcome_text(outcome: &Value) -> String {
 
 /// The HTTP side: one client, the credentials and the base URL.
 struct Http {
+    stats: Arc<SenderStats>,
     client: reqwest::Client,
     auth: AuthState,
     base: String,
@@ -1246,11 +1259,18 @@ impl Http {
         }
     }
 
+    /// A search (counted as one).
+    async fn search_get(&self, url: &str) -> Answer {
+        self.stats.searches.fetch_add(1, Ordering::Relaxed);
+        self.get(url).await
+    }
+
     async fn get(&self, url: &str) -> Answer {
         self.exchange(reqwest::Method::GET, url, None, false).await
     }
 
     async fn post_form(&self, url: &str, form: String) -> Answer {
+        self.stats.searches.fetch_add(1, Ordering::Relaxed);
         let body = Some(("application/x-www-form-urlencoded", form.into_bytes()));
         self.exchange(reqwest::Method::POST, url, body, false).await
     }
@@ -1258,6 +1278,7 @@ impl Http {
     /// Posts a bundle to the base. Batches go as async jobs when asked
     /// (transactions never: Medplum refuses async transactions).
     async fn post_bundle(&self, body: Vec<u8>, kind: RequestKind) -> Answer {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
         let prefer_async = self.asynchronous && kind != RequestKind::Transaction;
         let url = format!("{}/", self.base);
         let answer = self

@@ -529,7 +529,7 @@ impl Resolver {
         let mut url = format!("{}/{resource_type}?identifier=", http.base);
         encode_query_part(&escape_search_value(system), &mut url);
         url.push_str("|&_summary=count");
-        match http.get(&url).await {
+        match http.search_get(&url).await {
             Answer::Http {
                 status: 200..=299,
                 body,
@@ -575,7 +575,7 @@ impl Resolver {
             http.post_form(&format!("{}/{resource_type}/_search", http.base), form)
                 .await
         } else {
-            http.get(&format!("{}/{resource_type}?{query}", http.base))
+            http.search_get(&format!("{}/{resource_type}?{query}", http.base))
                 .await
         };
         let mut resources = Vec::new();
@@ -604,7 +604,7 @@ impl Resolver {
                 .find(|l| l["relation"] == "next")
                 .and_then(|l| l["url"].as_str());
             match next {
-                Some(url) => answer = http.get(url).await,
+                Some(url) => answer = http.search_get(url).await,
                 None => return Ok((resources, quotas)),
             }
         }
