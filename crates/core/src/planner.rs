@@ -202,6 +202,10 @@ impl Request {
     /// A batch of the same kind holding only the given entries: for
     /// resending the entries that failed alone.
     pub fn subset(&self, which: &[usize]) -> Request {
+        // a lone transaction is its own only entry
+        if self.kind == RequestKind::Transaction {
+            return self.clone();
+        }
         let mut body = Vec::with_capacity(self.body.len());
         body.extend_from_slice(BATCH_PREFIX);
         let mut entries = Vec::with_capacity(which.len());
@@ -739,5 +743,9 @@ mod tests {
         let (reqs, errs) = pack(ServerProfile::named("generic").unwrap(), vec![g]);
         assert!(errs.is_empty());
         assert_eq!(reqs[0].kind, RequestKind::Transaction);
+        // resending a lone transaction resends it whole, still a transaction
+        let again = reqs[0].subset(&[0]);
+        assert_eq!(again.body, reqs[0].body);
+        assert_eq!(again.kind, RequestKind::Transaction);
     }
 }
