@@ -3,6 +3,7 @@
 //! in-process.
 
 pub mod datagen;
+pub mod pg;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

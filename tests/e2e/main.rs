@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod golden;
 mod medplum;
+mod postgres;
 mod rejects;
 mod sandbox;
 mod support;

@@ -1,0 +1,340 @@
+//! The PostgreSQL connector against a real server (started by `cargo xtask
+//! test`): every column type, check-time errors, failures mid-stream, and
+//! a migration into the sandbox.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fhirlift_core::registry::Registry;
+use fhirlift_core::{ConnectorContext, SourceEvent, StreamSource, Value};
+use fhirlift_sandbox::SandboxConfig;
+use fhirlift_tests::pg::TestDb;
+use fhirlift_tests::{TestServer, fhirlift, scratch};
+
+use crate::support::{migrate, report, total};
+
+/// Reads a whole stream through the registered connector.
+fn read(db: &TestDb, dir: &Path, from: &str, key: &[&str], fetch: u64) -> Vec<SourceEvent> {
+    std::fs::write(dir.join("pg.url"), &db.url).unwrap();
+    let registry = Registry::from_inventory().unwrap();
+    let connector = (registry.get("postgres").unwrap().create)(
+        &serde_json::json!({ "url_file": "pg.url", "fetch": fetch }),
+        &ConnectorContext {
+            base_dir: dir.to_path_buf(),
+        },
+    )
+    .unwrap();
+    let source = StreamSource {
+        stream: Arc::from("s"),
+        from: from.into(),
+        key: key.iter().map(|k| k.to_string()).collect(),
+        options: serde_json::json!({}),
+    };
+    connector.schema(&source).unwrap();
+    let mut stream = connector.open(&source).unwrap();
+    let mut events = Vec::new();
+    while let Some(chunk) = stream.blocking_next_chunk() {
+        events.extend(chunk);
+    }
+    events
+}
+
+fn records(events: &[SourceEvent]) -> Vec<&fhirlift_core::Record> {
+    events
+        .iter()
+        .map(|e| match e {
+            SourceEvent::Record(r) => r,
+            other => panic!("not a record: {other:?}"),
+        })
+        .collect()
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+#[test]
+fn every_common_type_becomes_a_value_without_loss() {
+    let db = TestDb::create("types");
+    let dir = scratch("pg-types");
+    db.execute(
+        r#"
+        SET TIME ZONE 'America/New_York';
+        CREATE TABLE matrix (
+            id int PRIMARY KEY,
+            t text, v varchar(10), c char(5),
+            i2 smallint, i4 int, i8 bigint,
+            n numeric, n2 numeric(12,2), f8 double precision, b boolean,
+            d date, ts timestamp, tz timestamptz,
+            u uuid, j json, jb jsonb,
+            ai int[], at text[], a2 int[][], by bytea
+        );
+        INSERT INTO matrix VALUES (
+            1, 'Müller\Jörg', 'abc', 'ab',
+            -32768, 2147483647, 9223372036854775807,
+            12345678901234567890.123456789, -0.50, 0.1, true,
+            '2024-02-29', '2024-03-10 01:30:00.25', '2024-03-10 01:30:00-05',
+            '0f8fad5b-d9cb-469f-a165-70867728950e', '{"a": [1, 2.5]}', '{"b": null}',
+            '{1,NULL,3}', '{"x, y",NULL}', '{{1,2},{3,4}}', '\x4d616e'
+        );
+        INSERT INTO matrix (id) VALUES (2);
+        INSERT INTO matrix (id, tz, n) VALUES (3, '2024-07-01 12:00:00+02', 'NaN');
+        "#,
+    );
+    let events = read(&db, &dir, "matrix", &["id"], 2);
+    let rows = records(&events);
+    assert_eq!(rows.len(), 3);
+    let get = |row: usize, col: &str| rows[row].get(col).unwrap().clone();
+    assert_eq!(get(0, "t"), text("Müller\\Jörg"));
+    assert_eq!(get(0, "v"), text("abc"));
+    assert_eq!(get(0, "c"), text("ab"), "char(n) padding is dropped");
+    assert_eq!(get(0, "i2"), Value::Integer(-32768));
+    assert_eq!(get(0, "i4"), Value::Integer(2147483647));
+    assert_eq!(get(0, "i8"), Value::Integer(i64::MAX));
+    assert_eq!(
+        get(0, "n"),
+        Value::Decimal("12345678901234567890.123456789".into())
+    );
+    assert_eq!(get(0, "n2"), Value::Decimal("-0.50".into()));
+    assert_eq!(get(0, "f8"), Value::Decimal("0.1".into()));
+    assert_eq!(get(0, "b"), Value::Bool(true));
+    assert_eq!(get(0, "d"), text("2024-02-29"));
+    assert_eq!(get(0, "ts"), text("2024-03-10T01:30:00.25"));
+    // -05 is 06:30 UTC, whatever the session's zone
+    assert_eq!(get(0, "tz"), text("2024-03-10T06:30:00Z"));
+    assert_eq!(get(2, "tz"), text("2024-07-01T10:00:00Z"));
+    assert_eq!(get(0, "u"), text("0f8fad5b-d9cb-469f-a165-70867728950e"));
+    assert_eq!(
+        get(0, "j"),
+        Value::Json(serde_json::json!({ "a": [1, 2.5] }))
+    );
+    assert_eq!(get(0, "jb"), Value::Json(serde_json::json!({ "b": null })));
+    assert_eq!(
+        get(0, "ai"),
+        Value::List(vec![Value::Integer(1), Value::Null, Value::Integer(3)])
+    );
+    assert_eq!(get(0, "at"), Value::List(vec![text("x, y"), Value::Null]));
+    assert_eq!(
+        get(0, "a2"),
+        Value::List(vec![
+            Value::List(vec![Value::Integer(1), Value::Integer(2)]),
+            Value::List(vec![Value::Integer(3), Value::Integer(4)]),
+        ])
+    );
+    assert_eq!(get(0, "by"), text("TWFu"));
+    // NULL everywhere drops the field
+    for col in ["t", "n", "d", "tz", "u", "jb", "ai", "by"] {
+        assert_eq!(get(1, col), Value::Null, "{col}");
+    }
+    assert_eq!(get(2, "n"), text("NaN"));
+    assert_eq!(rows[1].key, "2");
+    assert_eq!(rows[0].provenance.to_string(), "matrix key 1");
+}
+
+fn write_migration(dir: &Path, db: &TestDb, streams: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("pg.url"), &db.url).unwrap();
+    let path = dir.join("migration.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "source: {{ connector: postgres, url_file: pg.url, fetch: 100 }}\ntarget: {{ profile: medplum }}\nstreams:\n{streams}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const PATIENTS_FROM_QUERY: &str = r#"  patients:
+    from: |
+      SELECT id, 'P' || id AS pid, 1 / (id - FAIL_AT) AS boom FROM ids
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://s/p", value: "{{ pid }}" }]
+"#;
+
+#[test]
+fn a_query_failing_mid_stream_names_the_stream_and_last_key_and_keeps_what_came_before() {
+    let db = TestDb::create("midstream");
+    let dir = scratch("pg-midstream");
+    // a table with a key index: rows flow in key order without a sort, so
+    // the failure comes part-way, as a bad row or a lost disk would
+    db.execute(
+        "CREATE TABLE ids (id int PRIMARY KEY); INSERT INTO ids SELECT generate_series(1, 1000);",
+    );
+    let config = write_migration(&dir, &db, &PATIENTS_FROM_QUERY.replace("FAIL_AT", "450"));
+    let server = TestServer::start(SandboxConfig::default());
+    let run = migrate(&config, &server.url(), &dir, &[]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("stream patients"), "{all}");
+    assert!(all.contains("after key 400"), "{all}");
+    assert!(all.contains("division by zero"), "{all}");
+    let r = report(&dir);
+    assert_eq!(
+        total(&r, "created"),
+        400,
+        "the rows before the failure were written"
+    );
+    assert!(r["streams"][0]["failed"].is_string());
+    server
+        .sandbox
+        .with_store(|s| assert_eq!(s.count("Patient"), 400));
+}
+
+#[test]
+fn a_connection_lost_mid_stream_names_the_last_key_delivered() {
+    let db = TestDb::create("killed");
+    let dir = scratch("pg-killed");
+    // row 250 waits until the test ends the connection from the server
+    // side (a stable function, so the planner still streams in index order)
+    db.execute(
+        "CREATE TABLE ids (id int PRIMARY KEY); INSERT INTO ids SELECT generate_series(1, 1000);
+         CREATE FUNCTION wait_at(i int) RETURNS text STABLE LANGUAGE plpgsql AS $$
+         BEGIN IF i = 250 THEN PERFORM pg_sleep(60); END IF; RETURN NULL; END $$;",
+    );
+    let streams = r#"  patients:
+    from: |
+      SELECT id, 'P' || id AS pid,
+             wait_at(id) AS wait
+      FROM ids
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://s/p", value: "{{ pid }}" }]
+"#;
+    let config = write_migration(&dir, &db, streams);
+    std::fs::write(
+        dir.join("pg.url"),
+        format!("{}?application_name=fhirlift_kill_me", db.url),
+    )
+    .unwrap();
+    let killer_url = db.url.clone();
+    let killer = std::thread::spawn(move || {
+        for _ in 0..600 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let done = fhirlift_tests::pg::try_execute(
+                &killer_url,
+                "DO $$ BEGIN IF (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fhirlift_kill_me' AND wait_event = 'PgSleep') = 0 THEN RAISE EXCEPTION 'not yet'; END IF; PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fhirlift_kill_me'; END $$;",
+            );
+            if done.is_ok() {
+                return true;
+            }
+        }
+        false
+    });
+    let server = TestServer::start(SandboxConfig::default());
+    let run = migrate(&config, &server.url(), &dir, &[]);
+    assert!(
+        killer.join().unwrap(),
+        "the reading connection was found and ended"
+    );
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("stream patients"), "{all}");
+    assert!(all.contains("after key 200"), "{all}");
+    server
+        .sandbox
+        .with_store(|s| assert_eq!(s.count("Patient"), 200));
+}
+
+#[test]
+fn check_prepares_each_query_and_names_missing_columns_and_unsupported_types() {
+    let db = TestDb::create("check");
+    let dir = scratch("pg-check");
+    db.execute("CREATE TABLE people (id int PRIMARY KEY, name text, span interval);");
+    let missing = write_migration(
+        &dir,
+        &db,
+        r#"  people:
+    from: SELECT id, name FROM people
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://s/p", value: "{{ id }}" }]
+        name: [{ text: "{{ nickname }}" }]
+"#,
+    );
+    let check = fhirlift(["check", "-c", missing.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(check.stderr.contains("nickname"), "{}", check.stderr);
+    let unsupported = write_migration(
+        &dir,
+        &db,
+        r#"  people:
+    from: people
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://s/p", value: "{{ id }}" }]
+"#,
+    );
+    let check = fhirlift(["check", "-c", unsupported.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(
+        check.stderr.contains("\"span\"") && check.stderr.contains("interval"),
+        "{}",
+        check.stderr
+    );
+    let bad_sql = write_migration(
+        &dir,
+        &db,
+        r#"  people:
+    from: SELECT id FROM no_such_table
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://s/p", value: "{{ id }}" }]
+"#,
+    );
+    let check = fhirlift(["check", "-c", bad_sql.to_str().unwrap()]);
+    assert_eq!(check.code, 1);
+    assert!(check.stderr.contains("no_such_table"), "{}", check.stderr);
+}
+
+#[test]
+fn the_clinic_example_migrates_from_postgres_with_joins_done_in_sql() {
+    let db = TestDb::create("example");
+    let example = fhirlift_tests::workspace().join("examples/postgres");
+    for file in ["schema.sql", "seed.sql"] {
+        db.execute(&std::fs::read_to_string(example.join(file)).unwrap());
+    }
+    let dir = scratch("pg-example");
+    std::fs::write(dir.join("pg.url"), &db.url).unwrap();
+    // the example reads its connection string from FHIRLIFT_PG_URL; tests
+    // run side by side in one process, so this copy names a file instead
+    let text = std::fs::read_to_string(example.join("migration.yaml")).unwrap();
+    assert!(text.contains("url_env: FHIRLIFT_PG_URL"));
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        text.replace("url_env: FHIRLIFT_PG_URL", "url_file: pg.url"),
+    )
+    .unwrap();
+
+    let check = fhirlift(["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    let server = TestServer::start(SandboxConfig::default());
+    let run = migrate(&config, &server.url(), &dir, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient"), 5);
+        assert_eq!(store.count("Condition"), 6);
+        let anna = &store.find("Patient", "http://example-clinic.org/patientId", "P001")[0];
+        assert_eq!(anna["name"][0]["family"], "Müller");
+        assert_eq!(anna["birthDate"], "1984-03-12");
+        let c = &store.find("Condition", "http://example-clinic.org/conditionId", "1005")[0];
+        assert_eq!(
+            c["code"]["coding"][0]["display"], "Generalized anxiety disorder",
+            "a code missing from the lookup table keeps its description"
+        );
+        let subject = c["subject"]["reference"].as_str().unwrap();
+        let p004 = &store.find("Patient", "http://example-clinic.org/patientId", "P004")[0];
+        assert_eq!(subject, format!("Patient/{}", p004["id"].as_str().unwrap()));
+        assert!(store.count("Encounter") > 0);
+    });
+    // a second run writes nothing
+    let again = migrate(&config, &server.url(), &dir, &[]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    assert_eq!(report(&dir)["traffic"]["writes"], 0, "{}", again.stdout);
+}
