@@ -54,11 +54,13 @@ impl TestDb {
             &server,
             &format!("CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"),
         );
+        // plain connections: one test turns TLS on at the shared server,
+        // and the others must not depend on trusting its certificate
         let url = match server.rsplit_once('/') {
             Some((base, _)) if base.contains("://") && base.len() > "postgres://".len() => {
-                format!("{base}/{name}")
+                format!("{base}/{name}?sslmode=disable")
             }
-            _ => format!("{server} dbname={name}"),
+            _ => format!("{server} dbname={name} sslmode=disable"),
         };
         TestDb { url, name, server }
     }

@@ -206,7 +206,7 @@ fn a_connection_lost_mid_stream_names_the_last_key_delivered() {
     let config = write_migration(&dir, &db, streams);
     std::fs::write(
         dir.join("pg.url"),
-        format!("{}?application_name=fhirlift_kill_me", db.url),
+        format!("{}&application_name=fhirlift_kill_me", db.url),
     )
     .unwrap();
     let killer_url = db.url.clone();
@@ -337,4 +337,161 @@ fn the_clinic_example_migrates_from_postgres_with_joins_done_in_sql() {
     let again = migrate(&config, &server.url(), &dir, &[]);
     assert_eq!(again.code, 0, "{}", again.stdout);
     assert_eq!(report(&dir)["traffic"]["writes"], 0, "{}", again.stdout);
+}
+
+/// Runs a command, failing the test with its output when it fails.
+fn sh(program: &str, args: &[&str], dir: &Path) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_connections_are_encrypted_and_verified_against_the_given_ca() {
+    let server = fhirlift_tests::pg::server_url();
+    assert!(
+        server.contains("@127.0.0.1:") || server.contains("@localhost:"),
+        "this test configures TLS on the server: it needs the local one cargo xtask test starts"
+    );
+    // a private CA and a server certificate it signs, as a clinic's would be
+    let certs = std::path::PathBuf::from(format!("/tmp/fhirlift-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&certs);
+    std::fs::create_dir_all(&certs).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let openssl = |args: &[&str]| sh("openssl", args, &certs);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fhirlift test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        certs.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    std::fs::set_permissions(
+        certs.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        certs.join("server.crt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // as root (CI) the server runs as postgres: the key must be its own
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    if root {
+        sh("chown", &["postgres", "server.key", "server.crt"], &certs);
+    }
+    let set = |sql: &str| fhirlift_tests::pg::execute(&server, sql);
+    set(&format!(
+        "ALTER SYSTEM SET ssl_cert_file = '{}'",
+        certs.join("server.crt").display()
+    ));
+    set(&format!(
+        "ALTER SYSTEM SET ssl_key_file = '{}'",
+        certs.join("server.key").display()
+    ));
+    set("ALTER SYSTEM SET ssl = on");
+    set("SELECT pg_reload_conf()");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let db = TestDb::create("tls");
+    let dir = scratch("pg-tls");
+    std::fs::copy(certs.join("ca.crt"), dir.join("ca.pem")).unwrap();
+    let tls_url = db.url.replace("sslmode=disable", "sslmode=require");
+    std::fs::write(dir.join("pg.url"), &tls_url).unwrap();
+    let query = "SELECT 1 AS id, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let registry = Registry::from_inventory().unwrap();
+    let create = registry.get("postgres").unwrap().create;
+    let context = ConnectorContext {
+        base_dir: dir.clone(),
+    };
+    let source = StreamSource {
+        stream: Arc::from("s"),
+        from: query.into(),
+        key: vec!["id".into()],
+        options: serde_json::json!({}),
+    };
+    let with_ca = create(
+        &serde_json::json!({ "url_file": "pg.url", "tls_ca_file": "ca.pem" }),
+        &context,
+    )
+    .unwrap();
+    let mut stream = with_ca.open(&source).unwrap();
+    let mut events = Vec::new();
+    while let Some(chunk) = stream.blocking_next_chunk() {
+        events.extend(chunk);
+    }
+    let without_ca = create(&serde_json::json!({ "url_file": "pg.url" }), &context).unwrap();
+    let refused = without_ca.schema(&source);
+    // the shared server goes back to plain connections
+    set("ALTER SYSTEM RESET ssl");
+    set("SELECT pg_reload_conf()");
+    let _ = std::fs::remove_dir_all(&certs);
+
+    let rows = records(&events);
+    assert_eq!(
+        rows[0].get("ssl"),
+        Some(&Value::Bool(true)),
+        "the server saw TLS"
+    );
+    let err = refused.err().expect("an unknown CA is refused").to_string();
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("certificate"),
+        "{err}"
+    );
 }

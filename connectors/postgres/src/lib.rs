@@ -15,10 +15,13 @@
 //! | `url_file` | source | — | file holding the connection string (relative to the migration file) |
 //! | `fetch` | source or stream | 1000 | rows per round trip |
 //!
+//! | `tls_ca_file` | source | — | PEM file of the CA that signed the server's certificate |
+//!
 //! The connection string (`postgres://user:pass@host:5432/db` or
 //! `host=… user=…`) never comes from the command line and is never printed.
-//! Connections are plain TCP or Unix sockets (`sslmode=disable`); put the
-//! database behind a TLS tunnel (or on the same host) when it is remote.
+//! Its `sslmode` decides TLS: `disable` never, `prefer` (the default) when
+//! the server offers it, `require` always; the certificate is verified
+//! whenever TLS is used (see [`tls`]).
 //!
 //! Values keep their types: integers, exact numerics (as digits, never
 //! through `f64`), booleans, text, `date` (`YYYY-MM-DD`), `timestamp`
@@ -27,6 +30,7 @@
 //! json/jsonb, bytea (base64), arrays of these; NULL drops the field. Any
 //! other type is a `check` error naming the column: cast it in the query.
 
+mod tls;
 mod types;
 
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use fhirlift_core::{
     ConnectorContext, ConnectorError, Provenance, Record, RecordStream, Schema, SourceConnector,
     SourceEvent, StreamSource, Value,
 };
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
@@ -100,7 +105,19 @@ fn create(
         )
     })?;
     let fetch = fetch_size(settings, "source.fetch")?.unwrap_or(DEFAULT_FETCH);
-    Ok(Box::new(PostgresConnector { config, fetch }))
+    let ca_file = match settings.get("tls_ca_file") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(f)) => Some(context.base_dir.join(f)),
+        Some(_) => return Err(setting("source.tls_ca_file", "must be a file path")),
+    };
+    let tls = match config.get_ssl_mode() {
+        SslMode::Disable => None,
+        _ => Some(
+            tls::MakeRustls::new(ca_file.as_deref())
+                .map_err(|e| setting("source.tls_ca_file", &e))?,
+        ),
+    };
+    Ok(Box::new(PostgresConnector { config, fetch, tls }))
 }
 
 fn setting(what: &str, message: &str) -> ConnectorError {
@@ -127,6 +144,8 @@ fn fetch_size(settings: &serde_json::Value, what: &str) -> Result<Option<usize>,
 struct PostgresConnector {
     config: tokio_postgres::Config,
     fetch: usize,
+    /// None under `sslmode=disable`.
+    tls: Option<tls::MakeRustls>,
 }
 
 /// What one stream reads: its SQL, with the key order.
@@ -192,12 +211,13 @@ impl PostgresConnector {
         + 'static,
     ) -> Result<T, ConnectorError> {
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let stream = stream.to_owned();
         let name = stream.clone();
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    let (runtime, mut client) = connect(&config, &name)?;
+                    let (runtime, mut client) = connect(&config, tls.as_ref(), &name)?;
                     work(&runtime, &mut client)
                 })
                 .join()
@@ -215,6 +235,7 @@ impl PostgresConnector {
 /// whenever the runtime is driven.
 fn connect(
     config: &tokio_postgres::Config,
+    tls: Option<&tls::MakeRustls>,
     stream: &str,
 ) -> Result<(tokio::runtime::Runtime, Client), ConnectorError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -224,18 +245,32 @@ fn connect(
             location: format!("stream {stream}"),
             message: format!("cannot start a runtime: {e}"),
         })?;
-    let (client, connection) =
-        runtime
-            .block_on(config.connect(NoTls))
-            .map_err(|e| ConnectorError::Source {
-                location: format!("stream {stream}"),
-                message: format!("cannot connect to PostgreSQL: {}", describe(&e)),
-            })?;
-    runtime.spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %describe(&e), "PostgreSQL connection closed");
+    let failed = |e: tokio_postgres::Error| ConnectorError::Source {
+        location: "PostgreSQL".into(),
+        message: format!("cannot connect: {}", describe(&e)),
+    };
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = runtime
+                .block_on(config.connect(tls.clone()))
+                .map_err(failed)?;
+            runtime.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %describe(&e), "PostgreSQL connection closed");
+                }
+            });
+            client
         }
-    });
+        None => {
+            let (client, connection) = runtime.block_on(config.connect(NoTls)).map_err(failed)?;
+            runtime.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %describe(&e), "PostgreSQL connection closed");
+                }
+            });
+            client
+        }
+    };
     Ok((runtime, client))
 }
 
@@ -273,18 +308,18 @@ impl SourceConnector for PostgresConnector {
                 runtime
                     .block_on(client.prepare(&sql))
                     .map_err(|e| ConnectorError::Source {
-                        location: format!("stream {stream}"),
+                        location: "PostgreSQL".into(),
                         message: format!("the query does not prepare: {}", describe(&e)),
                     })?;
             let mut names = Vec::new();
             for column in statement.columns() {
                 types::supported(column.type_()).map_err(|why| ConnectorError::Source {
-                    location: format!("stream {stream}"),
+                    location: "PostgreSQL".into(),
                     message: format!("column {:?}: {why}", column.name()),
                 })?;
                 if names.iter().any(|n| n == column.name()) {
                     return Err(ConnectorError::Source {
-                        location: format!("stream {stream}"),
+                        location: "PostgreSQL".into(),
                         message: format!(
                             "two columns are named {:?}: alias one in the query (AS other_name)",
                             column.name()
@@ -296,7 +331,7 @@ impl SourceConnector for PostgresConnector {
             for k in &key {
                 if !names.contains(k) {
                     return Err(ConnectorError::Source {
-                        location: format!("stream {stream}"),
+                        location: "PostgreSQL".into(),
                         message: format!(
                             "key column {k:?} is not in the result; columns: {}",
                             names.join(", ")
@@ -311,6 +346,7 @@ impl SourceConnector for PostgresConnector {
     fn open(&self, source: &StreamSource) -> Result<RecordStream, ConnectorError> {
         let query = self.query(source)?;
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let stream = source.stream.clone();
         let key = source.key.clone();
         RecordStream::from_blocking(&source.stream, move |tx| {
@@ -321,7 +357,7 @@ impl SourceConnector for PostgresConnector {
                 last_key: None,
                 delivered: 0,
             };
-            if let Err(message) = reading.run(&config, &query, &key) {
+            if let Err(message) = reading.run(&config, tls.as_ref(), &query, &key) {
                 let after = match &reading.last_key {
                     Some(k) => format!(
                         "after key {k} ({} rows delivered before it)",
@@ -353,10 +389,12 @@ impl Reading<'_> {
     fn run(
         &mut self,
         config: &tokio_postgres::Config,
+        tls: Option<&tls::MakeRustls>,
         query: &StreamQuery,
         key: &[String],
     ) -> Result<(), String> {
-        let (runtime, mut client) = connect(config, &self.stream).map_err(|e| e.to_string())?;
+        let (runtime, mut client) =
+            connect(config, tls, &self.stream).map_err(|e| e.to_string())?;
         let transaction = runtime
             .block_on(
                 client
@@ -493,6 +531,7 @@ mod tests {
         PostgresConnector {
             config: "host=localhost".parse().unwrap(),
             fetch: 10,
+            tls: None,
         }
     }
 
