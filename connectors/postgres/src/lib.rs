@@ -278,7 +278,15 @@ fn connect(
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut out = format!("{} ({})", db.message(), db.code().code());
+            let code = db.code().code();
+            // data and constraint errors quote the offending value: it may
+            // be patient data, and this text reaches logs
+            let message = if code.starts_with("22") || code.starts_with("23") {
+                redact_quoted(db.message())
+            } else {
+                db.message().to_owned()
+            };
+            let mut out = format!("{message} ({code})");
             if let Some(hint) = db.hint() {
                 out.push_str("; hint: ");
                 out.push_str(hint);
@@ -295,6 +303,25 @@ fn describe(e: &tokio_postgres::Error) -> String {
             out
         }
     }
+}
+
+/// `invalid input syntax for type date: "1980-13-45"` without the value.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl SourceConnector for PostgresConnector {
@@ -533,6 +560,15 @@ mod tests {
             fetch: 10,
             tls: None,
         }
+    }
+
+    #[test]
+    fn quoted_values_leave_data_errors() {
+        assert_eq!(
+            redact_quoted(r#"invalid input syntax for type date: "Müller""#),
+            r#"invalid input syntax for type date: "…""#
+        );
+        assert_eq!(redact_quoted("division by zero"), "division by zero");
     }
 
     #[test]

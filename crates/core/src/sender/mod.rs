@@ -978,24 +978,22 @@ impl Dispatcher {
             }
             let op = sent.ops[k];
             let outcome = &r["response"]["outcome"];
-            let _ = self.settled.send(Settled {
-                stream: request.stream.clone(),
-                key: group.key.clone(),
-                provenance: group.provenance.clone(),
-                resource_type: group.resource_types[op].clone(),
-                outcome: Outcome::Rejected,
-                retries: job.attempt,
-                reject_line: first,
-                status: Some(status),
-                reason: format!(
-                    "the transaction was not atomic: {written} of its {} resources were written and its {} failed ({status}: {}); the record is partially written, run again to complete it (on Medplum, enable the project's transaction-bundles feature for atomic transactions)",
-                    inner.len(),
-                    group.resource_types[op],
-                    outcome_text(outcome)
-                ),
-                entry: first.then(|| text.clone()),
-                server_outcome: first.then(|| outcome.clone()),
-            });
+            let reason = format!(
+                "the transaction was not atomic: {written} of its {} resources were written and its {} failed ({status}: {}); the record is partially written, run again to complete it (on Medplum, enable the project's transaction-bundles feature for atomic transactions)",
+                inner.len(),
+                group.resource_types[op],
+                outcome_text(outcome)
+            );
+            self.reject_op(
+                job,
+                group,
+                op,
+                first,
+                Some(status),
+                reason,
+                &text,
+                Some(outcome),
+            );
             first = false;
         }
     }
@@ -1093,21 +1091,39 @@ impl Dispatcher {
             let text = String::from_utf8_lossy(&request.body[entry.range.clone()]).into_owned();
             for k in 0..entry.operations {
                 let op = entry.first_op + k;
-                let _ = self.settled.send(Settled {
-                    stream: request.stream.clone(),
-                    key: group.key.clone(),
-                    provenance: group.provenance.clone(),
-                    resource_type: group.resource_types[op].clone(),
-                    outcome: Outcome::Rejected,
-                    retries: job.attempt,
-                    reject_line: k == 0,
-                    status,
-                    reason: reason.to_owned(),
-                    entry: (k == 0).then(|| text.clone()),
-                    server_outcome: (k == 0).then(|| outcome.cloned()).flatten(),
-                });
+                let reason = reason.to_owned();
+                self.reject_op(job, group, op, k == 0, status, reason, &text, outcome);
             }
         }
+    }
+
+    /// Reports one operation rejected; the first of its record carries the
+    /// request entry and the server's OperationOutcome for the rejects file.
+    #[allow(clippy::too_many_arguments)]
+    fn reject_op(
+        &self,
+        job: &Job,
+        group: &crate::planner::GroupRef,
+        op: usize,
+        first: bool,
+        status: Option<u16>,
+        reason: String,
+        entry_text: &str,
+        outcome: Option<&Value>,
+    ) {
+        let _ = self.settled.send(Settled {
+            stream: job.request.stream.clone(),
+            key: group.key.clone(),
+            provenance: group.provenance.clone(),
+            resource_type: group.resource_types[op].clone(),
+            outcome: Outcome::Rejected,
+            retries: job.attempt,
+            reject_line: first,
+            status,
+            reason,
+            entry: first.then(|| entry_text.to_owned()),
+            server_outcome: first.then(|| outcome.cloned()).flatten(),
+        });
     }
 }
 
