@@ -17,12 +17,15 @@
 //! (MSH-10) when it has one; the caller goes on with the next message.
 
 mod escape;
+pub mod fhir;
 mod path;
 mod split;
+pub mod zone;
 
 pub use escape::{decode, encode};
 pub use path::{Path, PathError};
 pub use split::{RawMessage, split};
+pub use zone::{Zone, ZoneError};
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -157,6 +160,16 @@ impl<'a> Message<'a> {
 
     pub fn delimiters(&self) -> Delimiters {
         self.delimiters
+    }
+
+    /// The same message owning its text, to outlive the file buffer.
+    pub fn into_owned(self) -> Message<'static> {
+        Message {
+            text: Cow::Owned(self.text.into_owned()),
+            delimiters: self.delimiters,
+            segments: self.segments,
+            offset: self.offset,
+        }
     }
 
     /// Byte offset of the message in its file.
