@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod golden;
+mod hl7v2;
 mod medplum;
 mod postgres;
 mod rejects;

@@ -39,20 +39,7 @@ fn create(
     settings: &serde_json::Value,
     context: &ConnectorContext,
 ) -> Result<Box<dyn SourceConnector>, ConnectorError> {
-    let dir = match settings.get("path") {
-        None | Some(serde_json::Value::Null) => context.base_dir.clone(),
-        Some(serde_json::Value::String(p)) => context.base_dir.join(p),
-        Some(_) => return Err(setting("source.path", "must be a folder path")),
-    };
-    if !dir.is_dir() {
-        return Err(setting(
-            "source.path",
-            &format!(
-                "{} is not a folder (paths resolve against the migration file's folder)",
-                dir.display()
-            ),
-        ));
-    }
+    let dir = context.source_folder(settings)?;
     let defaults = Options::read(settings, &Options::default(), "source")?;
     Ok(Box::new(CsvConnector { dir, defaults }))
 }

@@ -60,7 +60,19 @@ pub struct StreamConfig {
     pub after: Vec<(String, Pos)>,
     /// The `emit:` entries, compiled by the mapping module.
     pub emit: Vec<Node>,
+    /// `map: name` (or `map: {builtin: name, ...settings}`): a built-in map;
+    /// `emit:` entries then override its resources of the same type.
+    pub map: Option<BuiltinMap>,
     /// Other keys, passed to the connector (delimiter, encoding, ...).
+    pub options: serde_json::Value,
+}
+
+/// A stream's built-in map and its settings.
+#[derive(Debug, Clone)]
+pub struct BuiltinMap {
+    pub name: String,
+    pub pos: Pos,
+    /// The settings beside `builtin:` (an empty object for `map: name`).
     pub options: serde_json::Value,
 }
 
@@ -367,6 +379,7 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
         transaction: false,
         after: Vec::new(),
         emit: Vec::new(),
+        map: None,
         options: serde_json::Value::Null,
     };
     let mut options = serde_json::Map::new();
@@ -399,6 +412,7 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
                     }
                 }
             }
+            Some("map") => stream.map = read_builtin_map(v, errors),
             Some("emit") => match &v.kind {
                 NodeKind::Seq(items) => stream.emit = items.clone(),
                 NodeKind::Map(_) => stream.emit = vec![v.clone()],
@@ -418,14 +432,50 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
             format!("stream {stream_name} needs `from:` (the file, table or query to read)"),
         ));
     }
-    if stream.emit.is_empty() {
+    if stream.emit.is_empty() && stream.map.is_none() {
         errors.push(ConfigError::at(
             &name.pos,
-            format!("stream {stream_name} needs `emit:` with at least one resource"),
+            format!(
+                "stream {stream_name} needs `emit:` with at least one resource, or `map:` naming a built-in map (`fhirlift connectors` lists them)"
+            ),
         ));
     }
     stream.options = options.into();
     Some(stream)
+}
+
+fn read_builtin_map(v: &Node, errors: &mut Vec<ConfigError>) -> Option<BuiltinMap> {
+    if let Some(name) = v.as_str() {
+        return Some(BuiltinMap {
+            name: name.to_owned(),
+            pos: v.pos.clone(),
+            options: serde_json::json!({}),
+        });
+    }
+    let mut name = None;
+    let mut options = serde_json::Map::new();
+    for (k, value) in map_entries(v, "map", errors) {
+        match k.as_str() {
+            Some("builtin") => name = string_of(value, "map.builtin", errors),
+            _ => {
+                options.insert(k.key_text(), value.to_json());
+            }
+        }
+    }
+    match name {
+        Some(name) => Some(BuiltinMap {
+            name,
+            pos: v.pos.clone(),
+            options: options.into(),
+        }),
+        None => {
+            errors.push(ConfigError::at(
+                &v.pos,
+                "map: names a built-in map: `map: hl7v2`, or `map: {builtin: hl7v2, ...settings}`",
+            ));
+            None
+        }
+    }
 }
 
 fn read_lookup(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Option<LookupConfig> {

@@ -35,6 +35,29 @@ pub struct ConnectorContext {
     pub base_dir: PathBuf,
 }
 
+impl ConnectorContext {
+    /// The folder a `source.path` setting names (the migration file's
+    /// folder when unset), checked to exist.
+    pub fn source_folder(&self, settings: &serde_json::Value) -> Result<PathBuf, ConnectorError> {
+        let bad = |message: String| ConnectorError::Setting {
+            what: "source.path".into(),
+            message,
+        };
+        let dir = match settings.get("path") {
+            None | Some(serde_json::Value::Null) => self.base_dir.clone(),
+            Some(serde_json::Value::String(p)) => self.base_dir.join(p),
+            Some(_) => return Err(bad("must be a folder path".into())),
+        };
+        if !dir.is_dir() {
+            return Err(bad(format!(
+                "{} is not a folder (paths resolve against the migration file's folder)",
+                dir.display()
+            )));
+        }
+        Ok(dir)
+    }
+}
+
 /// A source system: opens named streams of records.
 pub trait SourceConnector: Send + Sync {
     /// The columns the stream will yield, read without streaming the data

@@ -100,6 +100,24 @@ pub struct Operation {
     pub resource: ResourceJson,
 }
 
+impl Operation {
+    /// An idempotent write: `PUT Type?identifier=system|value`.
+    pub fn update_on(
+        identity: Identity,
+        full_url: Option<String>,
+        resource: ResourceJson,
+    ) -> Operation {
+        Operation {
+            resource_type: identity.resource_type.clone(),
+            method: Method::Put,
+            url: conditional_url(&identity.resource_type, &identity.system, &identity.value),
+            full_url,
+            identity: Some(identity),
+            resource,
+        }
+    }
+}
+
 /// Everything one record emits.
 #[derive(Debug, Clone)]
 pub struct WriteGroup {
@@ -108,6 +126,10 @@ pub struct WriteGroup {
     pub provenance: Provenance,
     /// All operations succeed or fail together (a transaction).
     pub atomic: bool,
+    /// A transaction over the profile's size may be cut into several
+    /// transactions, written one after the other (an HL7 message with 120
+    /// OBX). Without it such a group is rejected.
+    pub may_split: bool,
     pub operations: Vec<Operation>,
 }
 

@@ -15,7 +15,10 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, ConfigErrors, MigrationConfig, StreamConfig};
 use crate::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
-use crate::mapping::{self, LookupTable, MapError, ResourceMapper, StreamMapper};
+use crate::mapping::{
+    self, BuiltinMapContext, LookupTable, MapError, Mapped, MapperShape, ResourceMapper,
+    StreamMapper, WithOverrides,
+};
 use crate::planner::{self, Packer, Phase, Request, StreamDeps};
 use crate::profile::ServerProfile;
 use crate::record::Schema;
@@ -36,7 +39,11 @@ pub fn expression_env() -> &'static Environment<'static> {
 pub struct PlannedStream {
     pub source: StreamSource,
     pub columns: Arc<Schema>,
-    pub mapper: StreamMapper,
+    pub mapper: Box<dyn ResourceMapper>,
+    /// What the mapper writes, read once.
+    pub shape: MapperShape,
+    /// The built-in map in use, when the stream names one.
+    pub builtin: Option<String>,
     /// Lookup names with their row counts.
     pub lookups: Vec<(String, usize)>,
 }
@@ -157,15 +164,73 @@ impl Plan {
                 continue;
             }
             let counts = lookups.iter().map(|l| (l.name.clone(), l.len())).collect();
-            match StreamMapper::compile(expression_env(), stream, &config.vars, &columns, lookups) {
-                Ok(mapper) => streams.push(PlannedStream {
-                    source,
-                    columns,
-                    mapper,
-                    lookups: counts,
-                }),
-                Err(mut e) => errors.append(&mut e),
-            }
+            let builtin = match &stream.map {
+                None => None,
+                Some(map) => {
+                    let created =
+                        registry
+                            .map(&map.name)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| {
+                                (r.create)(&BuiltinMapContext {
+                                    stream: &stream.name,
+                                    options: &map.options,
+                                })
+                            });
+                    match created {
+                        Ok(m) => Some(m),
+                        Err(message) => {
+                            errors.push(ConfigError::at(
+                                &map.pos,
+                                format!("stream {}: map {}: {message}", stream.name, map.name),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mapper: Box<dyn ResourceMapper> = match builtin {
+                Some(b) if stream.emit.is_empty() => b,
+                Some(b) => {
+                    // the user's entries join the built-in map's transaction
+                    let mut user_stream = stream.clone();
+                    user_stream.transaction = b.shape().transaction;
+                    match StreamMapper::compile(
+                        expression_env(),
+                        &user_stream,
+                        &config.vars,
+                        &columns,
+                        lookups,
+                    ) {
+                        Ok(user) => Box::new(WithOverrides::new(b, user)),
+                        Err(mut e) => {
+                            errors.append(&mut e);
+                            continue;
+                        }
+                    }
+                }
+                None => match StreamMapper::compile(
+                    expression_env(),
+                    stream,
+                    &config.vars,
+                    &columns,
+                    lookups,
+                ) {
+                    Ok(m) => Box::new(m),
+                    Err(mut e) => {
+                        errors.append(&mut e);
+                        continue;
+                    }
+                },
+            };
+            streams.push(PlannedStream {
+                source,
+                columns,
+                shape: mapper.shape(),
+                mapper,
+                builtin: stream.map.as_ref().map(|m| m.name.clone()),
+                lookups: counts,
+            });
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -175,8 +240,8 @@ impl Plan {
             .zip(&config.streams)
             .map(|(s, c)| StreamDeps {
                 name: c.name.clone(),
-                emitted_types: s.mapper.emitted_types.clone(),
-                referenced_types: s.mapper.referenced_types.clone(),
+                emitted_types: s.shape.emitted_types.clone(),
+                referenced_types: s.shape.referenced_types.clone(),
                 after: c.after.clone(),
             })
             .collect();
@@ -202,11 +267,15 @@ impl Plan {
         let p = &self.profile;
         let mut out = Vec::new();
         for s in &self.streams {
-            if !s.mapper.is_transaction() {
+            if !s.shape.transaction {
                 continue;
             }
             let name = &s.source.stream;
-            let (most, puts) = s.mapper.most_emitted();
+            // how much a record emits depends on the record (one resource
+            // per repeated segment): the planner judges each one
+            let Some((most, puts)) = s.shape.most_emitted else {
+                continue;
+            };
             if most > p.max_transaction_entries {
                 out.push(format!(
                     "stream {name}: a record can emit {most} resources in one transaction; the {} profile allows {}: records that emit more are rejected",
@@ -264,7 +333,11 @@ impl Plan {
                 match event {
                     SourceEvent::Record(record) => {
                         let provenance = record.provenance.to_string();
-                        out.push(planned.mapper.map(record).map(|group| {
+                        out.push(planned.mapper.map(record).map(|mapped| {
+                            let group = match mapped {
+                                Mapped::Group(g) => Some(g),
+                                Mapped::Skipped(_) => None,
+                            };
                             let resources: Vec<serde_json::Value> = group
                                 .into_iter()
                                 .flat_map(|g| g.operations)
@@ -382,7 +455,7 @@ impl Plan {
                     SourceEvent::Record(record) => {
                         summary.records += 1;
                         match planned.mapper.map(record) {
-                            Ok(Some(group)) => {
+                            Ok(Mapped::Group(group)) => {
                                 for op in &group.operations {
                                     count(&mut summary.resources, &op.resource_type, 1);
                                 }
@@ -405,7 +478,12 @@ impl Plan {
                                     )?;
                                 }
                             }
-                            Ok(None) => summary.skipped += 1,
+                            Ok(Mapped::Skipped(reason)) => {
+                                summary.skipped += 1;
+                                if let Some(reason) = reason {
+                                    *summary.skipped_because.entry(reason).or_default() += 1;
+                                }
+                            }
                             Err(e) => accounts.reject(
                                 index,
                                 Reject {
@@ -724,8 +802,11 @@ pub struct StreamSummary {
     pub records: u64,
     /// Resources planned, by type.
     pub resources: BTreeMap<String, u64>,
-    /// Records whose every emit entry was skipped by `when:`.
+    /// Records that write nothing: every emit entry skipped by `when:`, or
+    /// not covered by the built-in map.
     pub skipped: u64,
+    /// The reasons given for skipped records (message types without a map), counted.
+    pub skipped_because: BTreeMap<String, u64>,
     pub rejected: u64,
     pub requests: u64,
     pub bytes: u64,

@@ -359,7 +359,10 @@ impl Packer {
         out: &mut impl FnMut(Request),
     ) -> Result<(), PlanError> {
         if group.atomic {
-            self.push_transaction(group, out)
+            match self.split_size(&group) {
+                Some(size) if group.may_split => self.push_split(group, size, out),
+                _ => self.push_transaction(group, &[], out),
+            }
         } else {
             self.push_singles(group, out)
         }
@@ -457,9 +460,102 @@ impl Packer {
         Ok(())
     }
 
+    /// The largest transaction the profile takes for this group, when the
+    /// group is larger.
+    fn split_size(&self, group: &WriteGroup) -> Option<usize> {
+        let p = &self.profile;
+        let n = group.operations.len();
+        let mut limit = p.max_transaction_entries;
+        if p.transactions_are_conditional() && group.operations.iter().any(|o| o.url.contains('?'))
+        {
+            limit = limit.min(p.max_conditional_transaction_entries);
+        }
+        if group.operations.iter().any(|o| o.method == Method::Put) {
+            limit = limit.min(p.max_transaction_updates);
+        }
+        (n > limit).then_some(limit.max(1))
+    }
+
+    /// Writes a group too large for one transaction as several, in order:
+    /// a reference to a resource in another part becomes a conditional
+    /// reference to its identifier, and every part carries one shared
+    /// identity, so the sender writes them one after the other.
+    fn push_split(
+        &mut self,
+        group: WriteGroup,
+        size: usize,
+        out: &mut impl FnMut(Request),
+    ) -> Result<(), PlanError> {
+        let sequence = crate::group::stable_hash128(&[
+            &group.stream,
+            &group.key,
+            &group.provenance.to_string(),
+        ]) as u64;
+        // what each urn:uuid stands for outside its own part
+        let conditional: Vec<(String, String)> = group
+            .operations
+            .iter()
+            .filter_map(|o| {
+                let full_url = o.full_url.as_ref()?;
+                o.url.contains('?').then(|| {
+                    (
+                        serde_json::to_string(full_url).expect("strings serialize"),
+                        serde_json::to_string(&o.url).expect("strings serialize"),
+                    )
+                })
+            })
+            .collect();
+        let WriteGroup {
+            stream,
+            key,
+            provenance,
+            operations,
+            ..
+        } = group;
+        let mut rest = operations.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut part: Vec<Operation> = rest.by_ref().take(size).collect();
+            let own: Vec<String> = part
+                .iter()
+                .filter_map(|o| o.full_url.as_ref())
+                .map(|u| serde_json::to_string(u).expect("strings serialize"))
+                .collect();
+            for op in &mut part {
+                let mut text = None::<String>;
+                for (from, to) in &conditional {
+                    if own.contains(from) {
+                        continue;
+                    }
+                    let current = text.as_deref().unwrap_or(op.resource.as_str());
+                    if current.contains(from.as_str()) {
+                        text = Some(current.replace(from.as_str(), to));
+                    }
+                }
+                if let Some(t) = text {
+                    op.resource = crate::group::ResourceJson::from_rendered(t);
+                }
+            }
+            let sub = WriteGroup {
+                stream: stream.clone(),
+                key: key.clone(),
+                provenance: provenance.clone(),
+                atomic: part.len() > 1,
+                may_split: false,
+                operations: part,
+            };
+            if sub.atomic {
+                self.push_transaction(sub, &[sequence], out)?;
+            } else {
+                self.push_singles(sub, out)?;
+            }
+        }
+        Ok(())
+    }
+
     fn push_transaction(
         &mut self,
         group: WriteGroup,
+        sequence: &[u64],
         out: &mut impl FnMut(Request),
     ) -> Result<(), PlanError> {
         let p = &self.profile;
@@ -549,6 +645,7 @@ impl Packer {
                     .iter()
                     .filter_map(|o| o.identity.as_ref())
                     .map(identity_hash)
+                    .chain(sequence.iter().copied())
                     .collect(),
             });
             return Ok(());
@@ -559,6 +656,7 @@ impl Packer {
             .iter()
             .filter_map(|o| o.identity.as_ref())
             .map(identity_hash)
+            .chain(sequence.iter().copied())
             .collect();
         self.place(RequestKind::BatchOfTransactions, &ids, &group, 0, n, out);
         Ok(())
@@ -630,6 +728,7 @@ mod tests {
                 line: 2,
             },
             atomic: false,
+            may_split: false,
             operations: vec![Operation {
                 resource_type: "Patient".into(),
                 method: Method::Put,

@@ -21,6 +21,18 @@ pub enum Value {
     Bool(bool),
     Json(serde_json::Value),
     List(Vec<Value>),
+    /// A parsed HL7 v2 message, read through HL7 paths in expressions.
+    Message(Hl7Message),
+}
+
+/// A parsed HL7 v2 message shared by a record and the expressions reading it.
+#[derive(Debug, Clone)]
+pub struct Hl7Message(pub Arc<fhirlift_hl7v2::Message<'static>>);
+
+impl PartialEq for Hl7Message {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.text() == other.0.text()
+    }
 }
 
 impl Value {
@@ -58,6 +70,7 @@ impl Value {
                     item.write_text(out);
                 }
             }
+            Value::Message(m) => out.push_str(m.0.text()),
         }
     }
 
@@ -74,6 +87,7 @@ impl Value {
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Json(j) => j.clone(),
             Value::List(items) => items.iter().map(Value::to_json).collect(),
+            Value::Message(m) => serde_json::Value::String(m.0.text().to_owned()),
         }
     }
 }
@@ -128,6 +142,11 @@ impl fmt::Display for Provenance {
         match self {
             Provenance::File { file, line } => write!(f, "{file}:{line}"),
             Provenance::Table { table, key } => write!(f, "{table} key {key}"),
+            Provenance::Message {
+                file,
+                offset,
+                control_id,
+            } if control_id.is_empty() => write!(f, "{file}@{offset} (message without control id)"),
             Provenance::Message {
                 file,
                 offset,

@@ -1,10 +1,38 @@
-//! The connector registry: connector crates register a factory by name with
-//! [`register_connector!`](crate::register_connector); the runner looks them
-//! up by the name a mapping gives.
+//! The registry: connector crates register a connector factory by name with
+//! [`register_connector!`](crate::register_connector), and built-in maps
+//! (`map: hl7v2`) with [`register_map!`](crate::register_map); the runner
+//! looks them up by the names a mapping gives.
 
 use std::collections::BTreeMap;
 
 use crate::connector::{ConnectorContext, ConnectorError, SourceConnector};
+use crate::mapping::{BuiltinMapContext, ResourceMapper};
+
+/// Builds a built-in map from the stream's `map:` settings.
+pub type CreateMap = fn(&BuiltinMapContext<'_>) -> Result<Box<dyn ResourceMapper>, String>;
+
+/// One registered built-in map.
+pub struct MapRegistration {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub create: CreateMap,
+}
+
+inventory::collect!(MapRegistration);
+
+/// Registers a built-in map under a name, for `map: <name>` in a stream.
+#[macro_export]
+macro_rules! register_map {
+    (name: $name:expr, description: $description:expr, create: $create:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::registry::MapRegistration {
+                name: $name,
+                description: $description,
+                create: $create,
+            }
+        }
+    };
+}
 
 /// Builds a connector from the mapping's `source:` settings.
 pub type CreateConnector =
@@ -52,17 +80,26 @@ pub enum RegistryError {
     Duplicate(String),
     #[error("no connector is named {name:?}; known connectors: {known}")]
     Unknown { name: String, known: String },
+    #[error("no built-in map is named {name:?}; known maps: {known}")]
+    UnknownMap { name: String, known: String },
 }
 
 /// Every connector this binary knows, by name.
 pub struct Registry {
     entries: BTreeMap<&'static str, &'static ConnectorRegistration>,
+    maps: BTreeMap<&'static str, &'static MapRegistration>,
 }
 
 impl Registry {
     /// Everything registered through `inventory` in this binary.
     pub fn from_inventory() -> Result<Registry, RegistryError> {
-        Registry::from_entries(inventory::iter::<ConnectorRegistration>)
+        let mut registry = Registry::from_entries(inventory::iter::<ConnectorRegistration>)?;
+        for map in inventory::iter::<MapRegistration> {
+            if registry.maps.insert(map.name, map).is_some() {
+                return Err(RegistryError::Duplicate(map.name.to_owned()));
+            }
+        }
+        Ok(registry)
     }
 
     /// A registry from explicit entries; a name seen twice is an error.
@@ -76,7 +113,10 @@ impl Registry {
                 return Err(RegistryError::Duplicate(entry.name.to_owned()));
             }
         }
-        Ok(Registry { entries: map })
+        Ok(Registry {
+            entries: map,
+            maps: BTreeMap::new(),
+        })
     }
 
     /// The connector registered under `name`.
@@ -88,6 +128,22 @@ impl Registry {
                 name: name.to_owned(),
                 known: self.entries.keys().copied().collect::<Vec<_>>().join(", "),
             })
+    }
+
+    /// The built-in map registered under `name`.
+    pub fn map(&self, name: &str) -> Result<&'static MapRegistration, RegistryError> {
+        self.maps
+            .get(name)
+            .copied()
+            .ok_or_else(|| RegistryError::UnknownMap {
+                name: name.to_owned(),
+                known: self.maps.keys().copied().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// All built-in maps, sorted by name.
+    pub fn maps(&self) -> impl Iterator<Item = &'static MapRegistration> + '_ {
+        self.maps.values().copied()
     }
 
     /// All connectors, sorted by name.

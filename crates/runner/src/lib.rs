@@ -336,6 +336,13 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
                     c.name, "built-in", c.version, c.description
                 )?;
             }
+            let mut maps = registry.maps().peekable();
+            if maps.peek().is_some() {
+                writeln!(out, "\nbuilt-in maps (a stream's `map:`):")?;
+                for m in maps {
+                    writeln!(out, "{:<12} {}", m.name, m.description)?;
+                }
+            }
             Ok(0)
         }
         Command::Check {

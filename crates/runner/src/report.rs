@@ -52,9 +52,9 @@ pub fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
                 .config
                 .stream(name)
                 .expect("planned streams are configured");
-            let writes: Vec<&str> = s.mapper.emitted_types.iter().map(String::as_str).collect();
+            let writes: Vec<&str> = s.shape.emitted_types.iter().map(String::as_str).collect();
             let refs: Vec<&str> = s
-                .mapper
+                .shape
                 .referenced_types
                 .iter()
                 .map(String::as_str)
@@ -113,6 +113,9 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
             s.requests,
             types.join(", ")
         )?;
+        for (why, n) in &s.skipped_because {
+            writeln!(out, "      skipped {n}: {why}")?;
+        }
         if let Some(why) = &s.failed {
             writeln!(out, "      stopped early: {why}")?;
         }

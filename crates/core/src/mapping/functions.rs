@@ -153,6 +153,7 @@ pub fn environment() -> Environment<'static> {
     env.add_filter("fhir_datetime", fhir_datetime);
     env.add_function("ref", reference);
     env.add_function("local", local);
+    super::hl7::register(&mut env);
     env
 }
 

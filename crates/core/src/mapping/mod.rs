@@ -6,6 +6,8 @@
 
 mod dates;
 mod functions;
+mod hl7;
+mod overrides;
 mod template;
 
 use std::collections::{BTreeSet, HashMap};
@@ -16,6 +18,8 @@ use minijinja::Environment;
 
 pub use dates::{DateError, to_fhir_date, to_fhir_datetime};
 pub use functions::environment;
+pub use hl7::FALLBACK_AUTHORITY_BASE;
+pub(crate) use overrides::WithOverrides;
 
 use crate::config::{ConfigError, StreamConfig};
 use crate::group::{
@@ -29,8 +33,43 @@ use template::{Compiler, Condition, Names, RenderBuf, Scope, ScopeShared, Tmpl};
 pub trait ResourceMapper: Send + Sync {
     /// The stream this mapper serves.
     fn stream(&self) -> &str;
-    /// The record's write group; `None` when every emit entry was skipped (`when:`).
-    fn map(&self, record: Record) -> Result<Option<WriteGroup>, MapError>;
+    /// The record's write group, or why it writes nothing.
+    fn map(&self, record: Record) -> Result<Mapped, MapError>;
+    /// What the mapper can write, known before any record is read: for
+    /// phases, `check` and the profile's limits.
+    fn shape(&self) -> MapperShape;
+}
+
+/// What a record maps to.
+#[derive(Debug)]
+pub enum Mapped {
+    Group(WriteGroup),
+    /// Nothing to write: every entry skipped by `when:` (no reason), or a
+    /// built-in map that does not cover the record (the reason is counted
+    /// and reported, e.g. "message type MDM^T02 has no built-in map").
+    Skipped(Option<String>),
+}
+
+/// What a mapper writes and refers to.
+#[derive(Debug, Clone, Default)]
+pub struct MapperShape {
+    /// Resource types it writes.
+    pub emitted_types: BTreeSet<String>,
+    /// Resource types its references point at across records.
+    pub referenced_types: BTreeSet<String>,
+    /// The most resources one record can emit and how many of them are
+    /// updates on an identifier; `None` when it depends on the record
+    /// (one resource per OBX segment).
+    pub most_emitted: Option<(usize, usize)>,
+    /// Whether everything one record emits is written atomically.
+    pub transaction: bool,
+}
+
+/// Builds a built-in map for a stream (`map: hl7v2`).
+pub struct BuiltinMapContext<'a> {
+    pub stream: &'a str,
+    /// The `map:` block's settings (empty object for `map: name`).
+    pub options: &'a serde_json::Value,
 }
 
 /// A record that could not be mapped. `message` may quote the record's data:
@@ -133,6 +172,8 @@ enum WriteMode {
 
 struct EmitEntry {
     resource_type: String,
+    /// `for_each: OBX`: one resource per segment of that name.
+    for_each: Option<String>,
     local: Option<usize>,
     when: Condition,
     write: WriteMode,
@@ -277,6 +318,85 @@ impl StreamMapper {
         })
     }
 
+    /// Renders one emit entry (one iteration of a `for_each`) into an operation.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        record: &Record,
+        scope: &Scope<'_>,
+        entry: &EmitEntry,
+        index: usize,
+        iteration: Option<usize>,
+        where_from: &str,
+        locals: &[String],
+        operations: &mut Vec<Operation>,
+    ) -> Result<(), MapError> {
+        if let Condition::Check(cond, pos) = &entry.when {
+            match cond.truthy(scope, pos) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(self.error(record, Some((e.pos, e.path)), e.message)),
+            }
+        }
+        let mut buf = RenderBuf {
+            json: Vec::with_capacity(512),
+            ..RenderBuf::default()
+        };
+        entry
+            .body
+            .write(scope, &mut buf)
+            .map_err(|e| self.error(record, Some((e.pos, e.path)), e.message))?;
+        let json = String::from_utf8(buf.json).expect("templates write UTF-8");
+        let resource = ResourceJson::from_rendered(json);
+        let identity = match buf.identity {
+            [Some(system), Some(value)] => Some(Identity {
+                resource_type: entry.resource_type.clone(),
+                system,
+                value,
+            }),
+            // an identifier written another way: read it back
+            _ => identity_of(&entry.resource_type, &resource),
+        };
+        let (method, url) = match (entry.write, &identity) {
+            (WriteMode::Update, Some(id)) => (
+                Method::Put,
+                conditional_url(&id.resource_type, &id.system, &id.value),
+            ),
+            (WriteMode::Update, None) => {
+                return Err(self.error(
+                    record,
+                    Some((entry.pos.clone(), format!("{}.identifier", entry.resource_type))),
+                    format!(
+                        "the {} has no identifier system and value for this record (empty key column?); without one it cannot be written idempotently",
+                        entry.resource_type
+                    ),
+                ));
+            }
+            (WriteMode::Create, _) => (Method::Post, entry.resource_type.clone()),
+        };
+        let iteration = iteration.map(|i| i.to_string()).unwrap_or_default();
+        let full_url = match entry.local {
+            Some(i) => Some(locals[i].clone()),
+            None if self.transaction => Some(derived_urn_uuid(&[
+                &self.stream,
+                &record.key,
+                where_from,
+                &index.to_string(),
+                &iteration,
+            ])),
+            None => None,
+        };
+        operations.push(Operation {
+            resource_type: entry.resource_type.clone(),
+            method,
+            url,
+            full_url,
+            identity,
+            resource,
+        });
+        Ok(())
+    }
+
     fn error(&self, record: &Record, at: Option<(Pos, String)>, message: String) -> MapError {
         MapError {
             stream: self.stream.clone(),
@@ -310,6 +430,7 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
     let mut write = WriteMode::Update;
     let mut when = Condition::Always;
     let mut local = None;
+    let mut for_each = None;
     let mut body_fields = Vec::new();
     for (k, v) in fields {
         match k.as_str() {
@@ -334,12 +455,28 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
                     .errors
                     .push(ConfigError::at(&v.pos, "when: takes an expression, e.g. when: \"status != 'deleted'\"")),
             },
-            Some("for_each") => compiler.errors.push(ConfigError::at(
-                &k.pos,
-                "for_each is not supported by this version of fhirlift yet (repeated parts arrive with the HL7v2 connector)",
-            )),
+            Some("for_each") => match v.as_str() {
+                Some(name)
+                    if name.len() == 3
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) =>
+                {
+                    for_each = Some(name.to_owned());
+                }
+                _ => compiler.errors.push(ConfigError::at(
+                    &v.pos,
+                    "for_each: takes an HL7 segment name (OBX, NK1, DG1, ...): the entry emits one resource per segment of that name",
+                )),
+            },
             _ => body_fields.push((k.clone(), v.clone())),
         }
+    }
+    if for_each.is_some() && local.is_some() {
+        compiler.errors.push(ConfigError::at(
+            &node.pos,
+            "an entry with for_each: emits several resources and cannot be named with `as:`",
+        ));
     }
     if write == WriteMode::Update && node.get("identifier").is_none() {
         compiler.errors.push(ConfigError::at(
@@ -356,6 +493,7 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
     let body = compiler.compile(&body_node, &resource_type);
     Some(EmitEntry {
         resource_type,
+        for_each,
         local,
         when,
         write,
@@ -379,7 +517,20 @@ impl ResourceMapper for StreamMapper {
         &self.stream
     }
 
-    fn map(&self, record: Record) -> Result<Option<WriteGroup>, MapError> {
+    fn shape(&self) -> MapperShape {
+        MapperShape {
+            emitted_types: self.emitted_types.clone(),
+            referenced_types: self.referenced_types.clone(),
+            most_emitted: if self.entries.iter().any(|e| e.for_each.is_some()) {
+                None
+            } else {
+                Some(self.most_emitted())
+            },
+            transaction: self.transaction,
+        }
+    }
+
+    fn map(&self, record: Record) -> Result<Mapped, MapError> {
         let mut hits = Vec::with_capacity(self.lookups.len());
         let mut key_text = String::new();
         for (i, lookup) in self.lookups.iter().enumerate() {
@@ -419,76 +570,54 @@ impl ResourceMapper for StreamMapper {
         let scope = Scope::new(&record, &hits, &locals, &self.shared);
         let mut operations = Vec::with_capacity(self.entries.len());
         for (index, entry) in self.entries.iter().enumerate() {
-            if let Condition::Check(cond, pos) = &entry.when {
-                match cond.truthy(&scope, pos) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => return Err(self.error(&record, Some((e.pos, e.path)), e.message)),
-                }
-            }
-            let mut buf = RenderBuf {
-                json: Vec::with_capacity(512),
-                ..RenderBuf::default()
-            };
-            entry
-                .body
-                .write(&scope, &mut buf)
-                .map_err(|e| self.error(&record, Some((e.pos, e.path)), e.message))?;
-            let json = String::from_utf8(buf.json).expect("templates write UTF-8");
-            let resource = ResourceJson::from_rendered(json);
-            let identity = match buf.identity {
-                [Some(system), Some(value)] => Some(Identity {
-                    resource_type: entry.resource_type.clone(),
-                    system,
-                    value,
-                }),
-                // an identifier written another way: read it back
-                _ => identity_of(&entry.resource_type, &resource),
-            };
-            let (method, url) = match (entry.write, &identity) {
-                (WriteMode::Update, Some(id)) => (
-                    Method::Put,
-                    conditional_url(&id.resource_type, &id.system, &id.value),
-                ),
-                (WriteMode::Update, None) => {
-                    return Err(self.error(
-                        &record,
-                        Some((entry.pos.clone(), format!("{}.identifier", entry.resource_type))),
-                        format!(
-                            "the {} has no identifier system and value for this record (empty key column?); without one it cannot be written idempotently",
-                            entry.resource_type
-                        ),
-                    ));
-                }
-                (WriteMode::Create, _) => (Method::Post, entry.resource_type.clone()),
-            };
-            let full_url = match entry.local {
-                Some(i) => Some(locals[i].clone()),
-                None if self.transaction => Some(derived_urn_uuid(&[
-                    &self.stream,
-                    &record.key,
+            let Some(segment_name) = &entry.for_each else {
+                self.emit(
+                    &record,
+                    &scope,
+                    entry,
+                    index,
+                    None,
                     &where_from,
-                    &index.to_string(),
-                ])),
-                None => None,
+                    &locals,
+                    &mut operations,
+                )?;
+                continue;
             };
-            operations.push(Operation {
-                resource_type: entry.resource_type.clone(),
-                method,
-                url,
-                full_url,
-                identity,
-                resource,
-            });
+            let Some(message) = record.values.iter().find_map(|v| match v {
+                Value::Message(m) => Some(m.0.clone()),
+                _ => None,
+            }) else {
+                return Err(self.error(
+                    &record,
+                    Some((entry.pos.clone(), "for_each".into())),
+                    "for_each: iterates over HL7 segments, and this record holds no HL7 message"
+                        .into(),
+                ));
+            };
+            for segment in message.segments().filter(|s| s.name() == segment_name) {
+                let mut scope = Scope::new(&record, &hits, &locals, &self.shared);
+                scope.segment = Some(segment.index());
+                self.emit(
+                    &record,
+                    &scope,
+                    entry,
+                    index,
+                    Some(segment.index()),
+                    &where_from,
+                    &locals,
+                    &mut operations,
+                )?;
+            }
         }
         if operations.is_empty() {
-            return Ok(None);
+            return Ok(Mapped::Skipped(None));
         }
-        Ok(Some(WriteGroup {
+        Ok(Mapped::Group(WriteGroup {
             stream: self.stream.clone(),
             key: record.key.clone(),
             provenance: record.provenance.clone(),
             atomic: self.transaction && operations.len() > 1,
+            may_split: false,
             operations,
         }))
     }

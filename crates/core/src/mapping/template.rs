@@ -13,6 +13,7 @@ use minijinja::value::{Object, Value as Mj};
 use minijinja::{Environment, Expression};
 
 use super::functions::{GLOBAL_NAMES, LOCALS_KEY};
+use super::hl7::{HL7_FUNCTIONS, HL7_KEY, Hl7Context};
 use super::{LookupTable, dates, functions};
 use crate::config::ConfigError;
 use crate::group::conditional_url;
@@ -550,6 +551,7 @@ impl<'a> Compiler<'a> {
             None => (name, None),
         };
         if GLOBAL_NAMES.contains(&root)
+            || HL7_FUNCTIONS.contains(&root)
             || self.names.columns.index_of(root).is_some()
             || self.names.vars.iter().any(|(v, _)| v == root)
         {
@@ -579,6 +581,8 @@ pub(crate) struct Scope<'a> {
     pub lookups: &'a [Option<Arc<Vec<Value>>>],
     pub locals: &'a [String],
     pub shared: &'a Arc<ScopeShared>,
+    /// The segment a `for_each` iteration stands on.
+    pub segment: Option<usize>,
     mj: OnceLock<Mj>,
 }
 
@@ -602,6 +606,7 @@ impl<'a> Scope<'a> {
             lookups,
             locals,
             shared,
+            segment: None,
             mj: OnceLock::new(),
         }
     }
@@ -615,6 +620,7 @@ impl<'a> Scope<'a> {
                     lookups: self.lookups.to_vec(),
                     locals: self.locals.to_vec(),
                     shared: self.shared.clone(),
+                    segment: self.segment,
                 })
             })
             .clone()
@@ -630,6 +636,10 @@ pub(crate) fn value_to_mj(v: &Value) -> Mj {
         Value::Bool(b) => Mj::from(*b),
         Value::Json(j) => Mj::from(minijinja::value::Serde(j)),
         Value::List(items) => items.iter().map(value_to_mj).collect(),
+        Value::Message(m) => Mj::from_object(Hl7Context {
+            message: m.0.clone(),
+            segment: None,
+        }),
     }
 }
 
@@ -639,6 +649,7 @@ struct RecordObject {
     lookups: Vec<Option<Arc<Vec<Value>>>>,
     locals: Vec<String>,
     shared: Arc<ScopeShared>,
+    segment: Option<usize>,
 }
 
 impl std::fmt::Debug for ScopeShared {
@@ -663,6 +674,15 @@ impl Object for RecordObject {
                     row: row.clone(),
                 }),
                 None => Mj::from(()),
+            });
+        }
+        if key == HL7_KEY {
+            return self.record.values.iter().find_map(|v| match v {
+                Value::Message(m) => Some(Mj::from_object(Hl7Context {
+                    message: m.0.clone(),
+                    segment: self.segment,
+                })),
+                _ => None,
             });
         }
         if key == LOCALS_KEY {

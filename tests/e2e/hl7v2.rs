@@ -1,0 +1,334 @@
+//! HL7 v2 archives into the sandbox: the bundled example with the
+//! built-in map, replays, damaged messages, unmapped types, user overrides,
+//! and the shared corpus read end to end.
+
+use std::path::{Path, PathBuf};
+
+use fhirlift_sandbox::{MedplumBehaviour, SandboxConfig};
+use fhirlift_tests::{TestServer, fhirlift, scratch, workspace};
+use serde_json::Value;
+
+use crate::support::{id_of, migrate, report, total};
+
+const NORTH: &str = "urn:oid:2.16.840.1.113883.3.9999";
+
+fn example() -> PathBuf {
+    workspace().join("examples/hl7v2/migration.yaml")
+}
+
+fn rejects(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("rejects.ndjson"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_example_archive_is_written_linked_and_a_replay_changes_nothing() {
+    let server = TestServer::start(SandboxConfig::default());
+    let dir = scratch("hl7v2-example");
+    let run = migrate(&example(), &server.url(), &dir, &[]);
+    assert_eq!(
+        run.code, 2,
+        "one damaged message is rejected: {}{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("skipped 1: message type MDM^T02 has no built-in map"),
+        "{}",
+        run.stdout
+    );
+    server.sandbox.with_store(|store| {
+        // two patients; the A08 and the A03 update the first one in place
+        assert_eq!(store.count("Patient"), 2);
+        let patient = store.find("Patient", NORTH, "MRN1001")[0].clone();
+        assert_eq!(patient["name"][0]["family"], "Müller^Jörg");
+        assert_eq!(
+            patient["address"][0]["line"][0], "Lindenweg 9",
+            "the later message wins"
+        );
+        assert_eq!(patient["birthDate"], "1970-04-12");
+        let patient_id = id_of(store, "Patient", NORTH, "MRN1001");
+        let encounter = store.find("Encounter", NORTH, "V5001")[0].clone();
+        assert_eq!(encounter["status"], "finished", "the A03 discharged it");
+        assert_eq!(encounter["class"]["code"], "IMP");
+        assert_eq!(encounter["period"]["start"], "2024-03-01T08:00:00-05:00");
+        assert_eq!(
+            encounter["subject"]["reference"],
+            format!("Patient/{patient_id}")
+        );
+        // ORU: one report, four observations on the filler order number
+        let lab = "urn:fhirlift:hl7v2:authority:LABSYS";
+        let report = store.find("DiagnosticReport", lab, "FL9901")[0].clone();
+        assert_eq!(report["result"].as_array().unwrap().len(), 4);
+        let glucose = store.find("Observation", lab, "FL9901-OBX-1")[0].clone();
+        assert_eq!(glucose["valueQuantity"]["value"], 182);
+        assert_eq!(
+            glucose["valueQuantity"]["system"],
+            "http://unitsofmeasure.org"
+        );
+        assert_eq!(glucose["note"][0]["text"], "Patient was not fasting.");
+        // a time without an offset takes the configured zone (Chicago, CST)
+        assert_eq!(glucose["effectiveDateTime"], "2024-03-02T12:00:00-06:00");
+        let potassium = store.find("Observation", lab, "FL9901-OBX-4")[0].clone();
+        assert_eq!(potassium["valueQuantity"]["comparator"], "<");
+        // VXU
+        let shot = store.find("Immunization", NORTH, "IZ-77001")[0].clone();
+        assert_eq!(
+            shot["vaccineCode"]["coding"][0]["system"],
+            "http://hl7.org/fhir/sid/cvx"
+        );
+        assert_eq!(shot["status"], "completed");
+        assert_eq!(store.count("RelatedPerson"), 2);
+        assert_eq!(store.count("AllergyIntolerance"), 1);
+        assert_eq!(store.count("Condition"), 1);
+    });
+    let bad = rejects(&dir);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0]["provenance"]["kind"], "message");
+    assert!(
+        bad[0]["provenance"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("2024-03.hl7")
+    );
+    assert!(
+        bad[0]["reason"].as_str().unwrap().contains("MSH"),
+        "{:?}",
+        bad[0]
+    );
+
+    let again = scratch("hl7v2-example-again");
+    let rerun = migrate(&example(), &server.url(), &again, &[]);
+    assert_eq!(rerun.code, 2, "{}", rerun.stderr);
+    let r = report(&again);
+    assert_eq!(
+        total(&r, "created"),
+        0,
+        "a replay creates nothing: {}",
+        rerun.stdout
+    );
+    // the server found nothing new in the lab and vaccine messages: no new versions
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient"), 2);
+        assert_eq!(store.count("Observation"), 5);
+        for obs in store.resources("Observation") {
+            assert_eq!(obs["meta"]["versionId"], "1", "{obs}");
+        }
+    });
+}
+
+#[test]
+fn medplum_mode_writes_the_archive_by_id_without_conflicts() {
+    let server = TestServer::start(SandboxConfig {
+        medplum: Some(MedplumBehaviour::default()),
+        ..SandboxConfig::default()
+    });
+    let dir = scratch("hl7v2-medplum");
+    let run = migrate(&example(), &server.url(), &dir, &["--profile", "medplum"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        rejects(&dir).len(),
+        1,
+        "only the damaged message: {:?}",
+        rejects(&dir)
+    );
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient"), 2);
+        assert_eq!(store.find("Encounter", NORTH, "V5001").len(), 1);
+    });
+}
+
+#[test]
+fn a_user_entry_overrides_the_builtin_patient_and_reads_hl7_paths() {
+    let dir = scratch("hl7v2-override");
+    std::fs::create_dir_all(dir.join("archive")).unwrap();
+    std::fs::copy(
+        workspace().join("examples/hl7v2/archive/2024-03.hl7"),
+        dir.join("archive/a.hl7"),
+    )
+    .unwrap();
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        r#"
+source:
+  connector: hl7v2
+vars:
+  hl7_zone: "-05:00"
+streams:
+  messages:
+    from: archive/*.hl7
+    map: hl7v2
+    emit:
+      - resourceType: Patient
+        identifier: "= hl7_identifier('PID-3')"
+        name: "= hl7_name('PID-5')"
+        gender: "{{ hl7('PID-8') | code(M='male', F='female', _default='unknown') }}"
+        active: true
+      - resourceType: Observation
+        for_each: OBX
+        when: "message_type == 'ORU^R01'"
+        identifier:
+          - system: urn:example:obx
+            value: "{{ control_id }}-{{ hl7('OBX-1') }}"
+        status: final
+        code: "= hl7_codeable('OBX-3')"
+        effectiveDateTime: "= hl7_datetime('OBX-14')"
+        subject: "= ref('Patient', 'urn:fhirlift:hl7v2:authority:NORTHCLINIC', hl7('PID-3.1'))"
+        note: [{ text: "{{ hl7('OBR-3.1') }}" }]
+"#,
+    )
+    .unwrap();
+    let server = TestServer::start(SandboxConfig::default());
+    let run = migrate(&config, &server.url(), &dir, &[]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    server.sandbox.with_store(|store| {
+        let system = "urn:fhirlift:hl7v2:authority:NORTHCLINIC";
+        let p = store.find("Patient", system, "MRN1001");
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0]["active"], true,
+            "the user's Patient replaced the built-in one"
+        );
+        // the built-in resources point at the user's Patient
+        let patient_id = p[0]["id"].as_str().unwrap();
+        let encounter = &store.find("Encounter", system, "V5001")[0];
+        assert_eq!(
+            encounter["subject"]["reference"],
+            format!("Patient/{patient_id}")
+        );
+        let obs = store.find("Observation", "urn:example:obx", "LAB7001-2");
+        assert_eq!(obs.len(), 1);
+        assert_eq!(obs[0]["code"]["coding"][0]["code"], "2160-0");
+        assert_eq!(
+            obs[0]["note"][0]["text"], "FL9901",
+            "OBR of the OBX's group"
+        );
+        assert_eq!(obs[0]["effectiveDateTime"], "2024-03-02T12:00:00-05:00");
+        // the user's Observations replaced the built-in ones of the ORU;
+        // the VXU's OBX, which the user's entry skips, keeps the built-in one
+        assert_eq!(store.count("Observation"), 5);
+        let report = &store.find(
+            "DiagnosticReport",
+            "urn:fhirlift:hl7v2:authority:LABSYS",
+            "FL9901",
+        )[0];
+        let results: std::collections::BTreeSet<&str> = report["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["reference"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            results.len(),
+            4,
+            "each result follows its own OBX: {results:?}"
+        );
+    });
+}
+
+#[test]
+fn check_names_the_map_and_preview_shows_mapped_messages() {
+    let check = fhirlift(["check".into(), "-c".into(), example().into_os_string()]);
+    assert_eq!(
+        check.code, 2,
+        "the damaged message: {}{}",
+        check.stdout, check.stderr
+    );
+    assert!(
+        check.stdout.contains("1 records would be rejected"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("skipped 1: message type MDM^T02"),
+        "{}",
+        check.stdout
+    );
+    let preview = fhirlift([
+        "preview".into(),
+        "-c".into(),
+        example().into_os_string(),
+        "--stream".into(),
+        "messages".into(),
+        "--limit".into(),
+        "3".into(),
+    ]);
+    assert_eq!(preview.code, 0, "{}", preview.stderr);
+    assert!(
+        preview.stdout.contains("Patient?identifier="),
+        "{}",
+        preview.stdout
+    );
+    assert!(preview.stdout.contains("ADT0001"), "{}", preview.stdout);
+    let list = fhirlift(["connectors"]);
+    assert!(list.stdout.contains("hl7v2"), "{}", list.stdout);
+    assert!(list.stdout.contains("built-in maps"), "{}", list.stdout);
+}
+
+#[test]
+fn every_corpus_archive_runs_through_the_builtin_map_without_a_panic() {
+    let Some(corpus) = corpus() else {
+        eprintln!("the shared corpus is not beside the workspace: skipped");
+        return;
+    };
+    let dir = scratch("hl7v2-corpus");
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "source:\n  connector: hl7v2\n  path: {}\nstreams:\n  messages:\n    from: hl7v2/**/*.hl7\n    map:\n      builtin: hl7v2\n      default_authority: urn:example:corpus\n",
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let run = fhirlift([
+        "migrate".into(),
+        "-c".into(),
+        config.into_os_string(),
+        "--dry-run".into(),
+        out.into_os_string(),
+        "--rejects".into(),
+        dir.join("rejects.ndjson").into_os_string(),
+        "--report".into(),
+        dir.join("report.json").into_os_string(),
+    ]);
+    assert!(
+        run.code == 0 || run.code == 2,
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let r = report(&dir);
+    let stream = &r["streams"][0];
+    let records = stream["records"].as_u64().unwrap();
+    let rejected = stream["rejected"].as_u64().unwrap();
+    let skipped = stream["skipped"].as_u64().unwrap();
+    assert!(records > 300, "{records} messages read");
+    let mapped = records - rejected - skipped;
+    assert!(mapped > 100, "{mapped} mapped of {records}: {}", run.stdout);
+    // every reject names a message and says why
+    for reject in rejects(&dir) {
+        assert_eq!(reject["provenance"]["kind"], "message", "{reject}");
+        assert!(!reject["reason"].as_str().unwrap().is_empty());
+    }
+    eprintln!(
+        "corpus: {records} messages, {mapped} mapped, {skipped} skipped, {rejected} rejected"
+    );
+}
+
+fn corpus() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("FHIRLIFT_CORPUS").map(PathBuf::from),
+        Some(workspace().join("../shared/corpus")),
+        Some("/work/shared/corpus".into()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("hl7v2").is_dir())
+}
