@@ -332,3 +332,110 @@ fn corpus() -> Option<PathBuf> {
         .flatten()
         .find(|p| p.join("hl7v2").is_dir())
 }
+
+/// An ORU^R01 with `results` OBX under one OBR.
+fn big_oru(control_id: &str, results: usize) -> String {
+    let mut m = format!(
+        "MSH|^~\\&|LABSYS|NORTHLAB|EPIC|NORTHCLINIC|20240302143000-0500||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r\
+         PID|1||MRN2001^^^NORTHCLINIC^MR||Tanaka^Yui||19880203|F\r\
+         OBR|1|PL1^EPIC|FL{control_id}^LABSYS|24323-8^Panel^LN|||20240302120000-0500||||||||||||||||CH|F\r"
+    );
+    for i in 1..=results {
+        m.push_str(&format!(
+            "OBX|{i}|NM|{}-1^Analyte {i}^LN||{}.5|mg/dL^mg/dL^UCUM|||||F|||20240302120000-0500\r",
+            10_000 + i,
+            i
+        ));
+    }
+    m
+}
+
+#[test]
+fn a_message_larger_than_a_transaction_is_written_in_parts_in_order() {
+    let dir = scratch("hl7v2-split");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big.hl7"), big_oru("BIG1", 120)).unwrap();
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        "source:\n  connector: hl7v2\nstreams:\n  labs:\n    from: big.hl7\n    map: hl7v2\n",
+    )
+    .unwrap();
+    for medplum in [false, true] {
+        let server = TestServer::start(SandboxConfig {
+            medplum: medplum.then(MedplumBehaviour::default),
+            ..SandboxConfig::default()
+        });
+        let out = scratch("hl7v2-split-run");
+        let profile = if medplum { "medplum" } else { "generic" };
+        let run = migrate(&config, &server.url(), &out, &["--profile", profile]);
+        assert_eq!(run.code, 0, "{profile}: {}{}", run.stdout, run.stderr);
+        // 122 resources: more than one transaction holds on either profile
+        assert!(report(&out)["streams"][0]["requests"].as_u64().unwrap() >= 2);
+        server.sandbox.with_store(|store| {
+            assert_eq!(store.count("Observation"), 120, "{profile}");
+            let patient = id_of(
+                store,
+                "Patient",
+                "urn:fhirlift:hl7v2:authority:NORTHCLINIC",
+                "MRN2001",
+            );
+            let lab = "urn:fhirlift:hl7v2:authority:LABSYS";
+            let report = &store.find("DiagnosticReport", lab, "FLBIG1")[0];
+            let results = report["result"].as_array().unwrap();
+            assert_eq!(results.len(), 120, "{profile}");
+            for r in results {
+                let reference = r["reference"].as_str().unwrap();
+                let (t, id) = reference.split_once('/').unwrap();
+                assert_eq!(t, "Observation", "{profile}: {reference}");
+                assert!(
+                    store.get(t, id).is_some(),
+                    "{profile}: {reference} is stored"
+                );
+            }
+            for obs in store.resources("Observation") {
+                assert_eq!(obs["subject"]["reference"], format!("Patient/{patient}"));
+            }
+        });
+    }
+}
+
+#[test]
+fn messages_about_one_patient_are_applied_in_file_order() {
+    let dir = scratch("hl7v2-order");
+    std::fs::create_dir_all(&dir).unwrap();
+    // 200 updates of the same patient, each with a new address; the last wins
+    let mut archive = String::new();
+    for i in 0..200 {
+        archive.push_str(&format!(
+            "MSH|^~\\&|EPIC|NORTHCLINIC|LAB|NORTHCLINIC|20240301081500-0500||ADT^A08^ADT_A01|U{i}|P|2.5.1\r\
+             PID|1||MRN3001^^^NORTHCLINIC^MR||Silva^Ana||19900101|F|||{i} Rua Nova^^Lisboa^^1000^PRT^H\r\
+             PV1|1|O|||||||||||||||||V3001^^^NORTHCLINIC^VN\r"
+        ));
+    }
+    std::fs::write(dir.join("updates.hl7"), archive).unwrap();
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        "source:\n  connector: hl7v2\nstreams:\n  adt:\n    from: updates.hl7\n    map: hl7v2\n",
+    )
+    .unwrap();
+    let server = TestServer::start(SandboxConfig {
+        medplum: Some(MedplumBehaviour {
+            workers: 4,
+            ..MedplumBehaviour::default()
+        }),
+        ..SandboxConfig::default()
+    });
+    let out = scratch("hl7v2-order-run");
+    let run = migrate(&config, &server.url(), &out, &["--profile", "medplum"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(rejects(&out).is_empty(), "{:?}", rejects(&out));
+    server.sandbox.with_store(|store| {
+        let system = "urn:fhirlift:hl7v2:authority:NORTHCLINIC";
+        let patient = &store.find("Patient", system, "MRN3001");
+        assert_eq!(patient.len(), 1);
+        assert_eq!(patient[0]["address"][0]["line"][0], "199 Rua Nova");
+        assert_eq!(store.find("Encounter", system, "V3001").len(), 1);
+    });
+}

@@ -273,6 +273,64 @@ pub fn identity_hash(id: &Identity) -> u64 {
     stable_hash128(&[&id.resource_type, &id.system, &id.value]) as u64
 }
 
+/// Orders a group's operations so that each comes after those it refers
+/// to by `urn:uuid` (keeping the original order otherwise): cut into parts
+/// written one after the other, every reference then points backwards.
+/// Operations in a reference cycle keep their order.
+fn referenced_first(operations: Vec<Operation>) -> Vec<Operation> {
+    let quoted: Vec<Option<String>> = operations
+        .iter()
+        .map(|o| o.full_url.as_ref().map(|u| format!("\"{u}\"")))
+        .collect();
+    let needs: Vec<Vec<usize>> = operations
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            quoted
+                .iter()
+                .enumerate()
+                .filter(|(j, q)| {
+                    *j != i
+                        && q.as_ref()
+                            .is_some_and(|q| op.resource.as_str().contains(q.as_str()))
+                })
+                .map(|(j, _)| j)
+                .collect()
+        })
+        .collect();
+    // Kahn's algorithm, the lowest index first among the ready ones
+    let n = operations.len();
+    let mut waiting_on: Vec<usize> = needs.iter().map(Vec::len).collect();
+    let mut wanted_by: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, targets) in needs.iter().enumerate() {
+        for &j in targets {
+            wanted_by[j].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
+    let mut placed = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        // in a cycle nothing is ready: the first one left goes next
+        let Some(next) = ready.pop_first().or_else(|| (0..n).find(|&i| !placed[i])) else {
+            break;
+        };
+        if placed[next] {
+            continue;
+        }
+        placed[next] = true;
+        order.push(next);
+        for &i in &wanted_by[next] {
+            waiting_on[i] = waiting_on[i].saturating_sub(1);
+            if waiting_on[i] == 0 && !placed[i] {
+                ready.insert(i);
+            }
+        }
+    }
+    let mut slots: Vec<Option<Operation>> = operations.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
 fn group_ref(group: &WriteGroup) -> GroupRef {
     GroupRef {
         key: group.key.clone(),
@@ -512,7 +570,7 @@ impl Packer {
             operations,
             ..
         } = group;
-        let mut rest = operations.into_iter().peekable();
+        let mut rest = referenced_first(operations).into_iter().peekable();
         while rest.peek().is_some() {
             let mut part: Vec<Operation> = rest.by_ref().take(size).collect();
             let own: Vec<String> = part
@@ -535,19 +593,16 @@ impl Packer {
                     op.resource = crate::group::ResourceJson::from_rendered(t);
                 }
             }
+            // every part, even of one resource, carries the shared identity
             let sub = WriteGroup {
                 stream: stream.clone(),
                 key: key.clone(),
                 provenance: provenance.clone(),
-                atomic: part.len() > 1,
+                atomic: true,
                 may_split: false,
                 operations: part,
             };
-            if sub.atomic {
-                self.push_transaction(sub, &[sequence], out)?;
-            } else {
-                self.push_singles(sub, out)?;
-            }
+            self.push_transaction(sub, &[sequence], out)?;
         }
         Ok(())
     }
@@ -846,5 +901,74 @@ mod tests {
         let again = reqs[0].subset(&[0]);
         assert_eq!(again.body, reqs[0].body);
         assert_eq!(again.kind, RequestKind::Transaction);
+    }
+
+    fn linked(name: &str, refers_to: &[&str]) -> Operation {
+        let identity = Identity {
+            resource_type: "Observation".into(),
+            system: "http://s".into(),
+            value: name.into(),
+        };
+        let refs: Vec<serde_json::Value> = refers_to
+            .iter()
+            .map(|t| serde_json::json!({ "reference": format!("urn:uuid:{t}") }))
+            .collect();
+        Operation::update_on(
+            identity,
+            Some(format!("urn:uuid:{name}")),
+            ResourceJson::from_value(
+                &serde_json::json!({ "resourceType": "Observation", "hasMember": refs }),
+            ),
+        )
+    }
+
+    #[test]
+    fn referenced_operations_come_first_and_cycles_keep_their_order() {
+        let ops = vec![
+            linked("report", &["a", "b"]),
+            linked("a", &["patient"]),
+            linked("patient", &[]),
+            linked("b", &["patient"]),
+            linked("x", &["y"]),
+            linked("y", &["x"]),
+        ];
+        let order: Vec<String> = referenced_first(ops)
+            .into_iter()
+            .map(|o| o.identity.unwrap().value)
+            .collect();
+        assert_eq!(order, ["patient", "a", "b", "report", "x", "y"]);
+    }
+
+    #[test]
+    fn a_split_group_refers_across_parts_by_identifier() {
+        let mut profile = ServerProfile::named("generic").unwrap();
+        profile.max_transaction_entries = 2;
+        profile.max_conditional_transaction_entries = 2;
+        let mut packer = Packer::new(profile, 1, Arc::from("labs"));
+        let mut group = single("k", "patient", 0);
+        group.atomic = true;
+        group.may_split = true;
+        group.operations = vec![
+            linked("report", &["a", "b"]),
+            linked("a", &[]),
+            linked("b", &[]),
+        ];
+        let mut requests = Vec::new();
+        packer.push(group, &mut |r| requests.push(r)).unwrap();
+        packer.finish(&mut |r| requests.push(r));
+        assert_eq!(requests.len(), 2);
+        let second = String::from_utf8(requests[1].body.clone()).unwrap();
+        assert!(
+            second.contains("Observation?identifier=http://s|a"),
+            "{second}"
+        );
+        assert!(!second.contains("urn:uuid:a"), "{second}");
+        // the parts share an identity: the sender writes them one after the other
+        let shared: Vec<&u64> = requests[0]
+            .identities
+            .iter()
+            .filter(|i| requests[1].identities.contains(i))
+            .collect();
+        assert_eq!(shared.len(), 1);
     }
 }
