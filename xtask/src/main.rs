@@ -21,7 +21,8 @@
 //!   PostgreSQL connector's throughput, then the criterion benchmarks.
 //!   `cargo xtask bench medplum [--patients N]` runs only the strategy
 //!   comparison, `cargo xtask bench postgres [--patients N]` only the
-//!   PostgreSQL one (1M rows by default).
+//!   PostgreSQL one (1M rows by default). `cargo xtask bench hl7v2 [N]`
+//!   times parse + map of N generated ORU^R01 messages (100,000 by default).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,7 +66,8 @@ fn main() -> anyhow::Result<()> {
                  sandbox [ARGS]           run the sandbox FHIR server (--help for its knobs)\n  \
                  bench [--patients N]     measure map + plan throughput and memory\n  \
                  bench medplum            compare the write strategies against Medplum mode\n  \
-                 bench postgres           PostgreSQL rows through the connector to a sink"
+                 bench postgres           PostgreSQL rows through the connector to a sink\n  \
+                 bench hl7v2 [N]          parse + map N generated ORU^R01 messages"
             );
             if task.is_empty() || task == "help" || task == "--help" {
                 Ok(())
@@ -282,6 +284,9 @@ fn generate(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    if args.first().is_some_and(|a| a == "hl7v2") {
+        return bench_hl7v2(&args[1..]);
+    }
     let mut patients: u64 = 1_000_000;
     let mut strategies_only = false;
     let mut postgres_only = false;
@@ -391,6 +396,25 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "map_plan",
     ]);
     run(criterion)
+}
+
+/// The HL7 v2 maps: parse + map of N generated ORU^R01 messages, by the
+/// connector's `bench_map` example (its output passes through).
+fn bench_hl7v2(args: &[String]) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "fhirlift-connector-hl7v2",
+            "--example",
+            "bench_map",
+            "--",
+        ])
+        .args(args);
+    run(command)
 }
 
 /// `fhirlift migrate CONFIG` (release build) into the sink sandbox on

@@ -119,6 +119,13 @@ pub fn map_message(message: &Message<'_>, options: &MapOptions) -> Result<Messag
     Ok(MessageMap::Mapped(m.finish()))
 }
 
+/// A resource's JSON object, `resourceType` first.
+fn resource(resource_type: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("resourceType".into(), Value::String(resource_type.into()));
+    m
+}
+
 /// A reference to a resource of this message.
 #[derive(Debug, Clone)]
 struct Local {
@@ -286,19 +293,14 @@ impl<'m, 'o> Mapper<'m, 'o> {
 
     // ---- writing ----
 
+    /// Adds a resource (built with [`resource`], so `resourceType` comes first).
     fn push(
         &mut self,
         resource_type: &'static str,
         system: String,
         value: String,
-        mut resource: Value,
+        resource: Value,
     ) -> Local {
-        if let Some(obj) = resource.as_object_mut() {
-            let mut with_type = Map::new();
-            with_type.insert("resourceType".into(), Value::String(resource_type.into()));
-            with_type.append(obj);
-            *obj = with_type;
-        }
         let full_url = derived_urn_uuid(&[resource_type, &system, &value]);
         let local = Local {
             resource_type,
@@ -559,7 +561,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             }
             identifiers.push(id);
         }
-        let mut p = Map::new();
+        let mut p = resource("Patient");
         p.insert("identifier".into(), Value::Array(identifiers));
         let mut names = self.list(pid, 5, fhir::human_name);
         // XPN.15 "called by" is a name of its own (use nickname), after the guide
@@ -708,7 +710,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
                     .and_then(tables::encounter_status_from_class)
             })
             .unwrap_or("unknown");
-        let mut e = Map::new();
+        let mut e = resource("Encounter");
         e.insert("identifier".into(), Value::Array(identifiers));
         e.insert("status".into(), json!(status));
         e.insert("class".into(), class);
@@ -805,7 +807,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
         let set_id = self.text(nk1, 1, 1).unwrap_or_else(|| position.to_string());
         let (system, value) = Self::derived(patient, &format!("NK1-{set_id}"));
-        let mut r = Map::new();
+        let mut r = resource("RelatedPerson");
         r.insert(
             "identifier".into(),
             json!([{ "system": system, "value": value }]),
@@ -871,7 +873,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             .or_else(|| self.text(al1, 1, 1))
             .unwrap_or_else(|| position.to_string());
         let (system, value) = Self::derived(patient, &format!("AL1-{key}"));
-        let mut a = Map::new();
+        let mut a = resource("AllergyIntolerance");
         a.insert(
             "identifier".into(),
             json!([{ "system": system, "value": value }]),
@@ -941,7 +943,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 Self::derived(encounter.unwrap_or(patient), &format!("DG1-{key}"))
             }
         };
-        let mut c = Map::new();
+        let mut c = resource("Condition");
         c.insert(
             "identifier".into(),
             json!([{ "system": system, "value": value }]),
@@ -1029,7 +1031,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 (system, value)
             }
         };
-        let mut r = Map::new();
+        let mut r = resource("DiagnosticReport");
         r.insert("identifier".into(), Value::Array(identifiers));
         let status = self
             .text(obr, 25, 1)
@@ -1092,7 +1094,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             // a set id used twice under one order: the position tells them apart
             value = format!("{value}-{index}");
         }
-        let mut o = Map::new();
+        let mut o = resource("Observation");
         o.insert(
             "identifier".into(),
             json!([{ "system": system, "value": value }]),
@@ -1285,7 +1287,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 (s, v)
             }
         };
-        let mut i = Map::new();
+        let mut i = resource("Immunization");
         i.insert("identifier".into(), Value::Array(identifiers));
         let refused = self.codeable(rxa, 18);
         let status = if self.text(rxa, 21, 1).as_deref() == Some("D") {

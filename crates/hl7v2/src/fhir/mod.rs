@@ -90,6 +90,10 @@ impl<'a> Composite<'a> {
     }
 
     fn blank(&self, raw: &str) -> bool {
+        // without an escape, nothing to decode: no allocation
+        if self.d.escape.is_none_or(|e| !raw.contains(e)) {
+            return raw == "\"\"" || raw.trim().is_empty();
+        }
         decode(raw, &self.d).is_none_or(|v| v.trim().is_empty())
     }
 }
