@@ -18,6 +18,7 @@
 pub mod config;
 pub mod connector;
 pub mod group;
+pub mod ledger;
 pub mod mapping;
 pub mod pipeline;
 pub mod planner;
