@@ -126,9 +126,11 @@ fn both_strategies_load_the_example_with_every_identifier_once_and_links_right()
         assert_eq!(total(&report(&dir), "created"), all, "{strategy}");
         assert_store_matches_source(&server, &dir.join("data"), counts);
 
-        // a re-run changes nothing; the resolve strategy sends no write at all
+        // a re-run changes nothing; the resolve strategy sends no write at
+        // all (--full: the strategy is under test, not the ledger's delta)
         let entries = stat(&server, |s| &s.entries);
-        let again = migrate(&config, &server.url(), &dir, &args);
+        let full: Vec<&str> = args.iter().copied().chain(["--full"]).collect();
+        let again = migrate(&config, &server.url(), &dir, &full);
         assert_eq!(again.code, 0, "{strategy}\n{}", again.stdout);
         let second = report(&dir);
         assert_eq!(total(&second, "created"), 0, "{strategy}");
@@ -160,8 +162,14 @@ fn a_first_load_under_resolve_counts_each_empty_system_once_instead_of_searching
     // Encounter, ClinicalImpression), no per-batch search: every
     // reference came from the ids created in this run
     assert_eq!(stat(&server, |s| &s.searches), 4);
-    // the second run searches, one search per batch and type
-    let again = migrate(&dir.join("migration.yaml"), &server.url(), &dir, &[]);
+    // the second run searches, one search per batch and type (--full:
+    // without it the ledger knows every record unchanged and sends nothing)
+    let again = migrate(
+        &dir.join("migration.yaml"),
+        &server.url(),
+        &dir,
+        &["--full"],
+    );
     assert_eq!(again.code, 0, "{}", again.stdout);
     assert!(stat(&server, |s| &s.searches) > 4);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fhirlift_core::registry::Registry;
-use fhirlift_core::{ConnectorContext, SourceEvent, StreamSource, Value};
+use fhirlift_core::{ConnectorContext, Provenance, SourceEvent, StreamSource, Value};
 use fhirlift_sandbox::SandboxConfig;
 use fhirlift_tests::pg::TestDb;
 use fhirlift_tests::{TestServer, fhirlift, scratch};
@@ -15,6 +15,18 @@ use crate::support::{migrate, report, total};
 
 /// Reads a whole stream through the registered connector.
 fn read(db: &TestDb, dir: &Path, from: &str, key: &[&str], fetch: u64) -> Vec<SourceEvent> {
+    read_after(db, dir, from, key, fetch, None)
+}
+
+/// Reads a stream, resumed after a record when `resume_after` is given.
+fn read_after(
+    db: &TestDb,
+    dir: &Path,
+    from: &str,
+    key: &[&str],
+    fetch: u64,
+    resume_after: Option<Provenance>,
+) -> Vec<SourceEvent> {
     std::fs::write(dir.join("pg.url"), &db.url).unwrap();
     let registry = Registry::from_inventory().unwrap();
     let connector = (registry.get("postgres").unwrap().create)(
@@ -29,6 +41,7 @@ fn read(db: &TestDb, dir: &Path, from: &str, key: &[&str], fetch: u64) -> Vec<So
         from: from.into(),
         key: key.iter().map(|k| k.to_string()).collect(),
         options: serde_json::json!({}),
+        resume_after,
     };
     connector.schema(&source).unwrap();
     let mut stream = connector.open(&source).unwrap();
@@ -465,6 +478,7 @@ fn tls_connections_are_encrypted_and_verified_against_the_given_ca() {
         from: query.into(),
         key: vec!["id".into()],
         options: serde_json::json!({}),
+        resume_after: None,
     };
     let with_ca = create(
         &serde_json::json!({ "url_file": "pg.url", "tls_ca_file": "ca.pem" }),
@@ -494,4 +508,152 @@ fn tls_connections_are_encrypted_and_verified_against_the_given_ca() {
         err.contains("UnknownIssuer") || err.contains("certificate"),
         "{err}"
     );
+}
+
+/// The provenance keys of a stream's records, in order.
+fn keys(events: &[SourceEvent]) -> Vec<String> {
+    records(events)
+        .iter()
+        .map(|r| match &r.provenance {
+            Provenance::Table { key, .. } => key.clone(),
+            other => panic!("not a row: {other}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_stream_reads_exactly_the_rows_after_its_key_in_the_servers_order() {
+    let db = TestDb::create("resume");
+    let dir = scratch("pg-resume");
+    // an ICU collation orders case-insensitively first ("a" < "B" < "c"),
+    // unlike bytes; the "C" collation where the server has no ICU
+    db.execute(
+        r#"
+        CREATE TABLE nums (id int PRIMARY KEY, v text);
+        INSERT INTO nums SELECT i, 'v' || i FROM generate_series(1, 25) AS i WHERE i <> 11;
+        DO $$ BEGIN
+          IF EXISTS (SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu') THEN
+            CREATE TABLE names (name text COLLATE "und-x-icu" PRIMARY KEY);
+          ELSE
+            CREATE TABLE names (name text COLLATE "C" PRIMARY KEY);
+          END IF;
+        END $$;
+        INSERT INTO names VALUES ('a'), ('B'), ('c'), ('D'), ('e'), ('é'), ('Z'), ('b');
+        CREATE TABLE events (at timestamptz, tag bytea, PRIMARY KEY (at, tag));
+        INSERT INTO events VALUES
+          ('2024-03-01 10:00:00.000001+00', '\x00'), ('2024-03-01 10:00:00.000001+00', '\x0001'),
+          ('2024-03-01 10:00:00.000002+00', '\xff'), ('2024-03-01 05:00:00.5-05', '\x01');
+        CREATE TABLE visits (patient text, day date, note text, PRIMARY KEY (patient, day));
+        INSERT INTO visits VALUES
+          ('x', '2024-03-02', 'x2'), ('x', '2024-03-01', 'x1'),
+          ('x,1', '2024-03-01', 'c1'), ('x,1', '2024-03-02', 'c2'),
+          ('x|1', '2024-03-01', 'p1'), ('x', '2024-03-03', 'x3');
+        "#,
+    );
+    let table = |t: &str, key: &str| {
+        Some(Provenance::Table {
+            table: Arc::from(t),
+            key: key.into(),
+        })
+    };
+
+    // an integer key, across fetches: after 10 (11 is gone, so after 7
+    // and after a missing key work the same way)
+    let all = keys(&read(&db, &dir, "nums", &["id"], 4));
+    assert_eq!(all.len(), 24);
+    let rest = read_after(&db, &dir, "nums", &["id"], 4, table("nums", "10"));
+    let expected: Vec<String> = (12..=25).map(|i| i.to_string()).collect();
+    assert_eq!(keys(&rest), expected);
+    assert_eq!(records(&rest)[0].get("v"), Some(&text("v12")));
+    let rest = read_after(&db, &dir, "nums", &["id"], 4, table("nums", "11"));
+    assert_eq!(keys(&rest), expected);
+    assert!(read_after(&db, &dir, "nums", &["id"], 4, table("nums", "25")).is_empty());
+
+    // a text key through a query: the server's collation decides "after"
+    let query = "SELECT name, length(name) AS n FROM names";
+    let stream = "query of stream s";
+    let all = keys(&read(&db, &dir, query, &["name"], 3));
+    let icu = read(
+        &db,
+        &dir,
+        "SELECT collname::text AS c FROM pg_collation WHERE collname = 'und-x-icu'",
+        &["c"],
+        10,
+    )
+    .len()
+        == 1;
+    if icu {
+        assert_eq!(all, ["a", "b", "B", "c", "D", "e", "é", "Z"]);
+    } else {
+        assert_eq!(all, ["B", "D", "Z", "a", "b", "c", "e", "é"]);
+    }
+    let at = all.iter().position(|k| k == "c").unwrap();
+    let rest = read_after(&db, &dir, query, &["name"], 3, table(stream, "c"));
+    assert_eq!(keys(&rest), all[at + 1..], "icu: {icu}");
+    if icu {
+        // byte order would have given e and é only
+        assert_eq!(keys(&rest), ["D", "e", "é", "Z"]);
+    }
+
+    // a two-column key, values holding the separators of a naive format
+    let all = keys(&read(&db, &dir, "visits", &["patient", "day"], 2));
+    assert_eq!(
+        all,
+        [
+            r#"["x","2024-03-01"]"#,
+            r#"["x","2024-03-02"]"#,
+            r#"["x","2024-03-03"]"#,
+            r#"["x,1","2024-03-01"]"#,
+            r#"["x,1","2024-03-02"]"#,
+            r#"["x|1","2024-03-01"]"#,
+        ]
+    );
+    for (i, mark) in all.iter().enumerate() {
+        let rest = read_after(
+            &db,
+            &dir,
+            "visits",
+            &["patient", "day"],
+            2,
+            table("visits", mark),
+        );
+        assert_eq!(keys(&rest), all[i + 1..], "after {mark}");
+    }
+    let rest = read_after(
+        &db,
+        &dir,
+        "visits",
+        &["patient", "day"],
+        2,
+        table("visits", r#"["x","2024-03-02"]"#),
+    );
+    let notes: Vec<&Value> = records(&rest)
+        .iter()
+        .map(|r| r.get("note").unwrap())
+        .collect();
+    assert_eq!(notes, [&text("x3"), &text("c1"), &text("c2"), &text("p1")]);
+
+    // key values whose text the server must read back exactly: instants
+    // to the microsecond, bytes as base64
+    let all = keys(&read(&db, &dir, "events", &["at", "tag"], 3));
+    assert_eq!(
+        all,
+        [
+            r#"["2024-03-01T10:00:00.000001Z","AA=="]"#,
+            r#"["2024-03-01T10:00:00.000001Z","AAE="]"#,
+            r#"["2024-03-01T10:00:00.000002Z","/w=="]"#,
+            r#"["2024-03-01T10:00:00.5Z","AQ=="]"#,
+        ]
+    );
+    for (i, mark) in all.iter().enumerate() {
+        let rest = read_after(
+            &db,
+            &dir,
+            "events",
+            &["at", "tag"],
+            3,
+            table("events", mark),
+        );
+        assert_eq!(keys(&rest), all[i + 1..], "after {mark}");
+    }
 }

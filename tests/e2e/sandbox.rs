@@ -212,6 +212,8 @@ fn logs_of_a_full_run_hold_no_names_dates_or_notes() {
         .arg(dir.join("store"))
         .arg("--rejects")
         .arg(dir.join("rejects.ndjson"))
+        .arg("--state")
+        .arg(dir.join("fhirlift.state"))
         .env("FHIRLIFT_LOG", "debug")
         .output()
         .unwrap();

@@ -6,8 +6,8 @@ use std::path::Path;
 use fhirlift_tests::{Outcome, fhirlift};
 use serde_json::Value;
 
-/// `fhirlift migrate -c CONFIG --server URL`, with the rejects file and the
-/// JSON report in `dir`.
+/// `fhirlift migrate -c CONFIG --server URL`, with the rejects file, the
+/// JSON report and the ledger in `dir`.
 pub fn migrate(config: &Path, url: &str, dir: &Path, extra: &[&str]) -> Outcome {
     let mut args: Vec<OsString> = vec![
         "migrate".into(),
@@ -19,6 +19,8 @@ pub fn migrate(config: &Path, url: &str, dir: &Path, extra: &[&str]) -> Outcome 
         dir.join("rejects.ndjson").into(),
         "--report".into(),
         dir.join("report.json").into(),
+        "--state".into(),
+        dir.join("fhirlift.state").into(),
     ];
     args.extend(extra.iter().map(Into::into));
     fhirlift(args)

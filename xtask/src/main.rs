@@ -118,6 +118,9 @@ fn migrate(args: &[String]) -> anyhow::Result<()> {
         // the embedded sandbox, keeping its store between runs: a second
         // run shows idempotency (nothing created, nothing duplicated)
         command.args(["--sandbox", "target/fhirlift-demo"]);
+        if !has(&["--state"]) {
+            command.args(["--state", "target/fhirlift-demo.fhirlift-state"]);
+        }
     }
     command.args(args);
     run(command)
@@ -426,6 +429,8 @@ fn send_to_sink(config: &Path, port: &str, dir: &Path) -> anyhow::Result<()> {
         .arg(config)
         .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
         .args(["--strategy", "conditional"])
+        // every record sent, whatever an earlier bench left in the ledger
+        .arg("--full")
         .arg("--rejects")
         .arg(dir.join("bench-rejects.ndjson"));
     run(send)
@@ -556,6 +561,8 @@ fn bench_strategies(patients: u64) -> anyhow::Result<()> {
                     "4",
                     "--max-attempts",
                     "50",
+                    // the strategies themselves are measured: no ledger delta
+                    "--full",
                 ])
                 .arg("--rejects")
                 .arg(dir.join("bench-rejects.ndjson"));

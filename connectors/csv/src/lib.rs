@@ -16,6 +16,10 @@
 //!
 //! A row that cannot be read (bad UTF-8, wrong field count) is rejected with
 //! its `file:line`; the rest of the file goes on.
+//!
+//! A resumed stream (`resume_after: file:line` from the ledger) reads from
+//! the start of the file but skips, without decoding them, the rows (and
+//! rejected rows) that start on or before that line.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -155,6 +159,22 @@ impl CsvConnector {
     }
 }
 
+/// The line a resumed stream starts after (0: read everything), checked to
+/// belong to this stream's file.
+fn resume_line(source: &StreamSource) -> Result<u64, ConnectorError> {
+    match &source.resume_after {
+        None => Ok(0),
+        Some(Provenance::File { file, line }) if **file == *source.from => Ok(*line),
+        Some(other) => Err(ConnectorError::Setting {
+            what: format!("stream {}", source.stream),
+            message: format!(
+                "the ledger's resume point ({other}) does not belong to this stream, which reads {}; run with --full to start again",
+                source.from
+            ),
+        }),
+    }
+}
+
 fn reader(
     path: &PathBuf,
     o: &Options,
@@ -251,6 +271,7 @@ impl SourceConnector for CsvConnector {
 
     fn open(&self, source: &StreamSource) -> Result<RecordStream, ConnectorError> {
         let (path, o) = self.prepare(source)?;
+        let resume_after = resume_line(source)?;
         let mut rdr = reader(&path, &o, &source.from)?;
         let (schema, pending) = read_schema(&mut rdr, &o, &source.from)?;
         let schema = Arc::new(schema);
@@ -276,6 +297,7 @@ impl SourceConnector for CsvConnector {
                 encoding: o.encoding,
             };
             if let Some(first) = pending
+                && resume_after < 1
                 && !reading.emit(&first, 1)
             {
                 return;
@@ -285,6 +307,10 @@ impl SourceConnector for CsvConnector {
                 match rdr.read_byte_record(&mut row) {
                     Ok(true) => {
                         let line = row.position().map(|p| p.line()).unwrap_or(0);
+                        // a resumed stream: rows up to the mark were acknowledged
+                        if line <= resume_after {
+                            continue;
+                        }
                         if !reading.emit(&row, line) {
                             return;
                         }
@@ -380,6 +406,15 @@ mod tests {
     use super::*;
 
     fn read_all(dir: &std::path::Path, file: &str, options: serde_json::Value) -> Vec<SourceEvent> {
+        read_from(dir, file, options, None).unwrap()
+    }
+
+    fn read_from(
+        dir: &std::path::Path,
+        file: &str,
+        options: serde_json::Value,
+        resume_after: Option<Provenance>,
+    ) -> Result<Vec<SourceEvent>, ConnectorError> {
         let c = create(
             &serde_json::json!({}),
             &ConnectorContext {
@@ -392,13 +427,32 @@ mod tests {
             from: file.into(),
             key: vec![],
             options,
+            resume_after,
         };
-        let mut open = c.open(&source).unwrap();
+        let mut open = c.open(&source)?;
         let mut out = Vec::new();
         while let Some(chunk) = open.blocking_next_chunk() {
             out.extend(chunk);
         }
-        out
+        Ok(out)
+    }
+
+    fn at(file: &str, line: u64) -> Option<Provenance> {
+        Some(Provenance::File {
+            file: Arc::from(file),
+            line,
+        })
+    }
+
+    fn lines(events: &[SourceEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                SourceEvent::Record(r) => r.provenance.to_string(),
+                SourceEvent::Rejected(e) => format!("rejected {}", e.provenance),
+                SourceEvent::Failed(e) => panic!("failed: {e}"),
+            })
+            .collect()
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -489,11 +543,95 @@ mod tests {
             from: "d.csv".into(),
             key: vec![],
             options: serde_json::json!({}),
+            resume_after: None,
         };
         let err = c.schema(&source).unwrap_err().to_string();
         assert!(
             err.contains("d.csv:1") && err.contains("\"a\" appears twice"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_resumed_stream_skips_rows_and_rejects_up_to_the_mark() {
+        let dir = temp_dir("resume");
+        // line 3 is a reject, line 4-5 one quoted record over two lines,
+        // line 7 a reject after the mark
+        std::fs::write(
+            dir.join("r.csv"),
+            "a,b\n1,x\n2\n3,\"two\nlines\"\n4,y\n5\n6,z\n",
+        )
+        .unwrap();
+        let all = read_all(&dir, "r.csv", serde_json::json!({}));
+        assert_eq!(
+            lines(&all),
+            [
+                "r.csv:2",
+                "rejected r.csv:3",
+                "r.csv:4",
+                "r.csv:6",
+                "rejected r.csv:7",
+                "r.csv:8"
+            ]
+        );
+        let after_reject = read_from(&dir, "r.csv", serde_json::json!({}), at("r.csv", 3)).unwrap();
+        assert_eq!(
+            lines(&after_reject),
+            ["r.csv:4", "r.csv:6", "rejected r.csv:7", "r.csv:8"]
+        );
+        let after_multiline =
+            read_from(&dir, "r.csv", serde_json::json!({}), at("r.csv", 4)).unwrap();
+        assert_eq!(
+            lines(&after_multiline),
+            ["r.csv:6", "rejected r.csv:7", "r.csv:8"]
+        );
+        assert_eq!(text(&after_multiline[0], 0), "4");
+        let after_last = read_from(&dir, "r.csv", serde_json::json!({}), at("r.csv", 8)).unwrap();
+        assert!(after_last.is_empty(), "{after_last:?}");
+    }
+
+    #[test]
+    fn a_resumed_headerless_stream_skips_its_first_row_too() {
+        let dir = temp_dir("resume-noheader");
+        std::fs::write(dir.join("n.csv"), "1,x\n2,y\n3,z\n").unwrap();
+        let options = serde_json::json!({ "header": false });
+        let all = read_from(&dir, "n.csv", options.clone(), at("n.csv", 0)).unwrap();
+        assert_eq!(lines(&all), ["n.csv:1", "n.csv:2", "n.csv:3"]);
+        let rest = read_from(&dir, "n.csv", options.clone(), at("n.csv", 1)).unwrap();
+        assert_eq!(lines(&rest), ["n.csv:2", "n.csv:3"]);
+        let none = read_from(&dir, "n.csv", options, at("n.csv", 3)).unwrap();
+        assert!(none.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn a_resume_point_of_another_stream_is_refused() {
+        let dir = temp_dir("resume-other");
+        std::fs::write(dir.join("mine.csv"), "a\n1\n").unwrap();
+        let other_file =
+            read_from(&dir, "mine.csv", serde_json::json!({}), at("theirs.csv", 2)).unwrap_err();
+        let message = other_file.to_string();
+        assert!(matches!(other_file, ConnectorError::Setting { .. }));
+        assert!(
+            message.contains("stream s")
+                && message.contains("theirs.csv:2")
+                && message.contains("does not belong to this stream")
+                && message.contains("--full"),
+            "{message}"
+        );
+        let other_kind = read_from(
+            &dir,
+            "mine.csv",
+            serde_json::json!({}),
+            Some(Provenance::Table {
+                table: Arc::from("patients"),
+                key: "7".into(),
+            }),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            other_kind.contains("patients key 7") && other_kind.contains("--full"),
+            "{other_kind}"
         );
     }
 }

@@ -15,12 +15,19 @@
 //!
 //! Settings under `source:`: `path`, the folder `from:` resolves against
 //! (default: the migration file's folder).
+//!
+//! A resumed stream (`resume_after: file@offset` from the ledger) leaves out
+//! the files that sort before the mark's file (by path, as they are read)
+//! and, in the mark's file, the messages at or before its offset, without
+//! parsing them. When the mark's file is gone, reading resumes at the first
+//! file that sorts after it.
 
 pub mod maps;
 mod read;
 mod register;
 
-use std::path::PathBuf;
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fhirlift_core::connector::{RecordError, RecordSender};
@@ -88,19 +95,12 @@ impl SourceConnector for Hl7Connector {
     }
 
     fn open(&self, source: &StreamSource) -> Result<RecordStream, ConnectorError> {
-        let files = self.files(source)?;
+        let mark = resume_point(source)?;
+        let files = resume(self.files(source)?, &self.dir, mark);
         let stream = source.stream.clone();
-        let base = self.dir.clone();
         RecordStream::from_blocking(&source.stream, move |tx| {
             let schema = schema();
-            for path in files {
-                let shown: Arc<str> = Arc::from(
-                    path.strip_prefix(&base)
-                        .unwrap_or(&path)
-                        .display()
-                        .to_string()
-                        .as_str(),
-                );
+            for (path, shown, skip_to) in files {
                 let mut reading = Reading {
                     tx: &mut *tx,
                     schema: schema.clone(),
@@ -109,6 +109,10 @@ impl SourceConnector for Hl7Connector {
                     going: true,
                 };
                 let read = read::messages(&path, |offset, bytes| {
+                    // a resumed stream: messages up to the mark were acknowledged
+                    if skip_to.is_some_and(|last| offset <= last) {
+                        return true;
+                    }
                     reading.message(offset, bytes);
                     reading.going
                 });
@@ -125,6 +129,55 @@ impl SourceConnector for Hl7Connector {
             }
         })
     }
+}
+
+/// The mark a resumed stream starts after: a file as provenance shows it
+/// and a byte offset in it.
+fn resume_point(source: &StreamSource) -> Result<Option<(Arc<str>, u64)>, ConnectorError> {
+    match &source.resume_after {
+        None => Ok(None),
+        Some(Provenance::Message { file, offset, .. }) => Ok(Some((file.clone(), *offset))),
+        Some(other) => Err(ConnectorError::Setting {
+            what: format!("stream {}", source.stream),
+            message: format!(
+                "the ledger's resume point ({other}) does not belong to this stream, which reads HL7 v2 messages from {}; run with --full to start again",
+                source.from
+            ),
+        }),
+    }
+}
+
+/// The files still to read, each with the name provenance shows (its path
+/// below the source folder) and, for the mark's file, the offset up to
+/// which messages are skipped. Files are compared as paths, the order
+/// [`read::files`] sorts them in, so the ones before the mark are left out
+/// even when the mark's file no longer exists.
+fn resume(
+    files: Vec<PathBuf>,
+    base: &Path,
+    mark: Option<(Arc<str>, u64)>,
+) -> Vec<(PathBuf, Arc<str>, Option<u64>)> {
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let shown: Arc<str> = Arc::from(
+                path.strip_prefix(base)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string()
+                    .as_str(),
+            );
+            let skip_to = match &mark {
+                None => None,
+                Some((file, offset)) => match Path::new(&*shown).cmp(Path::new(&**file)) {
+                    Ordering::Less => return None,
+                    Ordering::Equal => Some(*offset),
+                    Ordering::Greater => None,
+                },
+            };
+            Some((path, shown, skip_to))
+        })
+        .collect()
 }
 
 fn schema() -> Arc<Schema> {
@@ -193,5 +246,156 @@ impl Reading<'_> {
             }),
         };
         self.going = self.tx.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str) -> String {
+        format!("MSH|^~\\&|A|B|C|D|20230101||ADT^A01|{id}|P|2.5\rPID|1||{id}\r")
+    }
+
+    /// `a.hl7` (A1, a damaged message, A2), `b.hl7` (B1, B2), `x/c.hl7`
+    /// (C1) and `x-y.hl7` (D1): by path `x/c.hl7` comes before `x-y.hl7`,
+    /// by text after it.
+    fn archive(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fhirlift-hl7-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("x")).unwrap();
+        let a = format!("{}MSH|\rPID|1\r{}", message("A1"), message("A2"));
+        std::fs::write(dir.join("a.hl7"), a).unwrap();
+        std::fs::write(dir.join("b.hl7"), message("B1") + &message("B2")).unwrap();
+        std::fs::write(dir.join("x/c.hl7"), message("C1")).unwrap();
+        std::fs::write(dir.join("x-y.hl7"), message("D1")).unwrap();
+        dir
+    }
+
+    fn read(dir: &Path, resume_after: Option<Provenance>) -> Result<Vec<String>, ConnectorError> {
+        let c = create(
+            &serde_json::json!({}),
+            &ConnectorContext {
+                base_dir: dir.to_path_buf(),
+            },
+        )
+        .unwrap();
+        let source = StreamSource {
+            stream: Arc::from("s"),
+            from: ".".into(),
+            key: vec![],
+            options: serde_json::json!({}),
+            resume_after,
+        };
+        let mut open = c.open(&source)?;
+        let mut out = Vec::new();
+        while let Some(chunk) = open.blocking_next_chunk() {
+            for event in chunk {
+                out.push(match event {
+                    SourceEvent::Record(r) => r.provenance.to_string(),
+                    SourceEvent::Rejected(e) => format!("rejected {}", e.provenance),
+                    SourceEvent::Failed(e) => panic!("failed: {e}"),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn at(file: &str, offset: u64) -> Option<Provenance> {
+        Some(Provenance::Message {
+            file: Arc::from(file),
+            offset,
+            control_id: String::new(),
+        })
+    }
+
+    /// The offset of a message in the full reading, from its provenance.
+    fn offset_of(all: &[String], id: &str) -> (String, u64) {
+        let line = all
+            .iter()
+            .find(|l| l.ends_with(&format!("(message {id})")))
+            .unwrap();
+        let (file, rest) = line.split_once('@').unwrap();
+        let offset = rest.split_once(' ').unwrap().0.parse().unwrap();
+        (file.to_owned(), offset)
+    }
+
+    #[test]
+    fn a_resumed_stream_starts_right_after_the_mark_in_path_order() {
+        let dir = archive("resume");
+        let all = read(&dir, None).unwrap();
+        assert_eq!(
+            all,
+            [
+                "a.hl7@0 (message A1)",
+                "rejected a.hl7@54 (message without control id)",
+                "a.hl7@65 (message A2)",
+                "b.hl7@0 (message B1)",
+                "b.hl7@54 (message B2)",
+                "x/c.hl7@0 (message C1)",
+                "x-y.hl7@0 (message D1)",
+            ]
+        );
+
+        let (file, offset) = offset_of(&all, "B1");
+        assert_eq!(file, "b.hl7");
+        assert_eq!(read(&dir, at(&file, offset)).unwrap(), all[4..]);
+        // the mark on the damaged message: it is not read again
+        assert_eq!(read(&dir, at("a.hl7", 54)).unwrap(), all[2..]);
+        // an offset inside a message: the next one is the first read
+        assert_eq!(read(&dir, at("a.hl7", 60)).unwrap(), all[2..]);
+        // the mark before the damaged message: the reject comes again
+        let (_, a1) = offset_of(&all, "A1");
+        assert_eq!(read(&dir, at("a.hl7", a1)).unwrap(), all[1..]);
+        // in a folder: `x-y.hl7` sorts after `x/c.hl7` as a path
+        let (file, offset) = offset_of(&all, "C1");
+        assert_eq!(file, "x/c.hl7");
+        assert_eq!(read(&dir, at(&file, offset)).unwrap(), all[6..]);
+    }
+
+    #[test]
+    fn a_stream_resumed_after_its_last_message_reads_nothing() {
+        let dir = archive("resume-end");
+        let all = read(&dir, None).unwrap();
+        let (file, offset) = offset_of(&all, "D1");
+        assert_eq!(file, "x-y.hl7");
+        assert!(read(&dir, at(&file, offset)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_mark_whose_file_is_gone_resumes_at_the_next_file() {
+        let dir = archive("resume-gone");
+        let all = read(&dir, None).unwrap();
+        let (_, b1) = offset_of(&all, "B1");
+        std::fs::remove_file(dir.join("b.hl7")).unwrap();
+        let rest = read(&dir, at("b.hl7", b1)).unwrap();
+        assert_eq!(rest, all[5..], "starts at x/c.hl7");
+        // a name between two files, at any offset
+        let rest = read(&dir, at("a2.hl7", 1_000_000)).unwrap();
+        assert_eq!(rest, all[5..]);
+        let rest = read(&dir, at("x", 0)).unwrap();
+        assert_eq!(rest, all[5..], "a folder sorts before the files in it");
+        assert!(read(&dir, at("z.hl7", 0)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_resume_point_of_another_kind_is_refused() {
+        let dir = archive("resume-kind");
+        let err = read(
+            &dir,
+            Some(Provenance::File {
+                file: Arc::from("a.csv"),
+                line: 3,
+            }),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConnectorError::Setting { .. }));
+        let message = err.to_string();
+        assert!(
+            message.contains("stream s")
+                && message.contains("a.csv:3")
+                && message.contains("--full"),
+            "{message}"
+        );
     }
 }

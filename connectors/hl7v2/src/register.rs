@@ -168,6 +168,7 @@ impl ResourceMapper for Hl7Mapper {
             // a message with more resources than a transaction holds is
             // written in parts, in order
             may_split: true,
+            seq: 0,
             operations,
         }))
     }

@@ -9,6 +9,17 @@
 //! in key order (`ORDER BY` the stream's `key:` columns): the order a
 //! resumed run continues from.
 //!
+//! A row's provenance names it by its key: the value itself for a
+//! one-column key (`patients key 42`), a JSON array for more
+//! (`visits key [42,"2024-03-01"]`; integers and booleans bare, everything
+//! else as text), so that the key can be read back. A resumed stream
+//! (`resume_after` from the ledger) reads only the rows after that key,
+//! with `WHERE (k1, k2) > ($1::text::type1, $2::text::type2)`: the server's
+//! own ordering and collations decide what "after" means. Key columns are
+//! expected NOT NULL: rows with a NULL key are not read by a resumed run,
+//! and a stream stopped on one cannot resume. A stream without `key:` has
+//! no set order and cannot resume.
+//!
 //! | key | where | default | meaning |
 //! |---|---|---|---|
 //! | `url_env` | source | `FHIRLIFT_PG_URL` | environment variable holding the connection string |
@@ -41,7 +52,7 @@ use fhirlift_core::{
     SourceEvent, StreamSource, Value,
 };
 use tokio_postgres::config::SslMode;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
 use types::Raw;
@@ -151,9 +162,124 @@ struct PostgresConnector {
 /// What one stream reads: its SQL, with the key order.
 struct StreamQuery {
     sql: String,
+    /// The SQL without its `ORDER BY`, and the quoted key columns: what
+    /// a resumed stream puts its `WHERE` between.
+    body: String,
+    order: Vec<String>,
     /// A table's name, or the stream's for a query: what provenance names.
     table: Arc<str>,
     fetch: usize,
+    /// A resumed stream: the key values of the last row acknowledged, one
+    /// per key column, as text.
+    resume_after: Option<Vec<String>>,
+}
+
+impl StreamQuery {
+    /// The SQL of a resumed stream, given the key columns' types: rows
+    /// after the mark in key order, the values as text parameters cast
+    /// to the columns' types.
+    fn resumed_sql(&self, key_types: &[&Type]) -> Result<String, String> {
+        let params = key_types
+            .iter()
+            .zip(&self.order)
+            .enumerate()
+            .map(|(i, (ty, column))| {
+                resume_param(ty, i + 1).map_err(|why| {
+                    format!(
+                        "key column {column} ({}): {why}; run with --full to start again",
+                        ty.name()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(format!(
+            "{} WHERE ({}) > ({}) ORDER BY {}",
+            self.body,
+            self.order.join(", "),
+            params.join(", "),
+            self.order.join(", ")
+        ))
+    }
+}
+
+/// `$n` as a value of type `ty`, from the text of a key.
+fn resume_param(ty: &Type, n: usize) -> Result<String, String> {
+    match ty.kind() {
+        Kind::Array(_) => Err("a stream cannot resume after an array key".into()),
+        Kind::Domain(inner) => Ok(format!("({})::{}", resume_param(inner, n)?, type_name(ty))),
+        _ => match *ty {
+            Type::JSON | Type::JSONB => Err("a stream cannot resume after a json key".into()),
+            // keys show bytea as base64
+            Type::BYTEA => Ok(format!("decode(${n}::text, 'base64')")),
+            _ => Ok(format!("${n}::text::{}", type_name(ty))),
+        },
+    }
+}
+
+/// A type's name as SQL: built-in types bare, others with their schema.
+fn type_name(ty: &Type) -> String {
+    if ty.schema() == "pg_catalog" {
+        ty.name().to_owned()
+    } else {
+        format!("{}.{}", quote_part(ty.schema()), quote_part(ty.name()))
+    }
+}
+
+fn quote_part(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A row's key as provenance shows it: the value of a one-column key, a
+/// JSON array of the values of a longer one.
+fn key_text(values: &[&Value]) -> String {
+    if let [one] = values {
+        let mut key = String::new();
+        one.write_text(&mut key);
+        return key;
+    }
+    let parts: Vec<serde_json::Value> = values
+        .iter()
+        .map(|v| match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Integer(i) => serde_json::Value::from(*i),
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            other => {
+                let mut text = String::new();
+                other.write_text(&mut text);
+                serde_json::Value::String(text)
+            }
+        })
+        .collect();
+    serde_json::Value::Array(parts).to_string()
+}
+
+/// The key values of a [`key_text`], one per key column; `Err` says why
+/// the text is not a key of `columns` columns.
+fn parse_key(text: &str, columns: usize) -> Result<Vec<Option<String>>, String> {
+    if columns == 1 {
+        return Ok(vec![Some(text.to_owned())]);
+    }
+    let parts: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|_| {
+        format!(
+            "the stream's key has {columns} columns and its key is not a list of {columns} values"
+        )
+    })?;
+    if parts.len() != columns {
+        return Err(format!(
+            "the stream's key has {columns} columns, the resume point's {}",
+            parts.len()
+        ));
+    }
+    parts
+        .into_iter()
+        .map(|p| match p {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(s) => Ok(Some(s)),
+            serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Some(b.to_string())),
+            _ => Err("a key value is neither text, a number nor a boolean".to_owned()),
+        })
+        .collect()
 }
 
 /// `"a"."b"` from `a.b`: names are taken exactly as written.
@@ -182,20 +308,60 @@ impl PostgresConnector {
         } else {
             format!("SELECT * FROM {}", quote_name(from))
         };
-        let sql = if source.key.is_empty() {
-            body
+        let order: Vec<String> = source.key.iter().map(|k| quote_name(k)).collect();
+        let sql = if order.is_empty() {
+            body.clone()
         } else {
-            let order: Vec<String> = source.key.iter().map(|k| quote_name(k)).collect();
             format!("{body} ORDER BY {}", order.join(", "))
         };
-        let table = if is_query {
+        let table: Arc<str> = if is_query {
             Arc::from(format!("query of stream {}", source.stream).as_str())
         } else {
             Arc::from(from)
         };
+        let refused = |message: String| ConnectorError::Setting {
+            what: format!("stream {}", source.stream),
+            message,
+        };
+        let resume_after = match &source.resume_after {
+            None => None,
+            Some(Provenance::Table { table: t, key }) if *t == table => {
+                if order.is_empty() {
+                    return Err(refused(
+                        "the stream has no key: its rows come in no set order, so a stopped run cannot resume it; set `key:` or run with --full to start again".into(),
+                    ));
+                }
+                let values = parse_key(key, order.len()).map_err(|why| {
+                    refused(format!(
+                        "the ledger's resume point ({}) does not belong to this stream: {why}; run with --full to start again",
+                        source.resume_after.as_ref().expect("matched")
+                    ))
+                })?;
+                let values = values
+                    .into_iter()
+                    .zip(&source.key)
+                    .map(|(v, column)| {
+                        v.ok_or_else(|| {
+                            refused(format!(
+                                "the ledger's resume point has a NULL in key column {column:?}: a stream cannot resume after a NULL key (key columns are expected NOT NULL); run with --full to start again"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(values)
+            }
+            Some(other) => {
+                return Err(refused(format!(
+                    "the ledger's resume point ({other}) does not belong to this stream, which reads {table}; run with --full to start again"
+                )));
+            }
+        };
         Ok(StreamQuery {
             sql,
+            body,
+            order,
             table,
+            resume_after,
             fetch: fetch_size(&source.options, &format!("stream {}.fetch", source.stream))?
                 .unwrap_or(self.fetch),
         })
@@ -401,6 +567,20 @@ impl SourceConnector for PostgresConnector {
     }
 }
 
+/// Types whose text may be empty: an empty one-column key is one of
+/// their values, not necessarily a NULL.
+fn text_like(ty: &Type) -> bool {
+    match ty.kind() {
+        Kind::Domain(inner) => text_like(inner),
+        _ => {
+            matches!(
+                *ty,
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+            ) || ty.name() == "citext"
+        }
+    }
+}
+
 /// The state of one stream being read.
 struct Reading<'a> {
     tx: &'a mut RecordSender,
@@ -453,8 +633,31 @@ impl Reading<'_> {
                     .ok_or_else(|| format!("key column {k:?} is not in the result"))
             })
             .collect::<Result<_, _>>()?;
+        let (statement, params) = match &query.resume_after {
+            None => (statement, Vec::new()),
+            Some(values) => {
+                let key_types: Vec<&Type> = key_at.iter().map(|&i| &columns[i].1).collect();
+                // an empty one-column key is the empty string, or a NULL
+                if let ([ty], [value]) = (&key_types[..], &values[..])
+                    && value.is_empty()
+                    && !text_like(ty)
+                {
+                    return Err(format!(
+                        "the ledger's resume point has an empty key: the row had a NULL key, and a stream cannot resume after a NULL key (key columns are expected NOT NULL); run with --full to start again ({})",
+                        ty.name()
+                    ));
+                }
+                let sql = query.resumed_sql(&key_types)?;
+                let resumed = runtime
+                    .block_on(transaction.prepare(&sql))
+                    .map_err(|e| format!("the resumed query does not prepare: {}", describe(&e)))?;
+                (resumed, values.iter().map(String::as_str).collect())
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let portal = runtime
-            .block_on(transaction.bind(&statement, &[]))
+            .block_on(transaction.bind(&statement, &params))
             .map_err(|e| format!("cannot open a cursor: {}", describe(&e)))?;
         let fetch = i32::try_from(query.fetch).unwrap_or(i32::MAX);
         loop {
@@ -507,8 +710,8 @@ impl Reading<'_> {
             };
             values.push(value);
         }
-        let key = if key_at.is_empty() {
-            row_number.to_string()
+        let (key, shown) = if key_at.is_empty() {
+            (row_number.to_string(), row_number.to_string())
         } else {
             let mut key = String::new();
             for (n, &i) in key_at.iter().enumerate() {
@@ -517,12 +720,13 @@ impl Reading<'_> {
                 }
                 values[i].write_text(&mut key);
             }
-            key
+            let parts: Vec<&Value> = key_at.iter().map(|&i| &values[i]).collect();
+            (key, key_text(&parts))
         };
-        self.last_key = Some(key.clone());
+        self.last_key = Some(shown.clone());
         let provenance = Provenance::Table {
             table: self.table.clone(),
-            key: key.clone(),
+            key: shown,
         };
         match bad {
             Some(reason) => SourceEvent::Rejected(RecordError {
@@ -551,6 +755,7 @@ mod tests {
             from: from.into(),
             key: key.iter().map(|k| k.to_string()).collect(),
             options: serde_json::json!({}),
+            resume_after: None,
         }
     }
 
@@ -586,5 +791,118 @@ mod tests {
         );
         assert_eq!(&*q.table, "query of stream s");
         assert!(c.query(&source("  ", &[])).is_err());
+    }
+
+    #[test]
+    fn keys_read_back_to_their_values() {
+        let values = [
+            Value::Integer(42),
+            Value::Text("Smith, \"Jr\" | [x]".into()),
+            Value::Decimal("1.50".into()),
+            Value::Bool(true),
+        ];
+        let refs: Vec<&Value> = values.iter().collect();
+        let text = key_text(&refs);
+        assert_eq!(text, r#"[42,"Smith, \"Jr\" | [x]","1.50",true]"#);
+        assert_eq!(
+            parse_key(&text, 4).unwrap(),
+            [
+                Some("42".to_owned()),
+                Some("Smith, \"Jr\" | [x]".to_owned()),
+                Some("1.50".to_owned()),
+                Some("true".to_owned())
+            ]
+        );
+        // one column: the value itself, whatever it holds
+        assert_eq!(key_text(&[&values[1]]), "Smith, \"Jr\" | [x]");
+        assert_eq!(parse_key("[1,2]", 1).unwrap(), [Some("[1,2]".to_owned())]);
+        assert_eq!(
+            parse_key(&key_text(&[&Value::Integer(-7), &Value::Null]), 2).unwrap(),
+            [Some("-7".to_owned()), None]
+        );
+        assert!(parse_key("1|2", 2).is_err());
+        assert!(parse_key("[1,2,3]", 2).unwrap_err().contains("3"));
+    }
+
+    #[test]
+    fn a_resumed_stream_reads_after_its_key_in_sql() {
+        let c = connector();
+        let mut s = source("clinic.visits", &["patient", "day"]);
+        s.resume_after = Some(Provenance::Table {
+            table: Arc::from("clinic.visits"),
+            key: r#"[7,"2024-03-01"]"#.into(),
+        });
+        let q = c.query(&s).unwrap();
+        assert_eq!(
+            q.resume_after.as_deref(),
+            Some(&["7".to_owned(), "2024-03-01".to_owned()][..])
+        );
+        assert_eq!(
+            q.resumed_sql(&[&Type::INT4, &Type::DATE]).unwrap(),
+            r#"SELECT * FROM "clinic"."visits" WHERE ("patient", "day") > ($1::text::int4, $2::text::date) ORDER BY "patient", "day""#
+        );
+        assert!(
+            q.resumed_sql(&[&Type::INT4, &Type::INT4_ARRAY])
+                .unwrap_err()
+                .contains("array")
+        );
+        assert_eq!(
+            resume_param(&Type::BYTEA, 1).unwrap(),
+            "decode($1::text, 'base64')"
+        );
+
+        let mut s = source("SELECT a FROM t;", &["a"]);
+        s.resume_after = Some(Provenance::Table {
+            table: Arc::from("query of stream s"),
+            key: "Zoë".into(),
+        });
+        let q = c.query(&s).unwrap();
+        assert_eq!(
+            q.resumed_sql(&[&Type::TEXT]).unwrap(),
+            r#"SELECT * FROM (SELECT a FROM t) AS fhirlift_rows WHERE ("a") > ($1::text::text) ORDER BY "a""#
+        );
+    }
+
+    #[test]
+    fn resume_points_that_cannot_be_resumed_from_are_refused() {
+        let c = connector();
+        let refused = |from: &str, key: &[&str], mark: Provenance| {
+            let mut s = source(from, key);
+            s.resume_after = Some(mark);
+            match c.query(&s) {
+                Err(e @ ConnectorError::Setting { .. }) => e.to_string(),
+                Err(e) => panic!("not a setting error: {e}"),
+                Ok(_) => panic!("accepted"),
+            }
+        };
+        let table = |t: &str, k: &str| Provenance::Table {
+            table: Arc::from(t),
+            key: k.into(),
+        };
+        let other = refused("patients", &["id"], table("visits", "3"));
+        assert!(
+            other.contains("stream s")
+                && other.contains("visits key 3")
+                && other.contains("--full"),
+            "{other}"
+        );
+        let csv = refused(
+            "patients",
+            &["id"],
+            Provenance::File {
+                file: Arc::from("p.csv"),
+                line: 2,
+            },
+        );
+        assert!(csv.contains("does not belong"), "{csv}");
+        let parts = refused("visits", &["a", "b"], table("visits", "[1,2,3]"));
+        assert!(parts.contains("does not belong"), "{parts}");
+        let null = refused("visits", &["a", "b"], table("visits", "[1,null]"));
+        assert!(
+            null.contains("NULL") && null.contains("\"b\"") && null.contains("NOT NULL"),
+            "{null}"
+        );
+        let keyless = refused("visits", &[], table("visits", "12"));
+        assert!(keyless.contains("no key"), "{keyless}");
     }
 }

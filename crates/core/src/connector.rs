@@ -27,6 +27,11 @@ pub struct StreamSource {
     pub key: Vec<String>,
     /// Connector-specific settings for this stream (delimiter, encoding, ...).
     pub options: serde_json::Value,
+    /// Resume: start after this record (the provenance of the last record
+    /// of an acknowledged prefix, from the ledger). The connector skips
+    /// every record at or before it, in its own reading order: a CSV line,
+    /// a PostgreSQL key, an HL7 file and byte offset.
+    pub resume_after: Option<Provenance>,
 }
 
 /// Where a migration runs from: relative paths in settings resolve against `base_dir`.

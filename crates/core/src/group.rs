@@ -118,6 +118,12 @@ impl Operation {
     }
 }
 
+/// The hash of a resource's content as rendered (deterministic JSON): what
+/// the ledger compares to tell an unchanged record without a request.
+pub fn content_hash(json: &str) -> u128 {
+    stable_hash128(&[json])
+}
+
 /// Everything one record emits.
 #[derive(Debug, Clone)]
 pub struct WriteGroup {
@@ -130,6 +136,9 @@ pub struct WriteGroup {
     /// transactions, written one after the other (an HL7 message with 120
     /// OBX). Without it such a group is rejected.
     pub may_split: bool,
+    /// The record's place in its stream's reading order (set by the
+    /// pipeline; mappers leave 0): the ledger's low-water mark follows it.
+    pub seq: u64,
     pub operations: Vec<Operation>,
 }
 

@@ -15,13 +15,15 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, ConfigErrors, MigrationConfig, StreamConfig};
 use crate::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
+use crate::group::WriteGroup;
+use crate::ledger::Ledger;
 use crate::mapping::{
     self, BuiltinMapContext, LookupTable, MapError, Mapped, MapperShape, ResourceMapper,
     StreamMapper, WithOverrides,
 };
 use crate::planner::{self, Packer, Phase, Request, StreamDeps};
 use crate::profile::ServerProfile;
-use crate::record::Schema;
+use crate::record::{Provenance, Schema};
 use crate::registry::Registry;
 use crate::rejects::{Reject, RejectWriter, Stage};
 use crate::sender::{Outcome, Settled};
@@ -69,6 +71,7 @@ fn stream_source(
         from: from.to_owned(),
         key: key.to_vec(),
         options: options.clone(),
+        resume_after: None,
     }
 }
 
@@ -369,20 +372,49 @@ impl Plan {
         sink: &mut dyn RequestSink,
         rejects: &mut RejectWriter,
     ) -> Result<RunSummary, SinkError> {
-        self.run_observed(sink, rejects, &mut LogProgress::new())
+        self.run_observed(
+            sink,
+            rejects,
+            &mut LogProgress::new(),
+            RunOptions::default(),
+        )
     }
 
-    /// [`Plan::run`], reporting progress to `progress`.
+    /// [`Plan::run`], reporting progress to `progress`, with a ledger.
     pub fn run_observed(
         &self,
         sink: &mut dyn RequestSink,
         rejects: &mut RejectWriter,
         progress: &mut dyn ProgressObserver,
+        options: RunOptions<'_>,
     ) -> Result<RunSummary, SinkError> {
         let started = Instant::now();
+        let RunOptions {
+            ledger,
+            full,
+            shard,
+            only_rejected,
+            stop,
+        } = options;
         let mut accounts = Accounts {
             summaries: Vec::new(),
             rejects,
+            ledger,
+            tracks: Vec::new(),
+            last_commit: Instant::now(),
+            marks: !only_rejected,
+        };
+        if let Some(ledger) = accounts.ledger.as_deref_mut() {
+            if full {
+                ledger.clear_marks().map_err(ledger_error)?;
+            }
+            ledger.run_started().map_err(ledger_error)?;
+        }
+        let filter = RecordFilter {
+            full,
+            shard,
+            only_rejected,
+            stop,
         };
         for phase in &self.phases {
             for name in &phase.streams {
@@ -391,17 +423,21 @@ impl Plan {
                     phase: phase.number,
                     ..StreamSummary::default()
                 });
+                accounts.tracks.push(StreamTrack::default());
             }
         }
         let mut index = 0;
         for phase in &self.phases {
             for name in &phase.streams {
                 let planned = self.stream(name).expect("phases name planned streams");
-                self.run_stream(index, planned, sink, &mut accounts, progress)?;
+                if !filter.stopped() {
+                    self.run_stream(index, planned, sink, &mut accounts, progress, &filter)?;
+                }
                 index += 1;
             }
             sink.end_phase(phase.number)?;
             accounts.absorb(sink.settled())?;
+            accounts.phase_settled(phase.number)?;
             for summary in accounts
                 .summaries
                 .iter()
@@ -409,6 +445,9 @@ impl Plan {
             {
                 progress.stream_done(summary);
             }
+        }
+        if let Some(ledger) = accounts.ledger.as_deref_mut() {
+            ledger.commit().map_err(ledger_error)?;
         }
         let rejects = accounts.rejects;
         rejects
@@ -432,6 +471,7 @@ impl Plan {
         sink: &mut dyn RequestSink,
         accounts: &mut Accounts<'_>,
         progress: &mut dyn ProgressObserver,
+        filter: &RecordFilter,
     ) -> Result<(), SinkError> {
         let name = planned.source.stream.clone();
         let phase = accounts.summaries[index].phase;
@@ -440,7 +480,41 @@ impl Plan {
         let mut ready: Vec<Request> = Vec::new();
         progress.stream_started(&accounts.summaries[index]);
         tracing::info!(stream = %name, phase, "stream started");
-        let mut open = match self.connector.open(&planned.source) {
+        let mut source = planned.source.clone();
+        let mut retry: Option<std::collections::HashSet<String>> = None;
+        if let Some(ledger) = accounts.ledger.as_deref() {
+            if filter.only_rejected {
+                retry = Some(
+                    ledger
+                        .rejected(&name)
+                        .map_err(ledger_error)?
+                        .into_iter()
+                        .map(|r| r.key)
+                        .collect(),
+                );
+            } else if !filter.full
+                && let Some(mark) = ledger.mark(&name).map_err(ledger_error)?
+            {
+                match serde_json::from_value::<Provenance>(mark.after) {
+                    Ok(after) => {
+                        tracing::info!(stream = %name, after = %after, "resuming after the ledger's mark");
+                        accounts.summaries[index].resumed_after = Some(after.to_string());
+                        accounts.tracks[index].base = mark.records;
+                        source.resume_after = Some(after);
+                    }
+                    Err(e) => {
+                        return Err(SinkError(format!(
+                            "ledger: stream {name}'s resume point does not read ({e}); run with --full"
+                        )));
+                    }
+                }
+            }
+        }
+        if retry.as_ref().is_some_and(|keys| keys.is_empty()) {
+            tracing::info!(stream = %name, "no rejected records to retry");
+            return Ok(());
+        }
+        let mut open = match self.connector.open(&source) {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(stream = %name, error = %e, "stream could not be opened");
@@ -449,20 +523,47 @@ impl Plan {
             }
         };
         'read: while let Some(chunk) = open.blocking_next_chunk() {
+            if filter.stopped() {
+                accounts.summaries[index].failed =
+                    Some("stopped (Ctrl-C): the ledger resumes after what was acknowledged".into());
+                break 'read;
+            }
             for event in chunk {
-                let summary = &mut accounts.summaries[index];
                 match event {
                     SourceEvent::Record(record) => {
-                        summary.records += 1;
+                        if !filter.takes(&name, &record.key)
+                            || retry
+                                .as_ref()
+                                .is_some_and(|keys| !keys.contains(&record.key))
+                        {
+                            continue;
+                        }
+                        accounts.summaries[index].records += 1;
+                        let seq = accounts.tracks[index].begin(&record.key, &record.provenance);
                         match planned.mapper.map(record) {
-                            Ok(Mapped::Group(group)) => {
+                            Ok(Mapped::Group(mut group)) => {
+                                if !filter.full && accounts.all_acknowledged(&group)? {
+                                    accounts.unchanged(index, &group);
+                                    accounts.complete(index, seq, None)?;
+                                    continue;
+                                }
+                                group.seq = seq;
+                                accounts.tracks[index].expect(seq, group.operations.len());
+                                let summary = &mut accounts.summaries[index];
                                 for op in &group.operations {
                                     count(&mut summary.resources, &op.resource_type, 1);
                                 }
                                 if let Err(e) = packer.push(group, &mut |r| ready.push(r)) {
+                                    let summary = &mut accounts.summaries[index];
                                     for t in &e.resource_types {
                                         count(&mut summary.resources, t, -1);
                                     }
+                                    accounts.refused(
+                                        index,
+                                        seq,
+                                        e.resource_types.len(),
+                                        &e.message,
+                                    )?;
                                     accounts.reject(
                                         index,
                                         Reject {
@@ -479,32 +580,45 @@ impl Plan {
                                 }
                             }
                             Ok(Mapped::Skipped(reason)) => {
+                                let summary = &mut accounts.summaries[index];
                                 summary.skipped += 1;
                                 if let Some(reason) = reason {
                                     *summary.skipped_because.entry(reason).or_default() += 1;
                                 }
+                                accounts.complete(index, seq, None)?;
                             }
-                            Err(e) => accounts.reject(
-                                index,
-                                Reject {
-                                    stream: &name,
-                                    key: Some(&e.key),
-                                    provenance: &e.provenance,
-                                    stage: Stage::Map,
-                                    mapping: e
-                                        .at
-                                        .as_ref()
-                                        .map(|(pos, field)| format!("{field} at {pos}")),
-                                    reason: &e.message,
-                                    request: None,
-                                    outcome: None,
-                                },
-                            )?,
+                            Err(e) => {
+                                accounts.complete(index, seq, Some(&e.message))?;
+                                accounts.reject(
+                                    index,
+                                    Reject {
+                                        stream: &name,
+                                        key: Some(&e.key),
+                                        provenance: &e.provenance,
+                                        stage: Stage::Map,
+                                        mapping: e
+                                            .at
+                                            .as_ref()
+                                            .map(|(pos, field)| format!("{field} at {pos}")),
+                                        reason: &e.message,
+                                        request: None,
+                                        outcome: None,
+                                    },
+                                )?;
+                            }
                         }
                     }
                     SourceEvent::Rejected(e) => {
-                        summary.records += 1;
+                        let key = e.provenance.to_string();
+                        if !filter.takes(&name, &key)
+                            || retry.as_ref().is_some_and(|keys| !keys.contains(&key))
+                        {
+                            continue;
+                        }
+                        accounts.summaries[index].records += 1;
                         let reason = format!("{} ({})", e.reason, e.hint);
+                        let seq = accounts.tracks[index].begin(&key, &e.provenance);
+                        accounts.complete(index, seq, Some(&reason))?;
                         accounts.reject(
                             index,
                             Reject {
@@ -520,6 +634,7 @@ impl Plan {
                         )?;
                     }
                     SourceEvent::Failed(e) => {
+                        let summary = &mut accounts.summaries[index];
                         tracing::error!(stream = %name, error = %e, records = summary.records, "stream stopped");
                         summary.failed = Some(e.to_string());
                         break 'read;
@@ -528,6 +643,7 @@ impl Plan {
                 submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
             }
             accounts.absorb(sink.settled())?;
+            accounts.commit_now_and_then(false)?;
             progress.update(&accounts.summaries[index], sink.activity());
         }
         packer.finish(&mut |r| ready.push(r));
@@ -546,13 +662,234 @@ impl Plan {
     }
 }
 
-/// Where outcomes are counted and rejects written.
+/// Where outcomes are counted, rejects written and the ledger kept.
 struct Accounts<'a> {
     summaries: Vec<StreamSummary>,
     rejects: &'a mut RejectWriter,
+    ledger: Option<&'a mut Ledger>,
+    /// Per stream (same index as `summaries`): the records not yet settled.
+    tracks: Vec<StreamTrack>,
+    last_commit: Instant,
+    /// Whether low-water marks move (not when retrying rejects).
+    marks: bool,
+}
+
+/// Which records a run takes, and whether it should stop.
+struct RecordFilter {
+    full: bool,
+    shard: Option<(u64, u64)>,
+    only_rejected: bool,
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl RecordFilter {
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether this shard takes the record.
+    fn takes(&self, stream: &str, key: &str) -> bool {
+        match self.shard {
+            Some((k, n)) => shard_of(stream, key, n) == k,
+            None => true,
+        }
+    }
+}
+
+/// The shard (of `n`) a record belongs to: a stable hash of its stream and key.
+pub fn shard_of(stream: &str, key: &str, n: u64) -> u64 {
+    (crate::group::stable_hash128(&[stream, key]) % u128::from(n.max(1))) as u64
+}
+
+fn ledger_error(e: crate::ledger::LedgerError) -> SinkError {
+    SinkError(e.to_string())
+}
+
+/// The records of one stream between its low-water mark and what was read.
+#[derive(Default)]
+struct StreamTrack {
+    /// The last sequence number given (records are numbered from 1).
+    next: u64,
+    /// Records at or before the mark in earlier runs (from the ledger).
+    base: u64,
+    /// The mark: every record up to it is settled.
+    mark: u64,
+    /// Records sent and not yet settled: operations left, and a reason
+    /// once one of them was rejected.
+    open: BTreeMap<u64, OpenRecord>,
+    /// Settled records above the mark, with their provenance.
+    settled: BTreeMap<u64, Provenance>,
+    /// Key and provenance of the records not yet settled (read, being
+    /// mapped, or with operations in flight).
+    names: BTreeMap<u64, (String, Provenance)>,
+}
+
+struct OpenRecord {
+    ops_left: usize,
+    rejected: Option<String>,
+}
+
+impl StreamTrack {
+    fn begin(&mut self, key: &str, provenance: &Provenance) -> u64 {
+        self.next += 1;
+        self.names
+            .insert(self.next, (key.to_owned(), provenance.clone()));
+        self.next
+    }
+
+    fn expect(&mut self, seq: u64, ops: usize) {
+        self.open.insert(
+            seq,
+            OpenRecord {
+                ops_left: ops,
+                rejected: None,
+            },
+        );
+    }
 }
 
 impl Accounts<'_> {
+    /// Whether the ledger holds every operation of the group as
+    /// acknowledged with this very content.
+    fn all_acknowledged(&self, group: &WriteGroup) -> Result<bool, SinkError> {
+        let Some(ledger) = self.ledger.as_deref() else {
+            return Ok(false);
+        };
+        for op in &group.operations {
+            let Some(id) = &op.identity else {
+                return Ok(false);
+            };
+            let known = ledger
+                .acknowledged(&id.resource_type, &id.system, &id.value)
+                .map_err(ledger_error)?;
+            if known.is_none_or(|a| a.hash != crate::group::content_hash(op.resource.as_str())) {
+                return Ok(false);
+            }
+        }
+        Ok(!group.operations.is_empty())
+    }
+
+    /// Counts a group the ledger knew unchanged.
+    fn unchanged(&mut self, index: usize, group: &WriteGroup) {
+        let summary = &mut self.summaries[index];
+        summary.unchanged_records += 1;
+        for op in &group.operations {
+            summary
+                .written
+                .entry(op.resource_type.clone())
+                .or_default()
+                .unchanged += 1;
+        }
+    }
+
+    /// The planner refused `ops` operations of a record.
+    fn refused(
+        &mut self,
+        index: usize,
+        seq: u64,
+        ops: usize,
+        reason: &str,
+    ) -> Result<(), SinkError> {
+        let track = &mut self.tracks[index];
+        let Some(open) = track.open.get_mut(&seq) else {
+            return Ok(());
+        };
+        open.ops_left = open.ops_left.saturating_sub(ops);
+        open.rejected.get_or_insert_with(|| reason.to_owned());
+        if open.ops_left == 0 {
+            let reason = open.rejected.clone();
+            track.open.remove(&seq);
+            self.complete(index, seq, reason.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// A record is settled: done, or rejected with a reason. The stream's
+    /// mark moves up to the first record still open.
+    fn complete(
+        &mut self,
+        index: usize,
+        seq: u64,
+        rejected: Option<&str>,
+    ) -> Result<(), SinkError> {
+        let track = &mut self.tracks[index];
+        track.open.remove(&seq);
+        let Some((key, provenance)) = track.names.remove(&seq) else {
+            return Ok(());
+        };
+        let stream = self.summaries[index].stream.clone();
+        if let Some(ledger) = self.ledger.as_deref_mut() {
+            match rejected {
+                None => ledger.record_done(&stream, &key),
+                Some(reason) => ledger.record_rejected(
+                    &stream,
+                    &key,
+                    &serde_json::to_value(&provenance).unwrap_or_default(),
+                    reason,
+                ),
+            }
+        }
+        track.settled.insert(seq, provenance);
+        // the mark: the last record before the first one not yet settled
+        let new_mark = match track.names.keys().next() {
+            Some(first_unsettled) => first_unsettled - 1,
+            None => track.next,
+        };
+        if new_mark > track.mark
+            && let Some(provenance) = track.settled.get(&new_mark).cloned()
+        {
+            track.settled = track.settled.split_off(&(new_mark + 1));
+            track.mark = new_mark;
+            if self.marks
+                && let Some(ledger) = self.ledger.as_deref_mut()
+            {
+                ledger.set_mark(
+                    &stream,
+                    &serde_json::to_value(&provenance).unwrap_or_default(),
+                    track.base + new_mark,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the ledger's queue now and then (every second), or now.
+    fn commit_now_and_then(&mut self, now: bool) -> Result<(), SinkError> {
+        if !now && self.last_commit.elapsed() < Duration::from_secs(1) {
+            return Ok(());
+        }
+        self.last_commit = Instant::now();
+        if let Some(ledger) = self.ledger.as_deref_mut() {
+            ledger.commit().map_err(ledger_error)?;
+        }
+        Ok(())
+    }
+
+    /// Every request of a phase is settled: streams read to their end
+    /// start from the beginning next time (the delta check skips what did
+    /// not change); stopped ones keep their mark and count what was open.
+    fn phase_settled(&mut self, phase: usize) -> Result<(), SinkError> {
+        for (summary, track) in self.summaries.iter().zip(&self.tracks) {
+            if summary.phase != phase || track.next == 0 && summary.records == 0 {
+                continue;
+            }
+            let Some(ledger) = self.ledger.as_deref_mut() else {
+                continue;
+            };
+            if !self.marks {
+                continue;
+            }
+            if summary.failed.is_none() && track.open.is_empty() {
+                ledger.stream_finished(&summary.stream);
+            } else {
+                ledger.set_pending(&summary.stream, track.open.len() as u64);
+            }
+        }
+        self.commit_now_and_then(true)
+    }
+
     fn reject(&mut self, index: usize, r: Reject<'_>) -> Result<(), SinkError> {
         let summary = &mut self.summaries[index];
         summary.rejected += 1;
@@ -576,6 +913,31 @@ impl Accounts<'_> {
             let Some(index) = self.summaries.iter().position(|x| *x.stream == *s.stream) else {
                 continue;
             };
+            if s.outcome != Outcome::Rejected
+                && let (Some(ledger), Some(id)) = (self.ledger.as_deref_mut(), &s.identity)
+            {
+                ledger.acknowledge(
+                    &id.resource_type,
+                    &id.system,
+                    &id.value,
+                    crate::ledger::Acknowledged {
+                        server_id: s.server_id.clone(),
+                        version: s.version.clone(),
+                        hash: s.hash,
+                    },
+                );
+            }
+            let track = &mut self.tracks[index];
+            if let Some(open) = track.open.get_mut(&s.seq) {
+                open.ops_left = open.ops_left.saturating_sub(1);
+                if s.outcome == Outcome::Rejected {
+                    open.rejected.get_or_insert_with(|| s.reason.clone());
+                }
+                if open.ops_left == 0 {
+                    let reason = open.rejected.clone();
+                    self.complete(index, s.seq, reason.as_deref())?;
+                }
+            }
             let counts = self.summaries[index]
                 .written
                 .entry(s.resource_type)
@@ -793,6 +1155,23 @@ impl RequestSink for DryRunSink {
     }
 }
 
+/// How a run uses the ledger, and which records it takes.
+#[derive(Default)]
+pub struct RunOptions<'l> {
+    /// The state store: resume marks, delta, rejects. `None`: no memory
+    /// between runs (dry runs, previews).
+    pub ledger: Option<&'l mut Ledger>,
+    /// `--full`: start every stream at its beginning and send every
+    /// record, whatever the ledger says.
+    pub full: bool,
+    /// `--shard K/N`: only the records whose key hashes to K of N.
+    pub shard: Option<(u64, u64)>,
+    /// `retry-rejects`: only the records the ledger holds as rejected.
+    pub only_rejected: bool,
+    /// Set (by Ctrl-C) to stop reading; what is in flight is settled.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
 /// What happened to one stream.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamSummary {
@@ -812,8 +1191,12 @@ pub struct StreamSummary {
     pub bytes: u64,
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
-    /// Set when the stream stopped early (the source failed).
+    /// Set when the stream stopped early (the source failed, or Ctrl-C).
     pub failed: Option<String>,
+    /// Where reading started: after this record, from the ledger's mark.
+    pub resumed_after: Option<String>,
+    /// Records the ledger knew unchanged: no request was sent for them.
+    pub unchanged_records: u64,
     /// What the server answered, by resource type (empty in a dry run).
     pub written: BTreeMap<String, OutcomeCounts>,
     /// Operations that needed more than one attempt.

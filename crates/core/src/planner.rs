@@ -161,8 +161,13 @@ pub enum RequestKind {
 pub struct GroupRef {
     pub key: String,
     pub provenance: Provenance,
+    /// The record's place in its stream ([`WriteGroup::seq`]).
+    pub seq: u64,
     /// The resource type of each of the group's operations, in order.
     pub resource_types: Vec<String>,
+    /// Each operation's identity and the hash of its content, for the ledger.
+    pub identities: Vec<Option<Identity>>,
+    pub hashes: Vec<u128>,
 }
 
 /// One top-level entry of a request's bundle.
@@ -335,10 +340,21 @@ fn group_ref(group: &WriteGroup) -> GroupRef {
     GroupRef {
         key: group.key.clone(),
         provenance: group.provenance.clone(),
+        seq: group.seq,
         resource_types: group
             .operations
             .iter()
             .map(|o| o.resource_type.clone())
+            .collect(),
+        identities: group
+            .operations
+            .iter()
+            .map(|o| o.identity.clone())
+            .collect(),
+        hashes: group
+            .operations
+            .iter()
+            .map(|o| crate::group::content_hash(o.resource.as_str()))
             .collect(),
     }
 }
@@ -568,6 +584,7 @@ impl Packer {
             key,
             provenance,
             operations,
+            seq,
             ..
         } = group;
         let mut rest = referenced_first(operations).into_iter().peekable();
@@ -600,6 +617,7 @@ impl Packer {
                 provenance: provenance.clone(),
                 atomic: true,
                 may_split: false,
+                seq,
                 operations: part,
             };
             self.push_transaction(sub, &[sequence], out)?;
@@ -784,6 +802,7 @@ mod tests {
             },
             atomic: false,
             may_split: false,
+            seq: 0,
             operations: vec![Operation {
                 resource_type: "Patient".into(),
                 method: Method::Put,

@@ -122,7 +122,7 @@ impl Schema {
 }
 
 /// Where a record came from, quoted by every error and reject about it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Provenance {
     /// A line of a file (CSV): the line the record starts on, 1-based.

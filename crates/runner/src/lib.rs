@@ -8,12 +8,15 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use fhirlift_core::config::MigrationConfig;
+use fhirlift_core::ledger::Ledger;
 use fhirlift_core::pipeline::{
-    DiscardSink, DryRunSink, LogProgress, Plan, ProgressObserver, RunSummary,
+    DiscardSink, DryRunSink, LogProgress, Plan, ProgressObserver, RunOptions, RunSummary,
 };
 use fhirlift_core::registry::Registry;
 use fhirlift_core::rejects::RejectWriter;
@@ -68,37 +71,114 @@ enum Command {
         limit: usize,
     },
     /// Run the migration.
-    Migrate {
+    Migrate(MigrateArgs),
+    /// Run again only the records the ledger holds as rejected (after the
+    /// mapping or the data was fixed); each one that succeeds is cleared.
+    RetryRejects(MigrateArgs),
+    /// What the ledger knows per stream: done, rejected, pending, last run.
+    Status {
         #[arg(short, long)]
         config: PathBuf,
-        /// Write every request bundle to this folder instead of sending it.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "sandbox"])]
-        dry_run: Option<PathBuf>,
-        /// The FHIR server's base URL (e.g. https://api.medplum.com/fhir/R4).
-        #[arg(long, value_name = "URL", conflicts_with = "sandbox")]
-        server: Option<String>,
-        /// Start the embedded sandbox server for this run, loading its store
-        /// from DIR and saving it back afterwards.
-        #[arg(long, value_name = "DIR")]
-        sandbox: Option<PathBuf>,
         #[command(flatten)]
-        auth: AuthArgs,
-        #[command(flatten)]
-        target: TargetArgs,
-        /// The most requests in flight (the window adapts below it).
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Attempts per request before its entries are rejected.
-        #[arg(long, default_value_t = 12)]
-        max_attempts: u32,
-        /// Where rejected records go (NDJSON, owner-only). Default: fhirlift-rejects.ndjson
-        /// in the dry-run folder, or next to the migration file.
-        #[arg(long, value_name = "FILE")]
-        rejects: Option<PathBuf>,
-        /// Also write the summary as JSON to this file.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
+        ledger: LedgerArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Write every request bundle to this folder instead of sending it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "sandbox"])]
+    dry_run: Option<PathBuf>,
+    /// The FHIR server's base URL (e.g. https://api.medplum.com/fhir/R4).
+    #[arg(long, value_name = "URL", conflicts_with = "sandbox")]
+    server: Option<String>,
+    /// Start the embedded sandbox server for this run, loading its store
+    /// from DIR and saving it back afterwards.
+    #[arg(long, value_name = "DIR")]
+    sandbox: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    /// Send every record and start every stream at its beginning, whatever
+    /// the ledger says (the ledger is still updated).
+    #[arg(long)]
+    full: bool,
+    /// The most requests in flight (the window adapts below it).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Attempts per request before its entries are rejected.
+    #[arg(long, default_value_t = 12)]
+    max_attempts: u32,
+    /// Where rejected records go (NDJSON, owner-only). Default: fhirlift-rejects.ndjson
+    /// in the dry-run folder, or next to the migration file.
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+/// The ledger file and the shard this process takes.
+#[derive(Debug, Default, clap::Args)]
+struct LedgerArgs {
+    /// The ledger (state) file. Default: beside the migration file,
+    /// `<name>.fhirlift-state` (`<name>.shard-K-of-N.fhirlift-state` for a shard).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Take only the records whose key hashes to shard K of N (`K/N`,
+    /// K from 0; `auto/N` reads K from JOB_COMPLETION_INDEX). Each shard
+    /// keeps its own ledger.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+}
+
+impl LedgerArgs {
+    /// `(K, N)` from `--shard`.
+    fn shard(&self) -> anyhow::Result<Option<(u64, u64)>> {
+        let Some(spec) = &self.shard else {
+            return Ok(None);
+        };
+        let bad = || {
+            anyhow!(
+                "--shard {spec:?}: write K/N with 0 <= K < N (e.g. 0/4), or auto/N to read K from JOB_COMPLETION_INDEX"
+            )
+        };
+        let (k, n) = spec.split_once('/').ok_or_else(bad)?;
+        let n: u64 = n.trim().parse().map_err(|_| bad())?;
+        let k: u64 = if k.trim() == "auto" {
+            std::env::var("JOB_COMPLETION_INDEX")
+                .map_err(|_| anyhow!("--shard auto/{n}: JOB_COMPLETION_INDEX is not set"))?
+                .trim()
+                .parse()
+                .map_err(|_| bad())?
+        } else {
+            k.trim().parse().map_err(|_| bad())?
+        };
+        if n == 0 || k >= n {
+            return Err(bad());
+        }
+        Ok(Some((k, n)))
+    }
+
+    fn path(&self, config: &Path) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.state {
+            return Ok(p.clone());
+        }
+        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        let stem = config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "migration".into());
+        Ok(match self.shard()? {
+            Some((k, n)) => dir.join(format!("{stem}.shard-{k}-of-{n}.fhirlift-state")),
+            None => dir.join(format!("{stem}.fhirlift-state")),
+        })
+    }
 }
 
 /// How to write to the server, replacing the migration file's `target:`.
@@ -395,64 +475,121 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             }
             Ok(if failed { EXIT_REJECTS } else { 0 })
         }
-        Command::Migrate {
-            config,
-            dry_run,
-            server,
-            sandbox,
-            auth,
-            target,
-            concurrency,
-            max_attempts,
-            rejects,
-            report,
-        } => {
-            let plan = load_with(&config, &target, |_| {
-                detect_profile(server.as_deref(), sandbox.is_some(), &auth)
-            })?;
-            let default_dir = match (&dry_run, &sandbox) {
-                (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-                (None, None) => config.parent().map(Path::to_path_buf).unwrap_or_default(),
-            };
-            let rejects_path =
-                rejects.unwrap_or_else(|| default_dir.join("fhirlift-rejects.ndjson"));
-            if rejects_path.exists() {
-                std::fs::remove_file(&rejects_path).with_context(|| {
-                    format!(
-                        "cannot replace the old rejects file {}",
-                        rejects_path.display()
-                    )
-                })?;
-            }
-            let mut rejects = RejectWriter::new(&rejects_path);
-            let summary = if let Some(dir) = dry_run {
-                let mut sink = DryRunSink::create(&dir)?;
-                let summary = plan.run_observed(&mut sink, &mut rejects, observer().as_mut())?;
-                report::write_summary(out, &summary, "planned")?;
-                writeln!(out, "request bundles: {}", dir.display())?;
-                summary
-            } else {
-                send(
-                    &plan,
-                    server,
-                    sandbox,
-                    &auth,
-                    concurrency,
-                    max_attempts,
-                    &mut rejects,
+        Command::Migrate(args) => migrate(args, false, out),
+        Command::RetryRejects(args) => migrate(args, true, out),
+        Command::Status { config, ledger } => {
+            let path = ledger.path(&config)?;
+            if !path.exists() {
+                writeln!(
                     out,
-                )?
+                    "no ledger at {}: nothing was migrated with it yet",
+                    path.display()
+                )?;
+                return Ok(0);
+            }
+            let targets = {
+                let probe = Ledger::open(&path, "").map_err(|e| anyhow!("{e}"))?;
+                probe.targets().map_err(|e| anyhow!("{e}"))?
             };
-            if let Some(path) = &summary.rejects_file {
-                writeln!(out, "rejected records, with reasons: {}", path.display())?;
+            writeln!(out, "ledger {}", path.display())?;
+            for target in targets.into_iter().filter(|t| !t.is_empty()) {
+                let state = Ledger::open(&path, &target).map_err(|e| anyhow!("{e}"))?;
+                report::write_status(out, &target, &state.status().map_err(|e| anyhow!("{e}"))?)?;
             }
-            if let Some(path) = report {
-                std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
-                    .with_context(|| format!("cannot write the report {}", path.display()))?;
-            }
-            Ok(exit_code(&summary))
+            Ok(0)
         }
     }
+}
+
+fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let MigrateArgs {
+        config,
+        dry_run,
+        server,
+        sandbox,
+        auth,
+        target,
+        ledger,
+        full,
+        concurrency,
+        max_attempts,
+        rejects,
+        report,
+    } = args;
+    let plan = load_with(&config, &target, |_| {
+        detect_profile(server.as_deref(), sandbox.is_some(), &auth)
+    })?;
+    let default_dir = match (&dry_run, &sandbox) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => config.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let rejects_path = rejects.unwrap_or_else(|| default_dir.join("fhirlift-rejects.ndjson"));
+    if rejects_path.exists() {
+        std::fs::remove_file(&rejects_path).with_context(|| {
+            format!(
+                "cannot replace the old rejects file {}",
+                rejects_path.display()
+            )
+        })?;
+    }
+    let mut rejects = RejectWriter::new(&rejects_path);
+    let shard = ledger.shard()?;
+    let summary = if let Some(dir) = dry_run {
+        if only_rejected {
+            return Err(anyhow!(
+                "retry-rejects sends to a server: give --server or --sandbox"
+            ));
+        }
+        let mut sink = DryRunSink::create(&dir)?;
+        let options = RunOptions {
+            shard,
+            full: true,
+            ..RunOptions::default()
+        };
+        let summary = plan.run_observed(&mut sink, &mut rejects, observer().as_mut(), options)?;
+        report::write_summary(out, &summary, "planned")?;
+        writeln!(out, "request bundles: {}", dir.display())?;
+        summary
+    } else {
+        let state = ledger.path(&config)?;
+        // a new sandbox store holds nothing the ledger may have seen
+        let fresh_sandbox = sandbox
+            .as_ref()
+            .is_some_and(|d| std::fs::read_dir(d).map_or(true, |mut e| e.next().is_none()));
+        let run = Run {
+            state,
+            full: full || fresh_sandbox,
+            shard,
+            only_rejected,
+        };
+        send(
+            &plan,
+            server,
+            sandbox,
+            &auth,
+            concurrency,
+            max_attempts,
+            &mut rejects,
+            run,
+            out,
+        )?
+    };
+    if let Some(path) = &summary.rejects_file {
+        writeln!(out, "rejected records, with reasons: {}", path.display())?;
+    }
+    if let Some(path) = report {
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
+    }
+    Ok(exit_code(&summary))
+}
+
+/// How a run to a server uses its ledger.
+struct Run {
+    state: PathBuf,
+    full: bool,
+    shard: Option<(u64, u64)>,
+    only_rejected: bool,
 }
 
 /// Runs the plan against a server (or the embedded sandbox).
@@ -465,6 +602,7 @@ fn send(
     concurrency: usize,
     max_attempts: u32,
     rejects: &mut RejectWriter,
+    run: Run,
     out: &mut dyn Write,
 ) -> anyhow::Result<RunSummary> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -506,12 +644,47 @@ fn send(
         asynchronous = plan.profile.asynchronous,
         "writing"
     );
+    // the ledger is per target: a sandbox is named by its store folder
+    let target = match (&server, &sandbox) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(dir)) => format!(
+            "sandbox:{}",
+            std::fs::canonicalize(dir)
+                .unwrap_or_else(|_| dir.clone())
+                .display()
+        ),
+        (None, None) => base_url.clone(),
+    };
+    let mut ledger = Ledger::open(&run.state, &target).map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(state = %run.state.display(), "ledger opened");
+    // Ctrl-C: stop reading, settle what is in flight, keep the ledger
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        runtime.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!("Ctrl-C: no new requests; waiting for those in flight (Ctrl-C again to quit now)");
+                stop.store(true, Ordering::Relaxed);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    let options = RunOptions {
+        ledger: Some(&mut ledger),
+        full: run.full,
+        shard: run.shard,
+        only_rejected: run.only_rejected,
+        stop: Some(stop),
+    };
     let mut sink = SenderSink::start(runtime.handle(), config)?;
-    let result = plan.run_observed(&mut sink, rejects, observer().as_mut());
+    let result = plan.run_observed(&mut sink, rejects, observer().as_mut(), options);
     // every phase ends settled; anything left comes from a run that stopped
     let _ = sink.finish();
     let summary = result?;
     report::write_summary(out, &summary, "accounted for")?;
+    writeln!(out, "ledger: {}", run.state.display())?;
     if let (Some(sb), Some(dir)) = (embedded, &sandbox) {
         sb.save(dir)?;
         writeln!(out, "sandbox store saved to {}", dir.display())?;

@@ -170,3 +170,38 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
     }
     Ok(())
 }
+
+/// `fhirlift status`: what the ledger knows per stream.
+pub fn write_status(
+    out: &mut dyn Write,
+    target: &str,
+    streams: &[fhirlift_core::ledger::StreamStatus],
+) -> std::io::Result<()> {
+    writeln!(out, "\ntarget {target}")?;
+    if streams.is_empty() {
+        writeln!(out, "no stream has run yet")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>9} {:>8}  {:<22} resumes after",
+        "stream", "done", "rejected", "pending", "last run"
+    )?;
+    for s in streams {
+        writeln!(
+            out,
+            "{:<20} {:>10} {:>9} {:>8}  {:<22} {}",
+            s.stream,
+            s.done,
+            s.rejected,
+            s.pending,
+            s.last_run.as_deref().unwrap_or("-"),
+            s.mark
+                .as_ref()
+                .and_then(|m| serde_json::from_value::<fhirlift_core::Provenance>(m.clone()).ok())
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "- (starts at the beginning)".into())
+        )?;
+    }
+    Ok(())
+}

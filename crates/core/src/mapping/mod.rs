@@ -618,6 +618,7 @@ impl ResourceMapper for StreamMapper {
             provenance: record.provenance.clone(),
             atomic: self.transaction && operations.len() > 1,
             may_split: false,
+            seq: 0,
             operations,
         }))
     }

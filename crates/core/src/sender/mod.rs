@@ -134,6 +134,15 @@ pub struct Settled {
     /// The request entry (JSON) and the server's OperationOutcome, for the rejects file.
     pub entry: Option<String>,
     pub server_outcome: Option<Value>,
+    /// The record's place in its stream, the operation's index in its
+    /// group, its identity and content hash, and what the server said it
+    /// is (id, version): for the ledger.
+    pub seq: u64,
+    pub op: usize,
+    pub identity: Option<crate::group::Identity>,
+    pub hash: u128,
+    pub server_id: Option<String>,
+    pub version: Option<String>,
 }
 
 /// Live counters, for progress lines.
@@ -818,6 +827,7 @@ impl Dispatcher {
                 op,
                 &group.resource_types[op],
                 Outcome::Unchanged,
+                None,
             );
         }
         for (entry, reason) in &resolution.rejected {
@@ -948,7 +958,14 @@ impl Dispatcher {
                 None => resolver.distrust_system(identity),
             }
         }
-        self.settle(job, sent.entry, op, &group.resource_types[op], outcome);
+        self.settle(
+            job,
+            sent.entry,
+            op,
+            &group.resource_types[op],
+            outcome,
+            Some(response),
+        );
     }
 
     /// A transaction answered with mixed statuses: it was not atomic. What
@@ -1010,7 +1027,14 @@ impl Dispatcher {
             self.settle_transaction(job, index, inner, &response["resource"], sent_at_ms);
         } else {
             let outcome = entry_outcome(Some(response), sent_at_ms).unwrap_or(Outcome::Updated);
-            self.settle(job, index, entry.first_op, &types[entry.first_op], outcome);
+            self.settle(
+                job,
+                index,
+                entry.first_op,
+                &types[entry.first_op],
+                outcome,
+                Some(response),
+            );
         }
     }
 
@@ -1058,10 +1082,29 @@ impl Dispatcher {
         }
     }
 
-    fn settle(&self, job: &Job, entry: usize, _op: usize, resource_type: &str, outcome: Outcome) {
+    fn settle(
+        &self,
+        job: &Job,
+        entry: usize,
+        op: usize,
+        resource_type: &str,
+        outcome: Outcome,
+        response: Option<&Value>,
+    ) {
         let request = &job.request;
         let group = &request.groups[request.entries[entry].group];
+        let server_id = response.and_then(resolve::answered_id);
+        let version = response.and_then(|r| {
+            let etag = r["response"]["etag"].as_str()?;
+            Some(etag.trim_start_matches("W/").trim_matches('"').to_owned())
+        });
         let _ = self.settled.send(Settled {
+            seq: group.seq,
+            op,
+            identity: group.identities.get(op).cloned().flatten(),
+            hash: group.hashes.get(op).copied().unwrap_or_default(),
+            server_id,
+            version,
             stream: request.stream.clone(),
             key: group.key.clone(),
             provenance: group.provenance.clone(),
@@ -1112,6 +1155,12 @@ impl Dispatcher {
         outcome: Option<&Value>,
     ) {
         let _ = self.settled.send(Settled {
+            seq: group.seq,
+            op,
+            identity: group.identities.get(op).cloned().flatten(),
+            hash: group.hashes.get(op).copied().unwrap_or_default(),
+            server_id: None,
+            version: None,
             stream: job.request.stream.clone(),
             key: group.key.clone(),
             provenance: group.provenance.clone(),
