@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod golden;
 mod hl7v2;
+mod ledger;
 mod medplum;
 mod postgres;
 mod rejects;

@@ -67,7 +67,8 @@ fn main() -> anyhow::Result<()> {
                  bench [--patients N]     measure map + plan throughput and memory\n  \
                  bench medplum            compare the write strategies against Medplum mode\n  \
                  bench postgres           PostgreSQL rows through the connector to a sink\n  \
-                 bench hl7v2 [N]          parse + map N generated ORU^R01 messages"
+                 bench hl7v2 [N]          parse + map N generated ORU^R01 messages\n  \
+                 bench ledger             a first run and an unchanged re-run of 1M records"
             );
             if task.is_empty() || task == "help" || task == "--help" {
                 Ok(())
@@ -293,11 +294,13 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     let mut patients: u64 = 1_000_000;
     let mut strategies_only = false;
     let mut postgres_only = false;
+    let mut ledger_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "medplum" => strategies_only = true,
             "postgres" => postgres_only = true,
+            "ledger" => ledger_only = true,
             "--patients" => {
                 patients = it
                     .next()
@@ -332,6 +335,13 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             1_000_000
         });
     }
+    if ledger_only {
+        return bench_ledger(if args.iter().any(|a| a == "--patients") {
+            patients
+        } else {
+            1_000_000
+        });
+    }
     if strategies_only {
         return bench_strategies(if args.iter().any(|a| a == "--patients") {
             patients
@@ -357,12 +367,7 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     // sending: the sandbox in sink mode (parses and counts) in its own process,
     // so the peak memory printed is fhirlift's alone
     let port = "18113";
-    let mut sink = Command::new(root().join("target/release/fhirlift-sandbox"))
-        .args(["--sink", "--port", port])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start the sandbox")?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut sink = start_sink(port)?;
     if let Some(status) = sink.try_wait()? {
         bail!("the sandbox stopped at once ({status})");
     }
@@ -399,6 +404,67 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         "map_plan",
     ]);
     run(criterion)
+}
+
+/// The sandbox in sink mode (parses and counts) in its own process on
+/// `port`, so the peak memory a run prints is fhirlift's alone.
+fn start_sink(port: &str) -> anyhow::Result<std::process::Child> {
+    let mut sink = Command::new(root().join("target/release/fhirlift-sandbox"))
+        .args(["--sink", "--port", port])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start the sandbox")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    if let Some(status) = sink.try_wait()? {
+        bail!("the sandbox stopped at once ({status})");
+    }
+    Ok(sink)
+}
+
+/// The ledger: `patients` records sent to a sink sandbox once (every one
+/// written and acknowledged into the ledger), then again unchanged: the
+/// second run reads the source and the ledger and sends nothing.
+fn bench_ledger(patients: u64) -> anyhow::Result<()> {
+    let dir = root().join(format!("target/bench-data/{patients}"));
+    if !dir.join("migration.yaml").exists() {
+        let mut g = Command::new(root().join("target/release/fhirlift-gen"));
+        g.args(["--patients", &patients.to_string()]).arg(&dir);
+        run(g)?;
+    }
+    let text = std::fs::read_to_string(dir.join("migration.yaml"))?;
+    let config = dir.join("patients-only.yaml");
+    std::fs::write(
+        &config,
+        &text[..text.find("\n  conditions:").unwrap_or(text.len())],
+    )?;
+    let state = dir.join("bench-ledger.fhirlift-state");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", state.display()));
+    }
+    let port = "18114";
+    let mut sink = start_sink(port)?;
+    let mut outcome = Ok(());
+    for pass in ["first run", "unchanged re-run"] {
+        println!("\n== {patients} patients, {pass}: into the sink sandbox, with the ledger");
+        let started = std::time::Instant::now();
+        let mut send = Command::new(root().join("target/release/fhirlift"));
+        send.args(["migrate", "--config"])
+            .arg(&config)
+            .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
+            .args(["--strategy", "conditional", "--profile", "generic"])
+            .arg("--state")
+            .arg(&state)
+            .arg("--rejects")
+            .arg(dir.join("bench-rejects.ndjson"));
+        outcome = outcome.and(run(send));
+        println!(
+            "{pass}: {:.1} s wall clock",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    outcome
 }
 
 /// The HL7 v2 maps: parse + map of N generated ORU^R01 messages, by the
@@ -484,12 +550,7 @@ streams:
     )?;
     std::fs::write(dir.join("all.yaml"), mapping("bench_patients"))?;
     let port = "18114";
-    let mut sink = Command::new(root().join("target/release/fhirlift-sandbox"))
-        .args(["--sink", "--port", port])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start the sandbox")?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut sink = start_sink(port)?;
     let mut outcome = Ok(());
     for (what, file) in [(rows / 10, "tenth.yaml"), (rows, "all.yaml")] {
         println!("\n== {what} PostgreSQL rows: fhirlift migrate into the sandbox in sink mode");

@@ -395,6 +395,7 @@ impl Plan {
             shard,
             only_rejected,
             stop,
+            phase: only_phase,
         } = options;
         let mut accounts = Accounts {
             summaries: Vec::new(),
@@ -428,6 +429,10 @@ impl Plan {
         }
         let mut index = 0;
         for phase in &self.phases {
+            if only_phase.is_some_and(|p| p != phase.number) {
+                index += phase.streams.len();
+                continue;
+            }
             for name in &phase.streams {
                 let planned = self.stream(name).expect("phases name planned streams");
                 if !filter.stopped() {
@@ -1170,6 +1175,9 @@ pub struct RunOptions<'l> {
     pub only_rejected: bool,
     /// Set (by Ctrl-C) to stop reading; what is in flight is settled.
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// `--phase N`: run only this phase (shards run a phase each, all of
+    /// them, before any starts the next).
+    pub phase: Option<usize>,
 }
 
 /// What happened to one stream.

@@ -108,6 +108,10 @@ struct MigrateArgs {
     /// the ledger says (the ledger is still updated).
     #[arg(long)]
     full: bool,
+    /// Run only this phase (`fhirlift check` lists them). Shards of one
+    /// migration run each phase on every shard before the next.
+    #[arg(long, value_name = "N")]
+    phase: Option<usize>,
     /// The most requests in flight (the window adapts below it).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -511,6 +515,7 @@ fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyho
         target,
         ledger,
         full,
+        phase,
         concurrency,
         max_attempts,
         rejects,
@@ -543,6 +548,7 @@ fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyho
         let mut sink = DryRunSink::create(&dir)?;
         let options = RunOptions {
             shard,
+            phase,
             full: true,
             ..RunOptions::default()
         };
@@ -558,6 +564,7 @@ fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyho
             .is_some_and(|d| std::fs::read_dir(d).map_or(true, |mut e| e.next().is_none()));
         let run = Run {
             state,
+            phase,
             full: full || fresh_sandbox,
             shard,
             only_rejected,
@@ -587,6 +594,7 @@ fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyho
 /// How a run to a server uses its ledger.
 struct Run {
     state: PathBuf,
+    phase: Option<usize>,
     full: bool,
     shard: Option<(u64, u64)>,
     only_rejected: bool,
@@ -677,6 +685,7 @@ fn send(
         shard: run.shard,
         only_rejected: run.only_rejected,
         stop: Some(stop),
+        phase: run.phase,
     };
     let mut sink = SenderSink::start(runtime.handle(), config)?;
     let result = plan.run_observed(&mut sink, rejects, observer().as_mut(), options);
