@@ -385,3 +385,37 @@ fn retry_rejects_runs_only_the_rejected_records_and_clears_them() {
     assert_eq!(total(&r, "rejected"), 0);
     assert_eq!(patients_status(&config, &dir), (300, 0));
 }
+
+#[test]
+fn ctrl_c_settles_what_is_in_flight_keeps_the_ledger_and_the_next_run_resumes() {
+    let server = TestServer::start(SandboxConfig::default());
+    let dir = scratch("ledger-ctrl-c");
+    let counts = datagen::write_example(&dir, 6_000, 17).unwrap();
+    let config = dir.join("migration.yaml");
+    let state = dir.join("fhirlift.state");
+    let run = child(&config, &server.url(), &state, &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // a clean stop: the summary is printed and the exit says not everything ran
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("stopped (Ctrl-C)"), "{stdout}");
+    let written = server.sandbox.with_store(|s| s.count("Patient"));
+    assert!(written < counts.patients as usize, "stopped before the end");
+
+    let rest = child(&config, &server.url(), &state, &[]).status().unwrap();
+    assert!(rest.success());
+    server.sandbox.with_store(|store| {
+        contents(store); // every identifier once
+        assert_eq!(store.count("Patient") as u64, counts.patients);
+        assert_eq!(store.count("Encounter") as u64, counts.encounters);
+    });
+}
