@@ -549,7 +549,8 @@ impl Plan {
                             Ok(Mapped::Group(mut group)) => {
                                 if !filter.full && accounts.all_acknowledged(&group)? {
                                     accounts.unchanged(index, &group);
-                                    accounts.complete(index, seq, None)?;
+                                    // done before, as the ledger knows: only the mark moves
+                                    accounts.settle_record(index, seq, None, false)?;
                                     continue;
                                 }
                                 group.seq = seq;
@@ -819,13 +820,25 @@ impl Accounts<'_> {
         seq: u64,
         rejected: Option<&str>,
     ) -> Result<(), SinkError> {
+        self.settle_record(index, seq, rejected, true)
+    }
+
+    /// [`Accounts::complete`]; `remember: false` leaves the record's row in
+    /// the ledger alone (a record the ledger already holds as done).
+    fn settle_record(
+        &mut self,
+        index: usize,
+        seq: u64,
+        rejected: Option<&str>,
+        remember: bool,
+    ) -> Result<(), SinkError> {
         let track = &mut self.tracks[index];
         track.open.remove(&seq);
         let Some((key, provenance)) = track.names.remove(&seq) else {
             return Ok(());
         };
         let stream = self.summaries[index].stream.clone();
-        if let Some(ledger) = self.ledger.as_deref_mut() {
+        if remember && let Some(ledger) = self.ledger.as_deref_mut() {
             match rejected {
                 None => ledger.record_done(&stream, &key),
                 Some(reason) => ledger.record_rejected(
