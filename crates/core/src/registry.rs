@@ -1,9 +1,13 @@
 //! The registry: connector crates register a connector factory by name with
 //! [`register_connector!`](crate::register_connector), and built-in maps
 //! (`map: hl7v2`) with [`register_map!`](crate::register_map); the runner
-//! looks them up by the names a mapping gives.
+//! looks them up by the names a mapping gives. Connectors loaded at run time
+//! (plugins, see `fhirlift-plugin-host`) join with [`Registry::add`].
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::connector::{ConnectorContext, ConnectorError, SourceConnector};
 use crate::mapping::{BuiltinMapContext, ResourceMapper};
@@ -71,6 +75,66 @@ macro_rules! register_connector {
     };
 }
 
+/// Builds a connector, built-in or loaded at run time.
+pub type CreateConnectorFn = Arc<
+    dyn Fn(
+            &serde_json::Value,
+            &ConnectorContext,
+        ) -> Result<Box<dyn SourceConnector>, ConnectorError>
+        + Send
+        + Sync,
+>;
+
+/// Where a connector comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorOrigin {
+    /// Linked into this binary (`register_connector!`).
+    BuiltIn,
+    /// Loaded at run time from this shared library.
+    Plugin { file: PathBuf },
+}
+
+impl fmt::Display for ConnectorOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectorOrigin::BuiltIn => f.write_str("built-in"),
+            ConnectorOrigin::Plugin { file } => write!(f, "plugin ({})", file.display()),
+        }
+    }
+}
+
+/// One connector the registry knows, whatever its origin.
+#[derive(Clone)]
+pub struct ConnectorEntry {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub origin: ConnectorOrigin,
+    pub create: CreateConnectorFn,
+}
+
+impl fmt::Debug for ConnectorEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectorEntry")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<&'static ConnectorRegistration> for ConnectorEntry {
+    fn from(r: &'static ConnectorRegistration) -> Self {
+        ConnectorEntry {
+            name: r.name.to_owned(),
+            version: r.version.to_owned(),
+            description: r.description.to_owned(),
+            origin: ConnectorOrigin::BuiltIn,
+            create: Arc::new(r.create),
+        }
+    }
+}
+
 /// A registry that is not usable as it stands.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -78,6 +142,14 @@ pub enum RegistryError {
         "two connectors are registered as {0:?}; remove one of them from the runner's dependencies"
     )]
     Duplicate(String),
+    #[error(
+        "the {origin} connector is named {name:?}, a name the {existing} connector already has; it is not loaded (rename it or remove one of them)"
+    )]
+    NameTaken {
+        name: String,
+        origin: ConnectorOrigin,
+        existing: ConnectorOrigin,
+    },
     #[error("no connector is named {name:?}; known connectors: {known}")]
     Unknown { name: String, known: String },
     #[error("no built-in map is named {name:?}; known maps: {known}")]
@@ -86,7 +158,7 @@ pub enum RegistryError {
 
 /// Every connector this binary knows, by name.
 pub struct Registry {
-    entries: BTreeMap<&'static str, &'static ConnectorRegistration>,
+    entries: BTreeMap<String, ConnectorEntry>,
     maps: BTreeMap<&'static str, &'static MapRegistration>,
 }
 
@@ -109,7 +181,10 @@ impl Registry {
     {
         let mut map = BTreeMap::new();
         for entry in entries {
-            if map.insert(entry.name, entry).is_some() {
+            if map
+                .insert(entry.name.to_owned(), ConnectorEntry::from(entry))
+                .is_some()
+            {
                 return Err(RegistryError::Duplicate(entry.name.to_owned()));
             }
         }
@@ -119,14 +194,34 @@ impl Registry {
         })
     }
 
+    /// Adds a connector known only at run time (a plugin). A name already
+    /// taken, by a built-in connector or another plugin, is refused and
+    /// the registry stays as it was.
+    pub fn add(&mut self, entry: ConnectorEntry) -> Result<(), RegistryError> {
+        if let Some(existing) = self.entries.get(&entry.name) {
+            return Err(RegistryError::NameTaken {
+                name: entry.name,
+                origin: entry.origin,
+                existing: existing.origin.clone(),
+            });
+        }
+        self.entries.insert(entry.name.clone(), entry);
+        Ok(())
+    }
+
     /// The connector registered under `name`.
-    pub fn get(&self, name: &str) -> Result<&'static ConnectorRegistration, RegistryError> {
+    pub fn get(&self, name: &str) -> Result<ConnectorEntry, RegistryError> {
         self.entries
             .get(name)
-            .copied()
+            .cloned()
             .ok_or_else(|| RegistryError::Unknown {
                 name: name.to_owned(),
-                known: self.entries.keys().copied().collect::<Vec<_>>().join(", "),
+                known: self
+                    .entries
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
@@ -146,9 +241,9 @@ impl Registry {
         self.maps.values().copied()
     }
 
-    /// All connectors, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &'static ConnectorRegistration> + '_ {
-        self.entries.values().copied()
+    /// All connectors, built-in and plugins, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &ConnectorEntry> + '_ {
+        self.entries.values()
     }
 }
 
@@ -185,6 +280,42 @@ mod tests {
             .err()
             .expect("duplicate refused");
         assert!(matches!(err, RegistryError::Duplicate(ref n) if n == "same"));
+    }
+
+    #[test]
+    fn a_run_time_entry_cannot_take_a_name() {
+        let mut registry = Registry::from_entries([&A]).unwrap();
+        let plugin = |name: &str, file: &str| ConnectorEntry {
+            name: name.into(),
+            version: "0.1.0".into(),
+            description: "a plugin".into(),
+            origin: ConnectorOrigin::Plugin { file: file.into() },
+            create: Arc::new(never),
+        };
+        let err = registry
+            .add(plugin("same", "a.so"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugin (a.so)") && err.contains("\"same\"") && err.contains("built-in"),
+            "{err}"
+        );
+        registry.add(plugin("other", "b.so")).unwrap();
+        let err = registry
+            .add(plugin("other", "c.so"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plugin (c.so)") && err.contains("plugin (b.so)"),
+            "{err}"
+        );
+        let found = registry.get("other").unwrap();
+        assert_eq!(found.origin.to_string(), "plugin (b.so)");
+        let context = ConnectorContext {
+            base_dir: ".".into(),
+        };
+        assert!((found.create)(&serde_json::Value::Null, &context).is_err());
+        assert_eq!(registry.iter().count(), 2);
     }
 
     #[test]

@@ -42,11 +42,16 @@ pub const EXIT_ERROR: u8 = 1;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A folder of connector plugins (shared libraries) to load, besides
+    /// the `plugins/` folder next to the migration file (or the current
+    /// folder for `connectors`).
+    #[arg(long, global = true, value_name = "DIR", env = "FHIRLIFT_PLUGINS")]
+    plugins: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the connectors this build knows.
+    /// List the connectors this build knows, and the plugins it finds.
     Connectors,
     /// Validate the migration against its source and print the plan.
     Check {
@@ -311,12 +316,50 @@ pub fn run(
         }
     };
     init_logging(matches!(cli.command, Command::Migrate { .. }));
-    match execute(cli.command, out) {
+    let mut plugins = PluginDirs {
+        explicit: cli.plugins,
+        warnings: err,
+    };
+    match execute(cli.command, &mut plugins, out) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(err, "error: {e:#}");
+            let _ = writeln!(plugins.warnings, "error: {e:#}");
             EXIT_ERROR
         }
+    }
+}
+
+/// Where connector plugins are looked for, and where a plugin that cannot
+/// be used is reported (as a warning: the others load, fhirlift goes on).
+struct PluginDirs<'a> {
+    /// `--plugins DIR` or `$FHIRLIFT_PLUGINS`.
+    explicit: Option<PathBuf>,
+    warnings: &'a mut dyn Write,
+}
+
+impl PluginDirs<'_> {
+    /// The built-in connectors and the plugins of `--plugins` and of
+    /// `plugins/` in `beside` (when that folder exists).
+    fn registry(&mut self, beside: &Path) -> anyhow::Result<Registry> {
+        let mut registry = Registry::from_inventory()?;
+        let mut dirs: Vec<PathBuf> = self.explicit.iter().cloned().collect();
+        let default = beside.join("plugins");
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if default.is_dir() && !dirs.iter().any(|d| same(d, &default)) {
+            dirs.push(default);
+        }
+        for e in fhirlift_plugin_host::load_into(&mut registry, &dirs) {
+            writeln!(self.warnings, "warning: {e}")?;
+        }
+        Ok(registry)
+    }
+
+    /// The registry for a migration file: `plugins/` beside it.
+    fn for_config(&mut self, config: &Path) -> anyhow::Result<Registry> {
+        self.registry(config.parent().unwrap_or(Path::new("")))
     }
 }
 
@@ -348,8 +391,8 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
-fn load(config: &Path) -> anyhow::Result<Plan> {
-    load_with(config, &TargetArgs::default(), |_| Ok(None))
+fn load(config: &Path, plugins: &mut PluginDirs<'_>) -> anyhow::Result<Plan> {
+    load_with(config, &TargetArgs::default(), plugins, |_| Ok(None))
 }
 
 /// Loads a migration with the command line's target choices replacing the
@@ -357,9 +400,10 @@ fn load(config: &Path) -> anyhow::Result<Plan> {
 fn load_with(
     config: &Path,
     target: &TargetArgs,
+    plugins: &mut PluginDirs<'_>,
     detect: impl FnOnce(&MigrationConfig) -> anyhow::Result<Option<String>>,
 ) -> anyhow::Result<Plan> {
-    let registry = Registry::from_inventory()?;
+    let registry = plugins.for_config(config)?;
     let mut config = MigrationConfig::load(config).map_err(|e| anyhow!("{e}"))?;
     if let Some(p) = &target.profile {
         config.target.profile = p.clone();
@@ -404,20 +448,27 @@ fn detect_profile(
     ))
 }
 
-fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
+fn execute(
+    command: Command,
+    plugins: &mut PluginDirs<'_>,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     match command {
         Command::Connectors => {
-            let registry = Registry::from_inventory()?;
+            let registry = plugins.registry(Path::new(""))?;
+            let rows: Vec<_> = registry.iter().map(|c| (c, c.origin.to_string())).collect();
+            let name_w = rows.iter().map(|(c, _)| c.name.len()).fold(12, usize::max);
+            let origin_w = rows.iter().map(|(_, o)| o.len()).fold(10, usize::max);
             writeln!(
                 out,
-                "{:<12} {:<10} {:<9} description",
+                "{:<name_w$} {:<origin_w$} {:<9} description",
                 "name", "origin", "version"
             )?;
-            for c in registry.iter() {
+            for (c, origin) in rows {
                 writeln!(
                     out,
-                    "{:<12} {:<10} {:<9} {}",
-                    c.name, "built-in", c.version, c.description
+                    "{:<name_w$} {:<origin_w$} {:<9} {}",
+                    c.name, origin, c.version, c.description
                 )?;
             }
             let mut maps = registry.maps().peekable();
@@ -434,7 +485,7 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             no_count,
             target,
         } => {
-            let plan = load_with(&config, &target, |_| Ok(None))?;
+            let plan = load_with(&config, &target, plugins, |_| Ok(None))?;
             report::write_plan(out, &plan)?;
             if no_count {
                 return Ok(0);
@@ -458,7 +509,7 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             stream,
             limit,
         } => {
-            let plan = load(&config)?;
+            let plan = load(&config, plugins)?;
             let mapped = plan.preview(&stream, limit).map_err(|e| anyhow!(e))?;
             let mut failed = false;
             for item in mapped {
@@ -479,8 +530,8 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
             }
             Ok(if failed { EXIT_REJECTS } else { 0 })
         }
-        Command::Migrate(args) => migrate(args, false, out),
-        Command::RetryRejects(args) => migrate(args, true, out),
+        Command::Migrate(args) => migrate(args, false, plugins, out),
+        Command::RetryRejects(args) => migrate(args, true, plugins, out),
         Command::Status { config, ledger } => {
             let path = ledger.path(&config)?;
             if !path.exists() {
@@ -505,7 +556,12 @@ fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<u8> {
     }
 }
 
-fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+fn migrate(
+    args: MigrateArgs,
+    only_rejected: bool,
+    plugins: &mut PluginDirs<'_>,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     let MigrateArgs {
         config,
         dry_run,
@@ -521,7 +577,7 @@ fn migrate(args: MigrateArgs, only_rejected: bool, out: &mut dyn Write) -> anyho
         rejects,
         report,
     } = args;
-    let plan = load_with(&config, &target, |_| {
+    let plan = load_with(&config, &target, plugins, |_| {
         detect_profile(server.as_deref(), sandbox.is_some(), &auth)
     })?;
     let default_dir = match (&dry_run, &sandbox) {
