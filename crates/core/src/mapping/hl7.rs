@@ -18,7 +18,8 @@
 //! Times without an offset take the zone of the mapping's `hl7_zone` var
 //! (an offset like `-05:00` or an IANA name), UTC when none is set;
 //! identifier authorities map to systems through the `hl7_authorities` var
-//! (a dict of namespace id or OID to system URI).
+//! (a dict of namespace id or OID to system URI). Both are read once, when
+//! the mapping compiles ([`Hl7Settings`]); a bad one is a `check` error.
 
 use std::sync::Arc;
 
@@ -46,12 +47,64 @@ pub(crate) const HL7_FUNCTIONS: &[&str] = &[
     "hl7_date",
 ];
 
-/// A message and the segment an iteration stands on.
+/// The zone and authority table of a stream's HL7 functions, read once
+/// from its vars when the mapping compiles: no file is read, no table
+/// built, per record.
+#[derive(Debug)]
+pub(crate) struct Hl7Settings {
+    pub zone: Zone,
+    pub authorities: Authorities,
+}
+
+impl Hl7Settings {
+    /// From the `hl7_zone` and `hl7_authorities` vars; an error says which
+    /// var is wrong and how to write it.
+    pub(crate) fn from_vars(vars: &[(String, serde_json::Value)]) -> Result<Hl7Settings, String> {
+        let var = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let zone = match var("hl7_zone") {
+            None | Some(serde_json::Value::Null) => Zone::utc(),
+            Some(serde_json::Value::String(spec)) => {
+                Zone::parse(spec).map_err(|e| format!("var hl7_zone: {e}"))?
+            }
+            Some(_) => {
+                return Err(
+                    "var hl7_zone: write an offset like \"-05:00\" or an IANA name like America/New_York"
+                        .into(),
+                );
+            }
+        };
+        let mut table = Vec::new();
+        match var("hl7_authorities") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(map)) => {
+                for (authority, system) in map {
+                    let system = system.as_str().filter(|s| s.contains(':')).ok_or_else(|| {
+                        format!("var hl7_authorities.{authority}: the system must be a URI (urn:oid:..., http://...)")
+                    })?;
+                    table.push((authority.clone(), system.to_owned()));
+                }
+            }
+            Some(_) => {
+                return Err(
+                    "var hl7_authorities: a mapping of assigning authority to identifier system URI"
+                        .into(),
+                );
+            }
+        }
+        Ok(Hl7Settings {
+            zone,
+            authorities: Authorities::new(table, FALLBACK_AUTHORITY_BASE),
+        })
+    }
+}
+
+/// A message, the segment an iteration stands on, and the stream's settings.
 #[derive(Debug)]
 pub(crate) struct Hl7Context {
     pub message: Arc<Message<'static>>,
     /// The index of the current `for_each` segment.
     pub segment: Option<usize>,
+    pub settings: Arc<Hl7Settings>,
 }
 
 impl Object for Hl7Context {}
@@ -188,30 +241,10 @@ fn hl7_telecom(state: &State, path: String, default_use: Option<String>) -> Resu
     })
 }
 
-fn authorities(state: &State) -> Authorities {
-    let table = state
-        .lookup("hl7_authorities")
-        .and_then(|v| {
-            v.try_iter()
-                .ok()
-                .map(|keys| (v.clone(), keys.collect::<Vec<_>>()))
-        })
-        .map(|(map, keys)| {
-            keys.into_iter()
-                .filter_map(|k| {
-                    let value = map.get_item(&k).ok()?;
-                    Some((k.as_str()?.to_owned(), value.as_str()?.to_owned()))
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    Authorities::new(table, FALLBACK_AUTHORITY_BASE)
-}
-
 fn hl7_identifier(state: &State, path: String) -> Result<Mj, Error> {
-    let authorities = authorities(state);
+    let ctx = context(state)?;
     per_repetition(state, &path, |raw, d| {
-        fhir::identifier(raw, d, &authorities)
+        fhir::identifier(raw, d, &ctx.settings.authorities)
     })
 }
 
@@ -224,17 +257,6 @@ fn hl7_codeable(state: &State, path: String) -> Result<Mj, Error> {
         Some(v) => Mj::from(minijinja::value::Serde(v)),
         None => Mj::from(()),
     })
-}
-
-fn zone(state: &State) -> Result<Zone, Error> {
-    match state
-        .lookup("hl7_zone")
-        .filter(|v| !v.is_none() && !v.is_undefined())
-    {
-        Some(v) => Zone::parse(v.as_str().unwrap_or_default())
-            .map_err(|e| invalid(format!("var hl7_zone: {e}"))),
-        None => Ok(Zone::utc()),
-    }
 }
 
 /// The first component of a TS/DTM at a path (`^precision` dropped).
@@ -252,8 +274,8 @@ fn hl7_datetime(state: &State, path: String) -> Result<Mj, Error> {
     let Some(raw) = time_text(state, &path)? else {
         return Ok(Mj::from(()));
     };
-    let zone = zone(state)?;
-    fhir::datetime(&raw, &zone)
+    let ctx = context(state)?;
+    fhir::datetime(&raw, &ctx.settings.zone)
         .map(text)
         .map_err(|e| invalid(format!("{path}: {e}")))
 }

@@ -290,6 +290,13 @@ impl StreamMapper {
             }
         }
         errors.append(&mut compiler.errors);
+        let hl7 = match hl7::Hl7Settings::from_vars(vars) {
+            Ok(h) => h,
+            Err(message) => {
+                errors.push(ConfigError::at(&stream.pos, message));
+                hl7::Hl7Settings::from_vars(&[]).expect("no vars is a valid setting")
+            }
+        };
         let referenced_types = std::mem::take(&mut compiler.referenced_types);
         drop(compiler);
         if !errors.is_empty() {
@@ -312,6 +319,7 @@ impl StreamMapper {
                     .collect(),
                 lookups,
                 local_names,
+                hl7: Arc::new(hl7),
             }),
             emitted_types,
             referenced_types,

@@ -13,7 +13,7 @@ use minijinja::value::{Object, Value as Mj};
 use minijinja::{Environment, Expression};
 
 use super::functions::{GLOBAL_NAMES, LOCALS_KEY};
-use super::hl7::{HL7_FUNCTIONS, HL7_KEY, Hl7Context};
+use super::hl7::{HL7_FUNCTIONS, HL7_KEY, Hl7Context, Hl7Settings};
 use super::{LookupTable, dates, functions};
 use crate::config::ConfigError;
 use crate::group::conditional_url;
@@ -592,6 +592,8 @@ pub(crate) struct ScopeShared {
     pub lookups: Vec<Arc<LookupTable>>,
     /// The stream's `as:` names, in the order of a record's local urn:uuids.
     pub local_names: Vec<String>,
+    /// The HL7 functions' zone and authorities (from the vars).
+    pub hl7: Arc<Hl7Settings>,
 }
 
 impl<'a> Scope<'a> {
@@ -636,10 +638,8 @@ pub(crate) fn value_to_mj(v: &Value) -> Mj {
         Value::Bool(b) => Mj::from(*b),
         Value::Json(j) => Mj::from(minijinja::value::Serde(j)),
         Value::List(items) => items.iter().map(value_to_mj).collect(),
-        Value::Message(m) => Mj::from_object(Hl7Context {
-            message: m.0.clone(),
-            segment: None,
-        }),
+        // a message as a plain value: paths are read through `hl7(...)`
+        Value::Message(m) => Mj::from(m.0.text()),
     }
 }
 
@@ -681,6 +681,7 @@ impl Object for RecordObject {
                 Value::Message(m) => Some(Mj::from_object(Hl7Context {
                     message: m.0.clone(),
                     segment: self.segment,
+                    settings: self.shared.hl7.clone(),
                 })),
                 _ => None,
             });
