@@ -165,13 +165,7 @@ fn resume_line(source: &StreamSource) -> Result<u64, ConnectorError> {
     match &source.resume_after {
         None => Ok(0),
         Some(Provenance::File { file, line }) if **file == *source.from => Ok(*line),
-        Some(other) => Err(ConnectorError::Setting {
-            what: format!("stream {}", source.stream),
-            message: format!(
-                "the ledger's resume point ({other}) does not belong to this stream, which reads {}; run with --full to start again",
-                source.from
-            ),
-        }),
+        Some(other) => Err(source.foreign_mark(other, &source.from, "")),
     }
 }
 

@@ -137,13 +137,9 @@ fn resume_point(source: &StreamSource) -> Result<Option<(Arc<str>, u64)>, Connec
     match &source.resume_after {
         None => Ok(None),
         Some(Provenance::Message { file, offset, .. }) => Ok(Some((file.clone(), *offset))),
-        Some(other) => Err(ConnectorError::Setting {
-            what: format!("stream {}", source.stream),
-            message: format!(
-                "the ledger's resume point ({other}) does not belong to this stream, which reads HL7 v2 messages from {}; run with --full to start again",
-                source.from
-            ),
-        }),
+        Some(other) => {
+            Err(source.foreign_mark(other, &format!("HL7 v2 messages from {}", source.from), ""))
+        }
     }
 }
 

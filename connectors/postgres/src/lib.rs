@@ -332,10 +332,8 @@ impl PostgresConnector {
                     ));
                 }
                 let values = parse_key(key, order.len()).map_err(|why| {
-                    refused(format!(
-                        "the ledger's resume point ({}) does not belong to this stream: {why}; run with --full to start again",
-                        source.resume_after.as_ref().expect("matched")
-                    ))
+                    let mark = source.resume_after.as_ref().expect("matched");
+                    source.foreign_mark(mark, &table, &why)
                 })?;
                 let values = values
                     .into_iter()
@@ -350,11 +348,7 @@ impl PostgresConnector {
                     .collect::<Result<Vec<_>, _>>()?;
                 Some(values)
             }
-            Some(other) => {
-                return Err(refused(format!(
-                    "the ledger's resume point ({other}) does not belong to this stream, which reads {table}; run with --full to start again"
-                )));
-            }
+            Some(other) => return Err(source.foreign_mark(other, &table, "")),
         };
         Ok(StreamQuery {
             sql,

@@ -34,6 +34,25 @@ pub struct StreamSource {
     pub resume_after: Option<Provenance>,
 }
 
+impl StreamSource {
+    /// The error for a ledger mark this stream cannot resume after (another
+    /// file, table or kind of record): `reads` says what the stream reads,
+    /// `why` (when not empty) what is wrong with the mark.
+    pub fn foreign_mark(&self, mark: &Provenance, reads: &str, why: &str) -> ConnectorError {
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({why})")
+        };
+        ConnectorError::Setting {
+            what: format!("stream {}", self.stream),
+            message: format!(
+                "the ledger's resume point ({mark}) does not belong to this stream, which reads {reads}{why}; run with --full to start again"
+            ),
+        }
+    }
+}
+
 /// Where a migration runs from: relative paths in settings resolve against `base_dir`.
 #[derive(Debug, Clone)]
 pub struct ConnectorContext {
