@@ -713,7 +713,8 @@ fn send(
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
         (None, Some(dir)) => format!(
             "sandbox:{}",
-            std::fs::canonicalize(dir)
+            // the same name whether the store exists yet or not
+            std::path::absolute(dir)
                 .unwrap_or_else(|_| dir.clone())
                 .display()
         ),
