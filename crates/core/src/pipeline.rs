@@ -435,7 +435,10 @@ impl Plan {
             }
             for name in &phase.streams {
                 let planned = self.stream(name).expect("phases name planned streams");
-                if !filter.stopped() {
+                if filter.stopped() {
+                    accounts.summaries[index].failed =
+                        Some("not started: stopped (Ctrl-C); the next run starts it".into());
+                } else {
                     self.run_stream(index, planned, sink, &mut accounts, progress, &filter)?;
                 }
                 index += 1;
