@@ -393,17 +393,37 @@ fn ctrl_c_settles_what_is_in_flight_keeps_the_ledger_and_the_next_run_resumes() 
     let counts = datagen::write_example(&dir, 6_000, 17).unwrap();
     let config = dir.join("migration.yaml");
     let state = dir.join("fhirlift.state");
-    let run = child(&config, &server.url(), &state, &[])
+    let mut run = child(&config, &server.url(), &state, &[])
+        .env("FHIRLIFT_LOG", "info")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // signal once phase 2 has begun (not after a fixed sleep, which a busy
+    // machine can outlast before the handler is even installed); the log
+    // keeps being drained so the child never blocks on a full pipe
+    let (began, phase_two) = std::sync::mpsc::channel();
+    let log = std::io::BufReader::new(run.stderr.take().unwrap());
+    let drain = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut sent = false;
+        for line in log.lines().map_while(Result::ok) {
+            if !sent && line.contains("stream started") && line.contains("phase=2") {
+                let _ = began.send(());
+                sent = true;
+            }
+        }
+    });
+    phase_two
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the run reached phase 2");
     let interrupted = Command::new("kill")
         .args(["-INT", &run.id().to_string()])
         .status()
         .unwrap();
     assert!(interrupted.success());
     let out = run.wait_with_output().unwrap();
+    drain.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     // a clean stop: the summary is printed and the exit says not everything ran
     assert_eq!(out.status.code(), Some(2), "{stdout}");
