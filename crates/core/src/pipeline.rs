@@ -3,7 +3,12 @@
 //!
 //! Data moves one way: connector → mapper → packer → sink. Rejects are
 //! written as they happen; memory holds one open bundle per stream and the
-//! channel between the connector and the mapper, whatever the source size.
+//! bounded channels between the connector, the mapping thread and the main
+//! loop, whatever the source size.
+//!
+//! Threads per stream: the connector's reader, the mapping thread
+//! ([`MappingStage`]: filter, map, hash) and the main loop (ledger delta
+//! check, packing, accounting); requests go out on the sender's runtime.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +46,7 @@ pub fn expression_env() -> &'static Environment<'static> {
 pub struct PlannedStream {
     pub source: StreamSource,
     pub columns: Arc<Schema>,
-    pub mapper: Box<dyn ResourceMapper>,
+    pub mapper: Arc<dyn ResourceMapper>,
     /// What the mapper writes, read once.
     pub shape: MapperShape,
     /// The built-in map in use, when the stream names one.
@@ -192,8 +197,8 @@ impl Plan {
                     }
                 }
             };
-            let mapper: Box<dyn ResourceMapper> = match builtin {
-                Some(b) if stream.emit.is_empty() => b,
+            let mapper: Arc<dyn ResourceMapper> = match builtin {
+                Some(b) if stream.emit.is_empty() => Arc::from(b),
                 Some(b) => {
                     // the user's entries join the built-in map's transaction
                     let mut user_stream = stream.clone();
@@ -205,7 +210,7 @@ impl Plan {
                         &columns,
                         lookups,
                     ) {
-                        Ok(user) => Box::new(WithOverrides::new(b, user)),
+                        Ok(user) => Arc::new(WithOverrides::new(b, user)),
                         Err(mut e) => {
                             errors.append(&mut e);
                             continue;
@@ -219,7 +224,7 @@ impl Plan {
                     &columns,
                     lookups,
                 ) {
-                    Ok(m) => Box::new(m),
+                    Ok(m) => Arc::new(m),
                     Err(mut e) => {
                         errors.append(&mut e);
                         continue;
@@ -522,7 +527,7 @@ impl Plan {
             tracing::info!(stream = %name, "no rejected records to retry");
             return Ok(());
         }
-        let mut open = match self.connector.open(&source) {
+        let open = match self.connector.open(&source) {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(stream = %name, error = %e, "stream could not be opened");
@@ -530,27 +535,35 @@ impl Plan {
                 return Ok(());
             }
         };
-        'read: while let Some(chunk) = open.blocking_next_chunk() {
+        let mapped = MappingStage {
+            mapper: planned.mapper.clone(),
+            stream: name.clone(),
+            shard: filter.shard,
+            retry,
+        }
+        .spawn(open)?;
+        let mut ended = false;
+        'read: for chunk in mapped.iter() {
             if filter.stopped() {
                 accounts.summaries[index].failed =
                     Some("stopped (Ctrl-C): the ledger resumes after what was acknowledged".into());
+                ended = true;
                 break 'read;
             }
             for event in chunk {
                 match event {
-                    SourceEvent::Record(record) => {
-                        if !filter.takes(&name, &record.key)
-                            || retry
-                                .as_ref()
-                                .is_some_and(|keys| !keys.contains(&record.key))
-                        {
-                            continue;
-                        }
+                    Prepared::End => ended = true,
+                    Prepared::Record {
+                        key,
+                        provenance,
+                        hashes,
+                        mapped,
+                    } => {
                         accounts.summaries[index].records += 1;
-                        let seq = accounts.tracks[index].begin(&record.key, &record.provenance);
-                        match planned.mapper.map(record) {
+                        let seq = accounts.tracks[index].begin(key, provenance);
+                        match mapped {
                             Ok(Mapped::Group(mut group)) => {
-                                if !filter.full && accounts.all_acknowledged(&group)? {
+                                if !filter.full && accounts.all_acknowledged(&group, &hashes)? {
                                     accounts.unchanged(index, &group);
                                     // done before, as the ledger knows: only the mark moves
                                     accounts.settle_record(index, seq, None, false)?;
@@ -617,16 +630,11 @@ impl Plan {
                             }
                         }
                     }
-                    SourceEvent::Rejected(e) => {
+                    Prepared::Rejected(e) => {
                         let key = e.provenance.to_string();
-                        if !filter.takes(&name, &key)
-                            || retry.as_ref().is_some_and(|keys| !keys.contains(&key))
-                        {
-                            continue;
-                        }
                         accounts.summaries[index].records += 1;
                         let reason = format!("{} ({})", e.reason, e.hint);
-                        let seq = accounts.tracks[index].begin(&key, &e.provenance);
+                        let seq = accounts.tracks[index].begin(key, e.provenance.clone());
                         accounts.complete(index, seq, Some(&reason))?;
                         accounts.reject(
                             index,
@@ -642,10 +650,11 @@ impl Plan {
                             },
                         )?;
                     }
-                    SourceEvent::Failed(e) => {
+                    Prepared::Failed(e) => {
                         let summary = &mut accounts.summaries[index];
                         tracing::error!(stream = %name, error = %e, records = summary.records, "stream stopped");
-                        summary.failed = Some(e.to_string());
+                        summary.failed = Some(e);
+                        ended = true;
                         break 'read;
                     }
                 }
@@ -654,6 +663,18 @@ impl Plan {
             accounts.absorb(sink.settled())?;
             accounts.commit_now_and_then(false)?;
             progress.update(&accounts.summaries[index], sink.activity());
+        }
+        drop(mapped);
+        if !ended {
+            // the mapping thread went away without saying the stream ended
+            // (it panicked): what was read counts, the rest is not "done"
+            let summary = &mut accounts.summaries[index];
+            tracing::error!(stream = %name, records = summary.records, "the mapping stopped unexpectedly");
+            summary.failed = Some(
+                "the mapping stopped unexpectedly (a bug in a mapper: please report it); \
+                 the ledger resumes after what was acknowledged"
+                    .into(),
+            );
         }
         packer.finish(&mut |r| ready.push(r));
         submit_ready(&mut ready, &mut accounts.summaries[index], sink)?;
@@ -697,14 +718,6 @@ impl RecordFilter {
             .as_ref()
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
     }
-
-    /// Whether this shard takes the record.
-    fn takes(&self, stream: &str, key: &str) -> bool {
-        match self.shard {
-            Some((k, n)) => shard_of(stream, key, n) == k,
-            None => true,
-        }
-    }
 }
 
 /// The shard (of `n`) a record belongs to: a stable hash of its stream and key.
@@ -741,10 +754,9 @@ struct OpenRecord {
 }
 
 impl StreamTrack {
-    fn begin(&mut self, key: &str, provenance: &Provenance) -> u64 {
+    fn begin(&mut self, key: String, provenance: Provenance) -> u64 {
         self.next += 1;
-        self.names
-            .insert(self.next, (key.to_owned(), provenance.clone()));
+        self.names.insert(self.next, (key, provenance));
         self.next
     }
 
@@ -762,18 +774,18 @@ impl StreamTrack {
 impl Accounts<'_> {
     /// Whether the ledger holds every operation of the group as
     /// acknowledged with this very content.
-    fn all_acknowledged(&self, group: &WriteGroup) -> Result<bool, SinkError> {
+    fn all_acknowledged(&self, group: &WriteGroup, hashes: &[u128]) -> Result<bool, SinkError> {
         let Some(ledger) = self.ledger.as_deref() else {
             return Ok(false);
         };
-        for op in &group.operations {
+        for (op, &hash) in group.operations.iter().zip(hashes) {
             let Some(id) = &op.identity else {
                 return Ok(false);
             };
             let known = ledger
                 .acknowledged(&id.resource_type, &id.system, &id.value)
                 .map_err(ledger_error)?;
-            if known.is_none_or(|a| a.hash != crate::group::content_hash(op.resource.as_str())) {
+            if known.is_none_or(|a| a.hash != hash) {
                 return Ok(false);
             }
         }
@@ -785,6 +797,8 @@ impl Accounts<'_> {
         let summary = &mut self.summaries[index];
         summary.unchanged_records += 1;
         for op in &group.operations {
+            // accounted for like a written one, so the totals add up
+            count(&mut summary.resources, &op.resource_type, 1);
             summary
                 .written
                 .entry(op.resource_type.clone())
@@ -1276,5 +1290,201 @@ impl RunSummary {
 
     pub fn requests(&self) -> u64 {
         self.streams.iter().map(|s| s.requests).sum()
+    }
+}
+
+/// Mapped chunks waiting between the mapping thread and the main loop: a
+/// bound, so memory stays flat when the sender is the slow part.
+const MAPPED_CHUNKS_AHEAD: usize = 4;
+
+/// What the mapping thread hands the main loop, in source order.
+enum Prepared {
+    Record {
+        key: String,
+        provenance: Provenance,
+        /// [`crate::group::content_hash`] of each operation, for the delta.
+        hashes: Vec<u128>,
+        mapped: Result<Mapped, MapError>,
+    },
+    /// A record the connector could not read.
+    Rejected(crate::connector::RecordError),
+    /// The stream cannot go on.
+    Failed(String),
+    /// The stream was read to its end (or failed): the last event sent.
+    End,
+}
+
+/// One stream's mapping, on its own thread: the connector's records are
+/// filtered (shard, retried keys), mapped and hashed there, while the main
+/// loop checks the ledger, packs and sends. Mapping is pure (no I/O, no
+/// shared state), so it moves off the main loop without changing any
+/// outcome; order is kept.
+struct MappingStage {
+    mapper: Arc<dyn ResourceMapper>,
+    stream: Arc<str>,
+    shard: Option<(u64, u64)>,
+    retry: Option<std::collections::HashSet<String>>,
+}
+
+impl MappingStage {
+    fn takes(&self, key: &str) -> bool {
+        self.shard
+            .is_none_or(|(k, n)| shard_of(&self.stream, key, n) == k)
+            && self.retry.as_ref().is_none_or(|keys| keys.contains(key))
+    }
+
+    /// Starts the thread. It stops when the stream ends or the receiver is
+    /// dropped; it ends with [`Prepared::End`] unless it panicked.
+    fn spawn(
+        self,
+        mut open: crate::connector::RecordStream,
+    ) -> Result<std::sync::mpsc::Receiver<Vec<Prepared>>, SinkError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(MAPPED_CHUNKS_AHEAD);
+        std::thread::Builder::new()
+            .name(format!("map-{}", self.stream))
+            .spawn(move || {
+                while let Some(chunk) = open.blocking_next_chunk() {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    let mut failed = false;
+                    for event in chunk {
+                        match event {
+                            SourceEvent::Record(record) => {
+                                if !self.takes(&record.key) {
+                                    continue;
+                                }
+                                let key = record.key.clone();
+                                let provenance = record.provenance.clone();
+                                let mapped = self.mapper.map(record);
+                                let hashes = match &mapped {
+                                    Ok(Mapped::Group(g)) => g
+                                        .operations
+                                        .iter()
+                                        .map(|o| crate::group::content_hash(o.resource.as_str()))
+                                        .collect(),
+                                    _ => Vec::new(),
+                                };
+                                out.push(Prepared::Record {
+                                    key,
+                                    provenance,
+                                    hashes,
+                                    mapped,
+                                });
+                            }
+                            SourceEvent::Rejected(e) => {
+                                if self.takes(&e.provenance.to_string()) {
+                                    out.push(Prepared::Rejected(e));
+                                }
+                            }
+                            SourceEvent::Failed(e) => {
+                                out.push(Prepared::Failed(e.to_string()));
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if failed {
+                        out.push(Prepared::End);
+                        let _ = tx.send(out);
+                        return;
+                    }
+                    if tx.send(out).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(vec![Prepared::End]);
+            })
+            .map_err(|e| SinkError(format!("cannot start the mapping thread: {e}")))?;
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::RecordStream;
+    use crate::record::{Record, Schema, Value};
+
+    /// Maps every record to nothing, and panics on the key "boom".
+    struct PanicsOnBoom;
+
+    impl ResourceMapper for PanicsOnBoom {
+        fn stream(&self) -> &str {
+            "s"
+        }
+        fn map(&self, record: Record) -> Result<Mapped, MapError> {
+            if record.key == "boom" {
+                panic!("a mapper bug");
+            }
+            Ok(Mapped::Skipped(None))
+        }
+        fn shape(&self) -> MapperShape {
+            MapperShape::default()
+        }
+    }
+
+    fn records(keys: &'static [&'static str]) -> RecordStream {
+        RecordStream::from_blocking("s", move |tx| {
+            let schema = Arc::new(Schema::new(vec!["c".into()]));
+            for (n, key) in keys.iter().enumerate() {
+                tx.send(SourceEvent::Record(Record {
+                    stream: "s".into(),
+                    key: (*key).to_owned(),
+                    schema: schema.clone(),
+                    values: vec![Value::Null],
+                    provenance: Provenance::File {
+                        file: "s.csv".into(),
+                        line: n as u64 + 2,
+                    },
+                }));
+            }
+        })
+        .unwrap()
+    }
+
+    fn stage(retry: Option<&[&str]>) -> MappingStage {
+        MappingStage {
+            mapper: Arc::new(PanicsOnBoom),
+            stream: "s".into(),
+            shard: None,
+            retry: retry.map(|keys| keys.iter().map(|k| (*k).to_owned()).collect()),
+        }
+    }
+
+    fn keys_and_end(rx: std::sync::mpsc::Receiver<Vec<Prepared>>) -> (Vec<String>, bool) {
+        let mut keys = Vec::new();
+        let mut ended = false;
+        for event in rx.iter().flatten() {
+            match event {
+                Prepared::Record { key, .. } => keys.push(key),
+                Prepared::End => ended = true,
+                _ => {}
+            }
+        }
+        (keys, ended)
+    }
+
+    #[test]
+    fn the_mapping_stage_keeps_order_and_ends_with_its_marker() {
+        let rx = stage(None).spawn(records(&["a", "b", "c"])).unwrap();
+        let (keys, ended) = keys_and_end(rx);
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert!(ended);
+    }
+
+    #[test]
+    fn the_mapping_stage_takes_only_the_retried_keys() {
+        let rx = stage(Some(&["b"]))
+            .spawn(records(&["a", "b", "c"]))
+            .unwrap();
+        assert_eq!(keys_and_end(rx).0, ["b"]);
+    }
+
+    #[test]
+    fn a_mapper_panic_leaves_no_end_marker_so_the_stream_is_not_finished() {
+        let rx = stage(None).spawn(records(&["a", "boom", "c"])).unwrap();
+        let (keys, ended) = keys_and_end(rx);
+        // the chunk being mapped is lost with the thread; nothing says "done"
+        assert!(keys.is_empty(), "{keys:?}");
+        assert!(!ended);
     }
 }
