@@ -421,9 +421,15 @@ fn start_sink(port: &str) -> anyhow::Result<std::process::Child> {
     Ok(sink)
 }
 
-/// The ledger: `patients` records sent to a sink sandbox once (every one
-/// written and acknowledged into the ledger), then again unchanged: the
-/// second run reads the source and the ledger and sends nothing.
+/// The ledger: what an unchanged re-run costs next to the first run.
+///
+/// 1. `patients` records sent to a sink sandbox (it answers at once, so the
+///    first run is fhirlift's own cost: reading, mapping, sending and the
+///    ledger's acknowledgements), then again unchanged: the second run
+///    reads the source and the ledger and sends nothing.
+/// 2. The same against the sandbox in Medplum mode (the server costs of
+///    `bench medplum`), 20,000 patients with 3 conditions each under the
+///    resolve strategy: what a re-run saves when the server is the slow part.
 fn bench_ledger(patients: u64) -> anyhow::Result<()> {
     let dir = root().join(format!("target/bench-data/{patients}"));
     if !dir.join("migration.yaml").exists() {
@@ -437,34 +443,91 @@ fn bench_ledger(patients: u64) -> anyhow::Result<()> {
         &config,
         &text[..text.find("\n  conditions:").unwrap_or(text.len())],
     )?;
+    let port = "18114";
+    let mut sink = start_sink(port)?;
+    let into_sink = ledger_passes(
+        &format!("{patients} patients into the sink sandbox"),
+        &config,
+        &format!("http://127.0.0.1:{port}/fhir/R4"),
+        &["--strategy", "conditional", "--profile", "generic"],
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let into_sink = into_sink?;
+
+    let medplum_patients = 20_000;
+    let config = strategies_data(medplum_patients)?;
+    let port = "18115";
+    let mut server = start_medplum_model(port)?;
+    let into_medplum = ledger_passes(
+        &format!(
+            "{medplum_patients} patients + {} conditions into the sandbox in Medplum mode",
+            medplum_patients * 3
+        ),
+        &config,
+        &format!("http://127.0.0.1:{port}/fhir/R4"),
+        &[
+            "--profile",
+            "medplum",
+            "--concurrency",
+            "4",
+            "--max-attempts",
+            "50",
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let into_medplum = into_medplum?;
+
+    println!("\n== the ledger: unchanged re-run next to the first run");
+    for (what, [first, again]) in [
+        (format!("{patients} patients, sink"), into_sink),
+        (
+            format!("{} resources, Medplum mode", medplum_patients * 4),
+            into_medplum,
+        ),
+    ] {
+        println!(
+            "{what:<34} first run {:>7.1} s   unchanged re-run {:>6.1} s   ({:.1}% of the first)",
+            first.as_secs_f64(),
+            again.as_secs_f64(),
+            100.0 * again.as_secs_f64() / first.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// A first run (with a fresh ledger) and an unchanged re-run of `config`
+/// into `server`; their wall-clock times.
+fn ledger_passes(
+    what: &str,
+    config: &Path,
+    server: &str,
+    options: &[&str],
+) -> anyhow::Result<[std::time::Duration; 2]> {
+    let dir = config.parent().context("a config has a folder")?;
     let state = dir.join("bench-ledger.fhirlift-state");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", state.display()));
     }
-    let port = "18114";
-    let mut sink = start_sink(port)?;
-    let mut outcome = Ok(());
-    for pass in ["first run", "unchanged re-run"] {
-        println!("\n== {patients} patients, {pass}: into the sink sandbox, with the ledger");
+    let mut took = [std::time::Duration::ZERO; 2];
+    for (n, pass) in ["first run", "unchanged re-run"].into_iter().enumerate() {
+        println!("\n== {what}, {pass}, with the ledger");
         let started = std::time::Instant::now();
         let mut send = Command::new(root().join("target/release/fhirlift"));
         send.args(["migrate", "--config"])
-            .arg(&config)
-            .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
-            .args(["--strategy", "conditional", "--profile", "generic"])
+            .arg(config)
+            .args(["--server", server])
+            .args(options)
             .arg("--state")
             .arg(&state)
             .arg("--rejects")
             .arg(dir.join("bench-rejects.ndjson"));
-        outcome = outcome.and(run(send));
-        println!(
-            "{pass}: {:.1} s wall clock",
-            started.elapsed().as_secs_f64()
-        );
+        run(send)?;
+        took[n] = started.elapsed();
+        println!("{pass}: {:.1} s wall clock", took[n].as_secs_f64());
     }
-    let _ = sink.kill();
-    let _ = sink.wait();
-    outcome
+    Ok(took)
 }
 
 /// The HL7 v2 maps: parse + map of N generated ORU^R01 messages, by the
@@ -562,13 +625,12 @@ streams:
     outcome
 }
 
-/// The two write strategies against the sandbox in Medplum mode: each write
-/// holds one of 4 server workers for 4 ms, each search 2 ms, and concurrent
-/// conditional writes conflict (409) as on Medplum. Patients with 3
-/// conditions each; a first load, then an unchanged re-run.
-fn bench_strategies(patients: u64) -> anyhow::Result<()> {
+/// `patients` generated patients with 3 conditions each, and a config of
+/// those two streams; generated once, kept under target/bench-data.
+fn strategies_data(patients: u64) -> anyhow::Result<PathBuf> {
     let dir = root().join(format!("target/bench-data/strategies-{patients}"));
-    if !dir.join("patients-conditions.yaml").exists() {
+    let config = dir.join("patients-conditions.yaml");
+    if !config.exists() {
         let mut g = Command::new(root().join("target/release/fhirlift-gen"));
         g.args([
             "--patients",
@@ -580,31 +642,49 @@ fn bench_strategies(patients: u64) -> anyhow::Result<()> {
         run(g)?;
         let text = std::fs::read_to_string(dir.join("migration.yaml"))?;
         std::fs::write(
-            dir.join("patients-conditions.yaml"),
+            &config,
             &text[..text.find("\n  encounters:").unwrap_or(text.len())],
         )?;
     }
+    Ok(config)
+}
+
+/// The sandbox in Medplum mode in its own process on `port`, with the
+/// server costs of MEDPLUM.md: each write holds one of 4 workers for 4 ms,
+/// each search 2 ms, and concurrent conditional writes conflict (409).
+fn start_medplum_model(port: &str) -> anyhow::Result<std::process::Child> {
+    let mut server = Command::new(root().join("target/release/fhirlift-sandbox"))
+        .args(["--medplum", "--transaction-bundles", "--workers", "4"])
+        .args([
+            "--write-cost-ms",
+            "4",
+            "--search-cost-ms",
+            "2",
+            "--conflict-rate",
+            "0.05",
+        ])
+        .args(["--port", port])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start the sandbox")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    if let Some(status) = server.try_wait()? {
+        bail!("the sandbox stopped at once ({status})");
+    }
+    Ok(server)
+}
+
+/// The two write strategies against the sandbox in Medplum mode: each write
+/// holds one of 4 server workers for 4 ms, each search 2 ms, and concurrent
+/// conditional writes conflict (409) as on Medplum. Patients with 3
+/// conditions each; a first load, then an unchanged re-run.
+fn bench_strategies(patients: u64) -> anyhow::Result<()> {
+    let config = strategies_data(patients)?;
+    let dir = config.parent().context("a config has a folder")?.to_owned();
     let mut results = Vec::new();
     for (n, strategy) in ["conditional", "resolve"].into_iter().enumerate() {
         let port = (18120 + n).to_string();
-        let mut server = Command::new(root().join("target/release/fhirlift-sandbox"))
-            .args(["--medplum", "--transaction-bundles", "--workers", "4"])
-            .args([
-                "--write-cost-ms",
-                "4",
-                "--search-cost-ms",
-                "2",
-                "--conflict-rate",
-                "0.05",
-            ])
-            .args(["--port", &port])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start the sandbox")?;
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        if let Some(status) = server.try_wait()? {
-            bail!("the sandbox stopped at once ({status})");
-        }
+        let mut server = start_medplum_model(&port)?;
         let mut outcome = Ok(());
         for pass in ["first load", "unchanged re-run"] {
             println!(
@@ -613,7 +693,7 @@ fn bench_strategies(patients: u64) -> anyhow::Result<()> {
             );
             let mut send = Command::new(root().join("target/release/fhirlift"));
             send.args(["migrate", "--config"])
-                .arg(dir.join("patients-conditions.yaml"))
+                .arg(&config)
                 .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
                 .args([
                     "--strategy",
