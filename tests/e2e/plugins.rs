@@ -459,3 +459,25 @@ fn a_failing_plugin_fails_its_stream_with_a_clear_error_and_fhirlift_goes_on() {
         serde_json::from_slice(&std::fs::read(dir.join("fine/report.json")).unwrap()).unwrap();
     assert_eq!(stream(&r)["records"], 700);
 }
+
+#[test]
+fn source_settings_that_do_not_fit_the_plugins_config_schema_fail_check_by_name() {
+    let dir = scratch("plugin-config-schema");
+    let config = fixed_width_example(&dir);
+    let yaml = std::fs::read_to_string(&config).unwrap().replace(
+        "  path: data/\n",
+        "  pth: data/\n  columns:\n    - { name: mrn, start: 0, width: \"8\" }\n",
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let check = fhirlift(["check".into(), "-c".into(), config.into_os_string()]);
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert_ne!(check.code, 0, "{said}");
+    for wrong in [
+        "plugin fixed-width's config_schema",
+        "source.pth is not a setting this connector knows (it knows: columns, path)",
+        "source.columns[0].start must be at least 1",
+        "source.columns[0].width must be an integer, not text",
+    ] {
+        assert!(said.contains(wrong), "{wrong:?} in\n{said}");
+    }
+}

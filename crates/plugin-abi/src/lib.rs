@@ -21,8 +21,9 @@
 //!
 //! - `manifest()` gives a [`Buf`] of JSON: `{"name", "version",
 //!   "description", "config_schema" (a JSON Schema of the `source:`
-//!   settings, or null), "streams" (a list of stream names the plugin
-//!   knows, or null)}`. `name` is non-empty and made of `[a-z0-9_-]`; it
+//!   settings, or null; the host refuses settings that do not match it
+//!   before `schema` or `open` is called), "streams" (a list of stream
+//!   names the plugin knows, or null)}`. `name` is non-empty and made of `[a-z0-9_-]`; it
 //!   is what a migration's `source.connector` names.
 //! - `schema(config, len, out)` writes a JSON array of column names.
 //! - `open(config, len, out)` starts reading one stream and writes an

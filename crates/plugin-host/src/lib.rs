@@ -23,6 +23,7 @@
 
 pub mod batch;
 pub mod connector;
+pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,6 +149,12 @@ impl LoadedPlugin {
         let version = text("version")
             .filter(|v| !v.is_empty())
             .ok_or_else(|| bad(format!("plugin {name:?} gives no `version`")))?;
+        let config_schema = manifest.get("config_schema").cloned().unwrap_or(Json::Null);
+        if !config_schema.is_null() && !schema::is_schema(&config_schema) {
+            return Err(bad(format!(
+                "plugin {name:?}: `config_schema` must be a JSON Schema (an object or a boolean) or null"
+            )));
+        }
         let streams = match manifest.get("streams") {
             None | Some(Json::Null) => None,
             Some(s) => Some(
@@ -160,7 +167,7 @@ impl LoadedPlugin {
                 name,
                 version,
                 description: text("description").unwrap_or_default(),
-                config_schema: manifest.get("config_schema").cloned().unwrap_or(Json::Null),
+                config_schema,
                 streams,
                 file: file.to_owned(),
                 descriptor,
@@ -179,6 +186,17 @@ impl LoadedPlugin {
                 file: info.file.clone(),
             },
             create: Arc::new(move |settings: &Json, context: &ConnectorContext| {
+                let wrong = schema::violations(&info.config_schema, settings, "source");
+                if !wrong.is_empty() {
+                    return Err(fhirlift_core::ConnectorError::Setting {
+                        what: "source".into(),
+                        message: format!(
+                            "the settings do not fit plugin {}'s config_schema: {}; fix them in the migration file",
+                            info.name,
+                            wrong.join("; ")
+                        ),
+                    });
+                }
                 Ok(Box::new(connector::PluginConnector::new(
                     info.clone(),
                     settings.clone(),

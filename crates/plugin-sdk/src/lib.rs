@@ -54,7 +54,9 @@ pub use fhirlift_plugin_abi as abi;
 /// `create` has the type of a built-in connector's factory:
 /// `fn(&serde_json::Value, &ConnectorContext) -> Result<Box<dyn SourceConnector>, ConnectorError>`.
 /// `config_schema`, optional, is the JSON Schema of the `source:` settings
-/// as JSON text; `streams`, optional, the stream names the plugin knows.
+/// as JSON text; the host checks the settings against it before calling
+/// `create` (see `fhirlift_plugin_host::schema` for the keywords it
+/// knows). `streams`, optional, the stream names the plugin knows.
 /// The version is the plugin crate's own (`CARGO_PKG_VERSION`). Use once
 /// per library.
 #[macro_export]

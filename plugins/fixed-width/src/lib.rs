@@ -35,6 +35,7 @@ fhirlift_plugin_sdk::export_connector! {
     create: create,
     config_schema: r#"{
         "type": "object",
+        "additionalProperties": false,
         "properties": {
             "path": { "type": "string", "description": "the folder holding the files" },
             "columns": { "type": "array", "items": {
