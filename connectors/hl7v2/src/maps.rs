@@ -29,6 +29,11 @@ use fhirlift_hl7v2::fhir::{self, Authorities, Composite, tables};
 use fhirlift_hl7v2::{Delimiters, Message, Segment, Zone};
 use serde_json::{Map, Value, json};
 
+/// US Core's race extension (PID-10).
+const US_CORE_RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
+/// US Core's ethnicity extension (PID-22).
+const US_CORE_ETHNICITY: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity";
+
 /// The resource types the built-in maps write.
 pub const EMITTED_TYPES: &[&str] = &[
     "Patient",
@@ -655,16 +660,77 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if !languages.is_empty() {
             p.insert("communication".into(), Value::Array(languages));
         }
+        let mut extensions = Vec::new();
         if let Some(maiden) = self.text(pid, 6, 1) {
-            p.insert(
-                "extension".into(),
-                json!([{
-                    "url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
-                    "valueString": maiden,
-                }]),
-            );
+            extensions.push(json!({
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
+                "valueString": maiden,
+            }));
+        }
+        extensions.extend(self.us_core_category(pid, 10, US_CORE_RACE, 6, tables::race));
+        extensions.extend(self.us_core_category(pid, 22, US_CORE_ETHNICITY, 1, tables::ethnicity));
+        if !extensions.is_empty() {
+            p.insert("extension".into(), Value::Array(extensions));
         }
         Ok(self.push("Patient", identity.0, identity.1, Value::Object(p)))
+    }
+
+    /// PID-10 race or PID-22 ethnicity as a US Core extension: each
+    /// repetition's code in `ombCategory` (at most `most_omb`; further ones
+    /// stay in the text) or `detailed`, and `text` (required) = the code
+    /// system's displays for known codes, else the message's displays, or
+    /// codes, joined with `+` (as FHIR-Converter writes it). A local code
+    /// is kept in the text only.
+    fn us_core_category(
+        &self,
+        pid: &Segment<'_>,
+        n: usize,
+        url: &str,
+        most_omb: usize,
+        lookup: fn(&str, Option<&str>) -> Option<tables::Category>,
+    ) -> Option<Value> {
+        let mut parts = Vec::new();
+        let mut texts = Vec::new();
+        let mut omb = 0;
+        for r in self.reps(pid, n) {
+            let c = Composite::new(r, &self.d);
+            let Some(code) = c
+                .get(1)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+            else {
+                continue;
+            };
+            let display = c
+                .get(2)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty());
+            let found = lookup(&code, c.get(3).as_deref());
+            // the code system's name for a known code, else the message's
+            let shown = found.as_ref().and_then(|f| f.3).map(str::to_owned);
+            texts.push(shown.or(display.clone()).unwrap_or_else(|| code.clone()));
+            let Some((slot, system, code, known)) = found else {
+                continue;
+            };
+            if slot == tables::CategorySlot::Omb {
+                if omb == most_omb {
+                    continue;
+                }
+                omb += 1;
+            }
+            let mut coding = json!({ "system": system, "code": code });
+            if let Some(d) = known.map(str::to_owned).or(display) {
+                coding["display"] = json!(d);
+            }
+            parts.push(json!({ "url": slot.url(), "valueCoding": coding }));
+        }
+        if texts.is_empty() {
+            return None;
+        }
+        // US Core lists the codes first, then the text
+        parts.sort_by_key(|p| p["url"] != "ombCategory");
+        parts.push(json!({ "url": "text", "valueString": texts.join("+") }));
+        Some(json!({ "url": url, "extension": parts }))
     }
 
     fn encounter(

@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use fhirlift_connector_hl7v2::{MapOptions, MessageMap, map_message};
+use fhirlift_hl7v2::fhir::tables;
 use fhirlift_hl7v2::{Message, split};
 use serde_json::Value;
 
@@ -53,6 +54,11 @@ enum Known {
     /// when FC says unknown and an OBX with that OBX-3.1 has an OBX-11 our
     /// choice maps to our status.
     ObservationStatusGap,
+    /// FC puts any PID-10 / PID-22 code in `ombCategory` ("W", table 0189's
+    /// "N"); US Core allows only CDCREC and UNK / ASKU there. Rule: FC codes
+    /// that are not of the CDCREC form `NNNN-N` are set aside (ours keep
+    /// them in the text, or map 0189's H / N / U).
+    LocalCategoryCode,
 }
 
 impl Known {
@@ -62,6 +68,7 @@ impl Known {
             Known::GuarantorAddress => "FC adds the guarantor's address",
             Known::EventStatus => "event status: IG ≠ FC",
             Known::ObservationStatusGap => "0085 gap: our documented choice",
+            Known::LocalCategoryCode => "FC puts non-CDCREC race/ethnicity codes in ombCategory",
         }
     }
 }
@@ -104,6 +111,9 @@ const FIELDS: &[&str] = &[
     "Patient.birthDate",
     "Patient.gender",
     "Patient.address",
+    "Patient.race",
+    "Patient.race.text",
+    "Patient.ethnicity",
     "Encounter.class",
     "Encounter.period.start",
     "Encounter.period.end",
@@ -827,7 +837,72 @@ fn compare_patients(t: &mut Tally, file: &str, src: &Source, ours: &[Value], fc:
             text(f.get("gender")),
         );
         t.patient_addresses(&at, o, f, src);
+        for (field, url) in [
+            ("Patient.race", US_CORE_RACE),
+            ("Patient.ethnicity", US_CORE_ETHNICITY),
+        ] {
+            let fc_codes = category_codes(f, url);
+            let (cdc, local): (Vec<String>, Vec<String>) =
+                fc_codes.into_iter().partition(|c| tables::cdc_code(c));
+            if !local.is_empty() {
+                t.known_part(
+                    &at,
+                    field,
+                    Known::LocalCategoryCode,
+                    format!("FC {local:?}"),
+                );
+            }
+            t.equal(
+                &at,
+                field,
+                non_empty(category_codes(o, url)),
+                non_empty(cdc),
+            );
+        }
+        t.equal(
+            &at,
+            "Patient.race.text",
+            category_text(o, US_CORE_RACE),
+            category_text(f, US_CORE_RACE),
+        );
     }
+}
+
+const US_CORE_RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
+const US_CORE_ETHNICITY: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity";
+
+/// The US Core extension `url` of a Patient.
+fn category<'v>(r: &'v Value, url: &str) -> Option<&'v Value> {
+    array(r, "extension")
+        .iter()
+        .find(|e| text(e.get("url")).as_deref() == Some(url))
+}
+
+/// The codes of its `ombCategory` and `detailed` parts, sorted.
+fn category_codes(r: &Value, url: &str) -> Vec<String> {
+    let mut codes: Vec<String> = category(r, url)
+        .map(|e| array(e, "extension"))
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            matches!(
+                text(p.get("url")).as_deref(),
+                Some("ombCategory" | "detailed")
+            )
+        })
+        .filter_map(|p| text(get(p, &["valueCoding", "code"])))
+        .collect();
+    codes.sort();
+    codes.dedup();
+    codes
+}
+
+/// Its `text` part.
+fn category_text(r: &Value, url: &str) -> Option<String> {
+    array(category(r, url)?, "extension")
+        .iter()
+        .find(|p| text(p.get("url")).as_deref() == Some("text"))
+        .and_then(|p| text(p.get("valueString")))
 }
 
 fn compare_encounters(t: &mut Tally, file: &str, src: &Source, ours: &[Value], fc: &[Value]) {

@@ -493,6 +493,117 @@ pub fn language(code: &str) -> Option<&'static str> {
         .map(|(_, bcp)| *bcp)
 }
 
+/// CDC Race & Ethnicity (CDCREC), the code system of US Core's race and
+/// ethnicity extensions.
+pub const CDCREC: &str = "urn:oid:2.16.840.1.113883.6.238";
+
+/// Where a race or ethnicity code goes in its US Core extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CategorySlot {
+    /// `ombCategory`: one of the OMB minimum categories (or UNK / ASKU).
+    Omb,
+    /// `detailed`: any other CDCREC code.
+    Detailed,
+}
+
+impl CategorySlot {
+    /// The sub-extension's url.
+    pub fn url(self) -> &'static str {
+        match self {
+            CategorySlot::Omb => "ombCategory",
+            CategorySlot::Detailed => "detailed",
+        }
+    }
+}
+
+/// A race or ethnicity code in FHIR: its slot, system, code and, for the
+/// codes this table knows, the code system's display.
+pub type Category = (CategorySlot, &'static str, String, Option<&'static str>);
+
+/// Whether CWE.3 names CDCREC or its v2 tables (0005 race, 0189
+/// ethnicity), or is empty.
+fn cdc_system(system: Option<&str>) -> bool {
+    match system.map(str::trim) {
+        None | Some("") => true,
+        Some(s) => matches!(
+            s.to_ascii_uppercase().as_str(),
+            "HL70005"
+                | "HL70189"
+                | "CDCREC"
+                | "2.16.840.1.113883.6.238"
+                | "URN:OID:2.16.840.1.113883.6.238"
+        ),
+    }
+}
+
+/// Whether a code has the CDCREC form `NNNN-N`.
+pub fn cdc_code(code: &str) -> bool {
+    let b = code.as_bytes();
+    b.len() == 6
+        && b[4] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || c.is_ascii_digit())
+}
+
+/// UNK and ASKU, which US Core (v5 on) allows as an `ombCategory`.
+fn null_flavor_category(code: &str) -> Option<Category> {
+    match code {
+        "UNK" => Some((
+            CategorySlot::Omb,
+            V3_NULL_FLAVOR,
+            "UNK".into(),
+            Some("unknown"),
+        )),
+        "ASKU" => Some((
+            CategorySlot::Omb,
+            V3_NULL_FLAVOR,
+            "ASKU".into(),
+            Some("asked but unknown"),
+        )),
+        _ => None,
+    }
+}
+
+/// PID-10 race (CWE.1 code, CWE.3 system) → US Core race: the five OMB
+/// categories as `ombCategory`, other CDCREC codes as `detailed`, UNK and
+/// ASKU as v3-NullFlavor. A code of the CDCREC form is taken whatever
+/// CWE.3 says (feeds misname the table: `HL7000`, `RACE`); `None` for a
+/// local code ("W"): the caller keeps it as text only.
+pub fn race(code: &str, _system: Option<&str>) -> Option<Category> {
+    let code = code.trim();
+    let omb = |display| Some((CategorySlot::Omb, CDCREC, code.to_owned(), Some(display)));
+    match code {
+        "1002-5" => omb("American Indian or Alaska Native"),
+        "2028-9" => omb("Asian"),
+        "2054-5" => omb("Black or African American"),
+        "2076-8" => omb("Native Hawaiian or Other Pacific Islander"),
+        "2106-3" => omb("White"),
+        c if cdc_code(c) => Some((CategorySlot::Detailed, CDCREC, c.to_owned(), None)),
+        c => null_flavor_category(c),
+    }
+}
+
+/// PID-22 ethnicity → US Core ethnicity: 2135-2 and 2186-5 as
+/// `ombCategory` (and table 0189's H and N, which mean the same, when
+/// CWE.3 names 0189 or CDCREC or nothing), other CDCREC codes as
+/// `detailed`, UNK / ASKU (and 0189's U) as v3-NullFlavor.
+pub fn ethnicity(code: &str, system: Option<&str>) -> Option<Category> {
+    let code = code.trim();
+    let table_0189 = cdc_system(system);
+    let omb =
+        |code: &str, display| Some((CategorySlot::Omb, CDCREC, code.to_owned(), Some(display)));
+    match code {
+        "2135-2" => omb("2135-2", "Hispanic or Latino"),
+        "2186-5" => omb("2186-5", "Not Hispanic or Latino"),
+        "H" if table_0189 => omb("2135-2", "Hispanic or Latino"),
+        "N" if table_0189 => omb("2186-5", "Not Hispanic or Latino"),
+        "U" if table_0189 => null_flavor_category("UNK"),
+        c if cdc_code(c) => Some((CategorySlot::Detailed, CDCREC, c.to_owned(), None)),
+        c => null_flavor_category(c),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,5 +744,43 @@ mod tests {
             let _ = (reaction_severity(c), immunization_status(c), address_use(c), address_type(c));
             let _ = (relationship(c), diagnosis_role(c), language(c));
         }
+    }
+
+    #[test]
+    fn race_and_ethnicity_go_to_their_us_core_slots() {
+        let slot = |c: Option<Category>| c.map(|(slot, system, code, _)| (slot, system, code));
+        assert_eq!(
+            slot(race("2106-3", Some("HL70005"))),
+            Some((CategorySlot::Omb, CDCREC, "2106-3".into()))
+        );
+        assert_eq!(
+            slot(race(" 2131-1 ", Some("CDCREC"))),
+            Some((CategorySlot::Detailed, CDCREC, "2131-1".into()))
+        );
+        assert_eq!(
+            slot(race("UNK", Some("HL70005"))),
+            Some((CategorySlot::Omb, V3_NULL_FLAVOR, "UNK".into()))
+        );
+        // a local code: text only; a CDCREC code under a misnamed table is
+        // still CDCREC
+        assert_eq!(race("W", None), None);
+        assert_eq!(race("2054- 5", None), None);
+        assert_eq!(
+            slot(race("2106-3", Some("HL7000"))),
+            Some((CategorySlot::Omb, CDCREC, "2106-3".into()))
+        );
+        assert_eq!(ethnicity("N", Some("LOCAL")), None);
+        assert_eq!(
+            slot(ethnicity("N", Some("HL70189"))),
+            Some((CategorySlot::Omb, CDCREC, "2186-5".into()))
+        );
+        assert_eq!(
+            slot(ethnicity("2148-5", None)),
+            Some((CategorySlot::Detailed, CDCREC, "2148-5".into()))
+        );
+        assert_eq!(
+            slot(ethnicity("U", None)),
+            Some((CategorySlot::Omb, V3_NULL_FLAVOR, "UNK".into()))
+        );
     }
 }
