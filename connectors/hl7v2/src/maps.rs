@@ -375,6 +375,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
                         self.note(s, o);
                     }
                 }
+                "PD1" => self.primary_care(s, &patient),
                 "NK1" => self.related_person(s, &patient, i),
                 "AL1" => self.allergy(s, &patient, i),
                 "DG1" => {
@@ -413,6 +414,11 @@ impl<'m, 'o> Mapper<'m, 'o> {
                     encounter = None;
                     orc = None;
                     last_obs = None;
+                }
+                "PD1" => {
+                    if let Some(p) = patient.clone() {
+                        self.primary_care(s, &p);
+                    }
                 }
                 "PV1" => {
                     if let Some(p) = &patient {
@@ -484,6 +490,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         let mut obx_index = 0;
         for (i, s) in segments.iter().enumerate() {
             match s.name() {
+                "PD1" => self.primary_care(s, &patient),
                 "NK1" => self.related_person(s, &patient, i),
                 "ORC" => {
                     orc = Some(*s);
@@ -851,6 +858,56 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
         if let Some(d) = display {
             reference.insert("display".into(), json!(d));
+        }
+        (!reference.is_empty()).then_some(Value::Object(reference))
+    }
+
+    /// PD1-3 (XON) and PD1-4 (XCN) → the Patient's generalPractitioner, as
+    /// logical references (identifier + display, with their type): like
+    /// the other practitioners of the map, they are not written as
+    /// resources of their own.
+    fn primary_care(&mut self, pd1: &Segment<'_>, patient: &Local) {
+        let mut carers = Vec::new();
+        for r in self.reps(pd1, 3) {
+            if let Some(mut org) = self.organization_reference(r) {
+                org["type"] = json!("Organization");
+                carers.push(org);
+            }
+        }
+        for r in self.reps(pd1, 4) {
+            if let Some(mut who) = self.practitioner_reference(r) {
+                who["type"] = json!("Practitioner");
+                carers.push(who);
+            }
+        }
+        if carers.is_empty() {
+            return;
+        }
+        let at = self.seen[&("Patient", patient.system.clone(), patient.value.clone())];
+        if let Some(obj) = self.out[at].resource.as_object_mut() {
+            obj.insert("generalPractitioner".into(), Value::Array(carers));
+        }
+    }
+
+    /// XON → a logical Reference: the organization identifier (XON.10,
+    /// else the older XON.3) under its authority (XON.6), and the name
+    /// (XON.1) as display.
+    fn organization_reference(&self, raw: &str) -> Option<Value> {
+        let c = Composite::new(raw, &self.d);
+        let mut reference = Map::new();
+        if let Some(id) = c.get(10).or_else(|| c.get(3)) {
+            let mut identifier = json!({ "value": id });
+            if let Some(system) = self.o.authorities.system(
+                c.sub(6, 1).as_deref(),
+                c.sub(6, 2).as_deref(),
+                c.sub(6, 3).as_deref(),
+            ) {
+                identifier["system"] = json!(system);
+            }
+            reference.insert("identifier".into(), identifier);
+        }
+        if let Some(name) = c.get(1) {
+            reference.insert("display".into(), json!(name));
         }
         (!reference.is_empty()).then_some(Value::Object(reference))
     }
@@ -1444,5 +1501,76 @@ impl<'m, 'o> Mapper<'m, 'o> {
             i.insert("performer".into(), Value::Array(performers));
         }
         Ok(self.push("Immunization", system, value, Value::Object(i)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patient_of(text: &str) -> Value {
+        let message = Message::parse(text.as_bytes(), 0).expect("the test message parses");
+        let MessageMap::Mapped(resources) = map_message(&message, &MapOptions::default()).unwrap()
+        else {
+            panic!("mapped");
+        };
+        resources
+            .into_iter()
+            .find(|r| r.resource_type == "Patient")
+            .unwrap()
+            .resource
+    }
+
+    #[test]
+    fn pd1_names_the_general_practitioners_as_logical_references() {
+        let patient = patient_of(
+            "MSH|^~\\&|APP|FAC|||202401011200||ADT^A08|MSG1|P|2.5.1\r\
+             PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+             PD1|||Clinic B^^^^^HOSP&1.2.3&ISO^^^^ORG77|1111111111^Smith^Ann^^^^^^NPI\r",
+        );
+        let carers = patient["generalPractitioner"].as_array().unwrap();
+        assert_eq!(carers.len(), 2, "{carers:?}");
+        assert_eq!(carers[0]["type"], "Organization");
+        assert_eq!(carers[0]["display"], "Clinic B");
+        assert_eq!(carers[0]["identifier"]["value"], "ORG77");
+        assert_eq!(carers[0]["identifier"]["system"], "urn:oid:1.2.3");
+        assert_eq!(carers[1]["type"], "Practitioner");
+        assert_eq!(carers[1]["display"], "Ann Smith");
+        assert_eq!(carers[1]["identifier"]["value"], "1111111111");
+    }
+
+    #[test]
+    fn race_and_ethnicity_become_us_core_extensions_and_local_codes_stay_text() {
+        let patient = patient_of(
+            "MSH|^~\\&|APP|FAC|||202401011200||ADT^A08|MSG1|P|2.5.1\r\
+             PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F||2106-3^WHITE^HL7000~2131-1^Other Race^CDCREC~W^Wheat||||||||||||H^Hispanic^HL70189\r",
+        );
+        let ext = |url: &str| {
+            patient["extension"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["url"] == url)
+                .cloned()
+                .unwrap()
+        };
+        let race = ext(US_CORE_RACE);
+        assert_eq!(race["extension"][0]["url"], "ombCategory");
+        assert_eq!(race["extension"][0]["valueCoding"]["code"], "2106-3");
+        assert_eq!(race["extension"][0]["valueCoding"]["display"], "White");
+        assert_eq!(race["extension"][1]["url"], "detailed");
+        assert_eq!(race["extension"][1]["valueCoding"]["code"], "2131-1");
+        assert_eq!(race["extension"][2]["url"], "text");
+        assert_eq!(
+            race["extension"][2]["valueString"],
+            "White+Other Race+Wheat"
+        );
+        assert_eq!(race["extension"].as_array().unwrap().len(), 3);
+        let ethnicity = ext(US_CORE_ETHNICITY);
+        assert_eq!(ethnicity["extension"][0]["valueCoding"]["code"], "2135-2");
+        assert_eq!(
+            ethnicity["extension"][1]["valueString"],
+            "Hispanic or Latino"
+        );
     }
 }
