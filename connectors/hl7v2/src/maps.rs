@@ -846,15 +846,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             (None, None) => None,
         };
         if let Some(id) = c.get(1) {
-            let mut identifier = json!({ "value": id });
-            if let Some(system) = self.o.authorities.system(
-                c.sub(9, 1).as_deref(),
-                c.sub(9, 2).as_deref(),
-                c.sub(9, 3).as_deref(),
-            ) {
-                identifier["system"] = json!(system);
-            }
-            reference.insert("identifier".into(), identifier);
+            reference.insert("identifier".into(), self.scoped_identifier(id, &c, 9));
         }
         if let Some(d) = display {
             reference.insert("display".into(), json!(d));
@@ -896,20 +888,26 @@ impl<'m, 'o> Mapper<'m, 'o> {
         let c = Composite::new(raw, &self.d);
         let mut reference = Map::new();
         if let Some(id) = c.get(10).or_else(|| c.get(3)) {
-            let mut identifier = json!({ "value": id });
-            if let Some(system) = self.o.authorities.system(
-                c.sub(6, 1).as_deref(),
-                c.sub(6, 2).as_deref(),
-                c.sub(6, 3).as_deref(),
-            ) {
-                identifier["system"] = json!(system);
-            }
-            reference.insert("identifier".into(), identifier);
+            reference.insert("identifier".into(), self.scoped_identifier(id, &c, 6));
         }
         if let Some(name) = c.get(1) {
             reference.insert("display".into(), json!(name));
         }
         (!reference.is_empty()).then_some(Value::Object(reference))
+    }
+
+    /// An Identifier of `value` whose system comes from the HD in
+    /// component `hd` of `c` (through the authorities table), if any.
+    fn scoped_identifier(&self, value: String, c: &Composite<'_>, hd: usize) -> Value {
+        let mut identifier = json!({ "value": value });
+        if let Some(system) = self.o.authorities.system(
+            c.sub(hd, 1).as_deref(),
+            c.sub(hd, 2).as_deref(),
+            c.sub(hd, 3).as_deref(),
+        ) {
+            identifier["system"] = json!(system);
+        }
+        identifier
     }
 
     /// PL: point of care, room, bed, facility, building, floor as one text.
