@@ -70,6 +70,18 @@
 //! reading order. Reasons and hints go to the owner-only rejects file; log
 //! messages must not quote patient data.
 //!
+//! # Checkpoints
+//!
+//! A record's provenance is also its checkpoint: there is no separate state
+//! message. The host's ledger keeps, per stream, the provenance of the last
+//! record below which every record is acknowledged by the server, and hands
+//! it back as `resume_after` on the next run. A source whose position is
+//! not a line, a key or an offset (an API's paging cursor, a change-log
+//! sequence) writes its position into a `table` provenance's `key` (any
+//! string, JSON included) and reads it back from `resume_after`. Records
+//! must come in the same order on every run for a checkpoint to mean
+//! anything; a stream read to its end starts from the beginning next time.
+//!
 //! # Memory and threads
 //!
 //! Memory is freed by the side that allocated it: every [`Buf`] the plugin
