@@ -189,12 +189,15 @@ fn a_changed_row_is_updated_by_id_with_if_match_and_the_rest_skipped() {
     assert_ne!(text, changed);
     std::fs::write(&patients, changed).unwrap();
     let entries = stat(&server, |s| &s.entries);
+    let searches = stat(&server, |s| &s.searches);
     let again = migrate(&migration, &server.url(), &dir, &[]);
     assert_eq!(again.code, 0, "{}", again.stdout);
     let second = report(&dir);
     assert_eq!(total(&second, "updated"), 1);
     assert_eq!(total(&second, "unchanged"), counts.patients - 1);
     assert_eq!(stat(&server, |s| &s.entries), entries + 1, "one write");
+    // the ledger knew its id and version: no search before the update
+    assert_eq!(stat(&server, |s| &s.searches), searches, "no search");
     server.sandbox.with_store(|store| {
         let id = id_of(store, "Patient", &format!("{SRC}/patientId"), "P0000007");
         let stored = store.get("Patient", &id).unwrap();
@@ -630,4 +633,50 @@ fn profile_auto_recognises_medplum_and_takes_its_strategy() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     // the first load under resolve counts each system instead of searching
     assert_eq!(stat(&server, |s| &s.searches), 4);
+}
+
+#[test]
+fn a_resource_deleted_on_the_server_since_the_last_run_is_written_again_not_lost() {
+    let server = TestServer::start(medplum(MedplumBehaviour::default()));
+    let dir = scratch("medplum-stale-ledger");
+    datagen::write_example(&dir, 40, 9).unwrap();
+    let migration = dir.join("migration.yaml");
+    datagen::streams_before(&migration, "conditions", &migration).unwrap();
+    let run = migrate(&migration, &server.url(), &dir, &[]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    // someone deletes P0000007 by hand; then the clinic changes its row
+    let system = format!("{SRC}/patientId");
+    let old_id = server
+        .sandbox
+        .with_store(|s| id_of(s, "Patient", &system, "P0000007"));
+    assert!(
+        server
+            .sandbox
+            .with_store_mut(|s| s.remove("Patient", &old_id))
+    );
+    let patients = dir.join("data/patients.csv");
+    let text = std::fs::read_to_string(&patients).unwrap();
+    std::fs::write(&patients, text.replacen("P0000007,", "P0000007,Zed", 1)).unwrap();
+    let again = migrate(&migration, &server.url(), &dir, &[]);
+    // the write by the ledger's id is refused; sent again after a search,
+    // it creates the patient anew
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    let second = report(&dir);
+    assert_eq!(total(&second, "created"), 1, "{}", again.stdout);
+    assert_eq!(total(&second, "rejected"), 0);
+    server.sandbox.with_store(|store| {
+        let found = store.find("Patient", &system, "P0000007");
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0]["name"][0]["given"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("Zed")
+        );
+    });
+    // and the ledger follows: a third run has nothing to send
+    let entries = stat(&server, |s| &s.entries);
+    let third = migrate(&migration, &server.url(), &dir, &[]);
+    assert_eq!(third.code, 0, "{}", third.stdout);
+    assert_eq!(stat(&server, |s| &s.entries), entries);
 }

@@ -98,6 +98,18 @@ pub struct Operation {
     pub full_url: Option<String>,
     pub identity: Option<Identity>,
     pub resource: ResourceJson,
+    /// Where the ledger says the target stores this identity, for a
+    /// changed record (set by the pipeline; mappers leave `None`): the
+    /// resolve strategy writes to it by id, with `If-Match`, without
+    /// searching first.
+    pub stored: Option<StoredAt>,
+}
+
+/// A resource as the target acknowledged it: its server id and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAt {
+    pub id: String,
+    pub version: Option<String>,
 }
 
 impl Operation {
@@ -114,6 +126,7 @@ impl Operation {
             full_url,
             identity: Some(identity),
             resource,
+            stored: None,
         }
     }
 }

@@ -563,11 +563,21 @@ impl Plan {
                         let seq = accounts.tracks[index].begin(key, provenance);
                         match mapped {
                             Ok(Mapped::Group(mut group)) => {
-                                if !filter.full && accounts.all_acknowledged(&group, &hashes)? {
-                                    accounts.unchanged(index, &group);
-                                    // done before, as the ledger knows: only the mark moves
-                                    accounts.settle_record(index, seq, None, false)?;
-                                    continue;
+                                if !filter.full {
+                                    match accounts.delta(&group, &hashes)? {
+                                        Delta::Unchanged => {
+                                            accounts.unchanged(index, &group);
+                                            // done before, as the ledger knows: only the mark moves
+                                            accounts.settle_record(index, seq, None, false)?;
+                                            continue;
+                                        }
+                                        Delta::Changed(stored) => {
+                                            for (op, at) in group.operations.iter_mut().zip(stored)
+                                            {
+                                                op.stored = at;
+                                            }
+                                        }
+                                    }
                                 }
                                 group.seq = seq;
                                 accounts.tracks[index].expect(seq, group.operations.len());
@@ -692,6 +702,14 @@ impl Plan {
     }
 }
 
+/// What the ledger says of a mapped record.
+enum Delta {
+    /// Every resource acknowledged with this content: nothing to send.
+    Unchanged,
+    /// To send; per operation, where the target stores it, if known.
+    Changed(Vec<Option<crate::group::StoredAt>>),
+}
+
 /// Where outcomes are counted, rejects written and the ledger kept.
 struct Accounts<'a> {
     summaries: Vec<StreamSummary>,
@@ -772,24 +790,46 @@ impl StreamTrack {
 }
 
 impl Accounts<'_> {
-    /// Whether the ledger holds every operation of the group as
-    /// acknowledged with this very content.
-    fn all_acknowledged(&self, group: &WriteGroup, hashes: &[u128]) -> Result<bool, SinkError> {
+    /// The delta check: whether the ledger holds every operation of the
+    /// group as acknowledged with this very content, and if not, where the
+    /// target stores those it knows.
+    fn delta(&self, group: &WriteGroup, hashes: &[u128]) -> Result<Delta, SinkError> {
         let Some(ledger) = self.ledger.as_deref() else {
-            return Ok(false);
+            return Ok(Delta::Changed(Vec::new()));
         };
+        let mut same = !group.operations.is_empty();
+        let mut stored = Vec::with_capacity(group.operations.len());
         for (op, &hash) in group.operations.iter().zip(hashes) {
             let Some(id) = &op.identity else {
-                return Ok(false);
+                same = false;
+                stored.push(None);
+                continue;
             };
             let known = ledger
                 .acknowledged(&id.resource_type, &id.system, &id.value)
                 .map_err(ledger_error)?;
-            if known.is_none_or(|a| a.hash != hash) {
-                return Ok(false);
+            match known {
+                Some(a) => {
+                    same &= a.hash == hash;
+                    stored.push(a.server_id.map(|id| crate::group::StoredAt {
+                        id,
+                        version: a.version,
+                    }));
+                }
+                None => {
+                    // new to the target: so, most likely, are the ones after
+                    // it (a first run looks each record up once)
+                    same = false;
+                    break;
+                }
             }
         }
-        Ok(!group.operations.is_empty())
+        stored.resize(group.operations.len(), None);
+        Ok(if same {
+            Delta::Unchanged
+        } else {
+            Delta::Changed(stored)
+        })
     }
 
     /// Counts a group the ledger knew unchanged.

@@ -168,6 +168,9 @@ pub struct GroupRef {
     /// Each operation's identity and the hash of its content, for the ledger.
     pub identities: Vec<Option<Identity>>,
     pub hashes: Vec<u128>,
+    /// Where the ledger says each operation's identity is stored, when the
+    /// record changed ([`crate::group::Operation::stored`]).
+    pub stored: Vec<Option<crate::group::StoredAt>>,
 }
 
 /// One top-level entry of a request's bundle.
@@ -356,6 +359,7 @@ fn group_ref(group: &WriteGroup) -> GroupRef {
             .iter()
             .map(|o| crate::group::content_hash(o.resource.as_str()))
             .collect(),
+        stored: group.operations.iter().map(|o| o.stored.clone()).collect(),
     }
 }
 
@@ -812,6 +816,7 @@ mod tests {
                 resource: ResourceJson::from_value(
                     &serde_json::json!({"resourceType": "Patient", "note": "x".repeat(pad)}),
                 ),
+                stored: None,
             }],
         }
     }

@@ -405,6 +405,12 @@ impl Sandbox {
         f(&self.shared.store.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Changes the store behind the server's back, as another client
+    /// would (tests).
+    pub fn with_store_mut<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.shared.store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Saves the store as NDJSON files, one per resource type.
     pub fn save(&self, dir: &Path) -> Result<(), SandboxError> {
         self.with_store(|s| s.save(dir))

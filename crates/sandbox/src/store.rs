@@ -343,6 +343,23 @@ impl Store {
         })
     }
 
+    /// Deletes a stored resource, as a client deleting it by hand would
+    /// (tests of what fhirlift does when its ledger is stale).
+    pub fn remove(&mut self, resource_type: &str, id: &str) -> bool {
+        let Some(t) = self.types.get_mut(resource_type) else {
+            return false;
+        };
+        let Some(gone) = t.by_id.remove(id) else {
+            return false;
+        };
+        for key in identifiers(&gone.resource) {
+            if let Some(ids) = t.by_identifier.get_mut(&key) {
+                ids.retain(|i| i != id);
+            }
+        }
+        true
+    }
+
     /// Puts back what a failed transaction changed, newest first.
     pub(crate) fn roll_back(&mut self, undo: Vec<Undo>) {
         for u in undo.into_iter().rev() {

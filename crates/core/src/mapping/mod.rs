@@ -401,6 +401,7 @@ impl StreamMapper {
             full_url,
             identity,
             resource,
+            stored: None,
         });
         Ok(())
     }

@@ -375,6 +375,14 @@ fn is_transient(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// A refusal of a write by a ledger-given id that may only mean the ledger
+/// is stale (the resource was deleted, merged or moved on since): sent
+/// again once, searching first (a retry never uses the ledger's ids). A
+/// record the server refuses for itself fails again, then is rejected.
+fn stale_ledger_id(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403)
+}
+
 /// One limit of a `RateLimit` header: `"fhirInteractions";r=400;t=30`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Quota {
@@ -580,7 +588,10 @@ impl Dispatcher {
                     .await;
                 return (job, answer, None);
             };
-            match resolver.resolve(&http, &job.request).await {
+            match resolver
+                .resolve(&http, &job.request, job.attempt == 0)
+                .await
+            {
                 Err(answer) => (job, answer, None),
                 Ok(mut resolution) => {
                     let answer = match resolution.write.as_mut() {
@@ -700,7 +711,11 @@ impl Dispatcher {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(why);
-                } else if is_transient(status) || (status == 412 && resolution.is_some()) {
+                } else if is_transient(status)
+                    || (status == 412 && resolution.is_some())
+                    || (resolution.as_ref().is_some_and(|r| r.from_ledger)
+                        && stale_ledger_id(status))
+                {
                     self.window.shrink();
                     let wait = retry_after.or(pause);
                     if status == 429 && wait.is_some() {
@@ -879,7 +894,10 @@ impl Dispatcher {
             } else if write.kind == RequestKind::BatchOfTransactions {
                 let status = entry_status(response);
                 if !(200..300).contains(&status) {
-                    if is_transient(status) || status == 412 {
+                    if is_transient(status)
+                        || status == 412
+                        || (sent.from_ledger && stale_ledger_id(status))
+                    {
                         throttled |= status == 429 || status == 409;
                         resend.push(sent.entry);
                     } else {
@@ -920,7 +938,10 @@ impl Dispatcher {
             } else if failed < inner.len() {
                 // a transaction the server ran as a batch
                 self.partially_written(&job, sent, &inner, sent_at_ms);
-            } else if statuses.iter().all(|&s| is_transient(s) || s == 412) {
+            } else if statuses
+                .iter()
+                .all(|&s| is_transient(s) || s == 412 || (sent.from_ledger && stale_ledger_id(s)))
+            {
                 throttled |= statuses.iter().any(|&s| s == 429 || s == 409);
                 resend.push(sent.entry);
             } else {
@@ -1053,6 +1074,7 @@ impl Dispatcher {
             entry: index,
             ops: (entry.first_op..entry.first_op + entry.operations).collect(),
             identities: vec![None; entry.operations],
+            from_ledger: false,
         };
         let inner: Vec<&Value> = inner.iter().collect();
         if inner.len() != entry.operations {

@@ -14,6 +14,11 @@
 //!    stored → the record is rejected (fhirlift never picks one);
 //! 3. rewrites references to `Type/id` from what it found or created.
 //!
+//! An identity the ledger places (a changed record whose id and version
+//! the ledger holds: [`crate::group::Operation::stored`]) skips step 1 on
+//! a request's first try and is written by that id with `If-Match`; a
+//! refusal sends it again, and a retry searches like any other.
+//!
 //! Every attempt resolves again, so a retry after an ambiguous failure (a
 //! reset after the body was sent) finds what the lost answer created and
 //! never blindly repeats a POST. The one shortcut: an identifier system
@@ -27,7 +32,9 @@ use std::sync::Mutex;
 use serde_json::{Map, Value, json};
 
 use super::{Answer, Http, Quota};
-use crate::group::{Identity, encode_query_part, escape_search_value, parse_conditional_url};
+use crate::group::{
+    Identity, StoredAt, encode_query_part, escape_search_value, parse_conditional_url,
+};
 use crate::planner::{Request, RequestKind};
 
 /// The most ids the cache keeps (about 40 bytes each): past it, references
@@ -117,18 +124,28 @@ struct IdCache {
     full: bool,
 }
 
-/// One resource found by a search.
+/// One resource found by a search, or placed by the ledger.
 #[derive(Debug, Clone)]
 struct Found {
     id: String,
     version: Option<String>,
+    /// The stored content; `Null` when the ledger placed it (not read, and
+    /// known to differ from what is written now).
     resource: Value,
+}
+
+impl Found {
+    fn placed_by_ledger(&self) -> bool {
+        self.resource.is_null()
+    }
 }
 
 /// One write of a planned entry.
 struct PlannedOp {
     resource_type: String,
     identity: Option<Identity>,
+    /// Where the ledger says the identity is stored (a changed record).
+    stored: Option<StoredAt>,
     /// The planned bundle entry (fullUrl, request, resource).
     entry: Value,
 }
@@ -151,6 +168,9 @@ pub(super) struct Resolution {
     pub write: Option<WritePlan>,
     /// The `RateLimit` of the last search answered.
     pub quotas: Vec<Quota>,
+    /// Whether some write goes to an id the ledger gave, unchecked: an
+    /// answer refusing it may only mean the ledger is stale.
+    pub from_ledger: bool,
 }
 
 /// The bundle the resolver sends instead of the planned one.
@@ -168,6 +188,8 @@ pub(super) struct SentEntry {
     pub ops: Vec<usize>,
     /// The identity each sent operation writes, to remember created ids.
     pub identities: Vec<Option<Identity>>,
+    /// Whether one of its writes goes to an id the ledger gave.
+    pub from_ledger: bool,
 }
 
 impl Resolver {
@@ -187,11 +209,16 @@ impl Resolver {
     }
 
     /// Resolves a planned request: searches, then decides each write.
-    /// An `Err` is the answer of a search that failed (retry the request).
+    /// With `use_ledger` (a first try), an identity the ledger places (a
+    /// changed record: [`crate::group::Operation::stored`]) is written by
+    /// that id with `If-Match` and not searched; a retry searches
+    /// everything. An `Err` is the answer of a search that failed (retry
+    /// the request).
     pub(super) async fn resolve(
         &self,
         http: &Http,
         request: &Request,
+        use_ledger: bool,
     ) -> Result<Resolution, Answer> {
         let mut resolution = Resolution::default();
         let units = match plan_units(request) {
@@ -206,9 +233,14 @@ impl Resolver {
         // what to look up
         let mut wanted: Vec<Identity> = Vec::new();
         let mut seen: HashSet<&Identity> = HashSet::new();
+        // an identity the ledger places is neither counted nor searched
+        let placing = use_ledger && !self.references_only;
         let unknown_systems = |systems: &HashMap<(String, String), SystemState>| {
             let mut unknown: Vec<(String, String)> = Vec::new();
             for op in units.iter().flat_map(|u| &u.ops) {
+                if placing && op.stored.is_some() {
+                    continue;
+                }
                 if let Some(id) = &op.identity {
                     let key = (id.resource_type.clone(), id.system.clone());
                     if !systems.contains_key(&key) && !unknown.contains(&key) {
@@ -242,6 +274,22 @@ impl Resolver {
         for op in units.iter().flat_map(|u| &u.ops) {
             collect_references(&op.entry["resource"], &mut references);
         }
+        // where the ledger says this request's identities are stored
+        let mut placed: HashMap<Identity, Found> = HashMap::new();
+        if placing {
+            for op in units.iter().flat_map(|u| &u.ops) {
+                if let (Some(id), Some(at)) = (&op.identity, &op.stored) {
+                    placed.insert(
+                        id.clone(),
+                        Found {
+                            id: at.id.clone(),
+                            version: at.version.clone(),
+                            resource: Value::Null,
+                        },
+                    );
+                }
+            }
+        }
         let mut known_refs: HashMap<Identity, String> = HashMap::new();
         {
             let cache = self.ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,6 +303,7 @@ impl Resolver {
             for op in units.iter().flat_map(|u| &u.ops) {
                 if let Some(id) = &op.identity
                     && !self.references_only
+                    && !placed.contains_key(id)
                 {
                     let cached = cache.map.contains_key(&identity_key(id));
                     if !absent(id, cached) && seen.insert(id) {
@@ -263,6 +312,10 @@ impl Resolver {
                 }
             }
             for id in &references {
+                if let Some(f) = placed.get(id) {
+                    known_refs.insert(id.clone(), format!("{}/{}", id.resource_type, f.id));
+                    continue;
+                }
                 match cache.map.get(&identity_key(id)) {
                     Some(cached) => {
                         known_refs.insert(
@@ -336,6 +389,9 @@ impl Resolver {
                 known_refs.insert(id.clone(), format!("{}/{}", id.resource_type, one.id));
             }
         }
+        for (identity, at) in placed {
+            found.entry(identity).or_insert_with(|| vec![at]);
+        }
         self.decide(request, units, &found, &known_refs, &mut resolution);
         Ok(resolution)
     }
@@ -400,6 +456,7 @@ impl Resolver {
             let mut out_entries: Vec<Value> = Vec::new();
             let mut out_ops: Vec<usize> = Vec::new();
             let mut out_ids: Vec<Option<Identity>> = Vec::new();
+            let mut from_ledger = false;
             for (k, (op, s)) in unit.ops.iter().zip(&stored).enumerate() {
                 let mut resource = op.entry["resource"].clone();
                 rewrite_references(&mut resource, known_refs, &local);
@@ -410,7 +467,9 @@ impl Resolver {
                         entry
                     }
                     (Some(f), _) => {
-                        if same_content(&resource, &f.resource) {
+                        if f.placed_by_ledger() {
+                            from_ledger = true;
+                        } else if same_content(&resource, &f.resource) {
                             resolution.unchanged.push((unit.entry, first_op + k));
                             continue;
                         }
@@ -463,10 +522,12 @@ impl Resolver {
             } else {
                 entries.extend(out_entries);
             }
+            resolution.from_ledger |= from_ledger;
             sent.push(SentEntry {
                 entry: unit.entry,
                 ops: out_ops,
                 identities: out_ids,
+                from_ledger,
             });
         }
         if sent.is_empty() {
@@ -638,19 +699,28 @@ fn plan_units(request: &Request) -> Result<Vec<Unit>, String> {
                 (true, take_entries(entry["resource"].take()))
             }
         };
+        let group = &request.groups[e.group];
         let ops = entries
             .into_iter()
-            .map(|entry| {
+            .enumerate()
+            .map(|(k, entry)| {
                 let url = entry["request"]["url"].as_str().unwrap_or("");
                 let identity = (entry["request"]["method"] == "PUT")
                     .then(|| parse_conditional_url(url))
                     .flatten();
+                // the group's operation this entry carries, if it is the same identity
+                let at = e.first_op + k;
+                let stored =
+                    group.stored.get(at).cloned().flatten().filter(|_| {
+                        identity.is_some() && group.identities.get(at) == Some(&identity)
+                    });
                 PlannedOp {
                     resource_type: entry["resource"]["resourceType"]
                         .as_str()
                         .unwrap_or("")
                         .to_owned(),
                     identity,
+                    stored,
                     entry,
                 }
             })
