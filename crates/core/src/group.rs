@@ -100,8 +100,7 @@ pub struct Operation {
     pub resource: ResourceJson,
     /// Where the ledger says the target stores this identity, for a
     /// changed record (set by the pipeline; mappers leave `None`): the
-    /// resolve strategy writes to it by id, with `If-Match`, without
-    /// searching first.
+    /// resolve strategy writes to it by id without searching first.
     pub stored: Option<StoredAt>,
 }
 

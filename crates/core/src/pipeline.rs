@@ -809,8 +809,11 @@ impl Accounts<'_> {
                 .acknowledged(&id.resource_type, &id.system, &id.value)
                 .map_err(ledger_error)?;
             match known {
+                // acknowledged with this content: left for the resolver to
+                // compare (it skips it), not to overwrite by id
+                Some(a) if a.hash == hash => stored.push(None),
                 Some(a) => {
-                    same &= a.hash == hash;
+                    same = false;
                     stored.push(a.server_id.map(|id| crate::group::StoredAt {
                         id,
                         version: a.version,

@@ -935,6 +935,15 @@ impl Dispatcher {
                 for (k, r) in inner.iter().enumerate() {
                     self.settle_written(&job, sent, k, r, sent_at_ms);
                 }
+            } else if failed < inner.len()
+                && sent.from_ledger
+                && statuses.iter().all(|&s| {
+                    (200..300).contains(&s) || is_transient(s) || s == 412 || stale_ledger_id(s)
+                })
+            {
+                // a non-atomic transaction with a stale ledger id: the whole
+                // record again, searched first (what landed is found unchanged)
+                resend.push(sent.entry);
             } else if failed < inner.len() {
                 // a transaction the server ran as a batch
                 self.partially_written(&job, sent, &inner, sent_at_ms);

@@ -16,8 +16,10 @@
 //!
 //! An identity the ledger places (a changed record whose id and version
 //! the ledger holds: [`crate::group::Operation::stored`]) skips step 1 on
-//! a request's first try and is written by that id with `If-Match`; a
-//! refusal sends it again, and a retry searches like any other.
+//! a request's first try and is written by that id (without `If-Match`:
+//! the source wins, as it does after a search, and the dispatcher already
+//! orders this run's writes to one identity); a refusal sends it again,
+//! and a retry searches like any other.
 //!
 //! Every attempt resolves again, so a retry after an ambiguous failure (a
 //! reset after the body was sent) finds what the lost answer created and
@@ -211,7 +213,7 @@ impl Resolver {
     /// Resolves a planned request: searches, then decides each write.
     /// With `use_ledger` (a first try), an identity the ledger places (a
     /// changed record: [`crate::group::Operation::stored`]) is written by
-    /// that id with `If-Match` and not searched; a retry searches
+    /// that id and not searched; a retry searches
     /// everything. An `Err` is the answer of a search that failed (retry
     /// the request).
     pub(super) async fn resolve(
@@ -480,7 +482,10 @@ impl Resolver {
                             "method": "PUT",
                             "url": format!("{}/{}", op.resource_type, f.id),
                         });
-                        if let Some(v) = &f.version {
+                        // a version read now guards the write; the ledger's, from
+                        // an earlier write (maybe one settled moments ago in this
+                        // run), would only turn our own next write into a 412
+                        if let Some(v) = f.version.as_ref().filter(|_| !f.placed_by_ledger()) {
                             request["ifMatch"] = Value::String(format!("W/\"{v}\""));
                         }
                         json!({ "request": request, "resource": resource })
