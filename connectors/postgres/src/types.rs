@@ -7,6 +7,7 @@
 //! prepared (`check`), not halfway through a run.
 
 use fhirlift_core::Value;
+use fhirlift_core::civil::civil_from_days as civil;
 use tokio_postgres::types::{FromSql, Kind, Type};
 
 /// A column value as the server sent it, whatever its type.
@@ -235,20 +236,6 @@ fn year(y: i64) -> String {
     } else {
         y.to_string()
     }
-}
-
-/// A civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Microseconds since midnight as `HH:MM:SS[.ffffff]`.

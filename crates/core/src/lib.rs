@@ -15,6 +15,7 @@
 //! - [`pipeline`]: drives a migration plan to a [`pipeline::RequestSink`];
 //!   [`rejects`]: the NDJSON file of records that could not go.
 
+pub mod civil;
 pub mod config;
 pub mod connector;
 pub mod group;

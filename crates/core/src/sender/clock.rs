@@ -1,16 +1,7 @@
 //! Reading the server's clock: HTTP dates and FHIR instants, to tell an
 //! unchanged resource (last modified before this request) from an update.
 
-/// Seconds since 1970 of a civil date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+use crate::civil::days_from_civil;
 
 fn num(s: &str) -> Option<i64> {
     s.parse().ok()
