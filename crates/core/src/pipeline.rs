@@ -842,11 +842,19 @@ impl Accounts<'_> {
         for op in &group.operations {
             // accounted for like a written one, so the totals add up
             count(&mut summary.resources, &op.resource_type, 1);
-            summary
-                .written
-                .entry(op.resource_type.clone())
-                .or_default()
-                .unchanged += 1;
+            // the type is known after the first record: no String per op
+            match summary.written.get_mut(op.resource_type.as_str()) {
+                Some(counts) => counts.unchanged += 1,
+                None => {
+                    summary.written.insert(
+                        op.resource_type.clone(),
+                        OutcomeCounts {
+                            unchanged: 1,
+                            ..OutcomeCounts::default()
+                        },
+                    );
+                }
+            }
         }
     }
 

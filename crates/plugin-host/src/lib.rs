@@ -189,10 +189,9 @@ impl LoadedPlugin {
                 let wrong = schema::violations(&info.config_schema, settings, "source");
                 if !wrong.is_empty() {
                     return Err(fhirlift_core::ConnectorError::Setting {
-                        what: "source".into(),
+                        what: format!("plugin {}", info.name),
                         message: format!(
-                            "the settings do not fit plugin {}'s config_schema: {}; fix them in the migration file",
-                            info.name,
+                            "the settings do not fit its config_schema: {}; fix them in the migration file",
                             wrong.join("; ")
                         ),
                     });
