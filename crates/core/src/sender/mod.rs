@@ -383,6 +383,13 @@ fn stale_ledger_id(status: u16) -> bool {
     (400..500).contains(&status) && !matches!(status, 401 | 403)
 }
 
+/// Whether an entry of a resolved write that failed with `status` is sent
+/// again (searched first) rather than rejected: a passing failure, a 412
+/// on a version read by a search, or a refusal of a ledger-given id.
+fn entry_resent(status: u16, from_ledger: bool) -> bool {
+    is_transient(status) || status == 412 || (from_ledger && stale_ledger_id(status))
+}
+
 /// One limit of a `RateLimit` header: `"fhirInteractions";r=400;t=30`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Quota {
@@ -894,10 +901,7 @@ impl Dispatcher {
             } else if write.kind == RequestKind::BatchOfTransactions {
                 let status = entry_status(response);
                 if !(200..300).contains(&status) {
-                    if is_transient(status)
-                        || status == 412
-                        || (sent.from_ledger && stale_ledger_id(status))
-                    {
+                    if entry_resent(status, sent.from_ledger) {
                         throttled |= status == 429 || status == 409;
                         resend.push(sent.entry);
                     } else {
@@ -937,9 +941,9 @@ impl Dispatcher {
                 }
             } else if failed < inner.len()
                 && sent.from_ledger
-                && statuses.iter().all(|&s| {
-                    (200..300).contains(&s) || is_transient(s) || s == 412 || stale_ledger_id(s)
-                })
+                && statuses
+                    .iter()
+                    .all(|&s| (200..300).contains(&s) || entry_resent(s, true))
             {
                 // a non-atomic transaction with a stale ledger id: the whole
                 // record again, searched first (what landed is found unchanged)
@@ -947,10 +951,7 @@ impl Dispatcher {
             } else if failed < inner.len() {
                 // a transaction the server ran as a batch
                 self.partially_written(&job, sent, &inner, sent_at_ms);
-            } else if statuses
-                .iter()
-                .all(|&s| is_transient(s) || s == 412 || (sent.from_ledger && stale_ledger_id(s)))
-            {
+            } else if statuses.iter().all(|&s| entry_resent(s, sent.from_ledger)) {
                 throttled |= statuses.iter().any(|&s| s == 429 || s == 409);
                 resend.push(sent.entry);
             } else {
