@@ -684,8 +684,14 @@ async fn run_entries(
         let entry = &entries[i];
         shared.stats.entries.fetch_add(1, Ordering::Relaxed);
         if let Some(on_quota) = on_quota {
-            // past the quota, this entry and every one after it get 429
-            exhausted = exhausted || !shared.charge_or_wait(entry_writes(entry), on_quota).await;
+            // past the quota, this entry and every one after it get 429; a
+            // nested transaction is charged entry by entry inside
+            let charge = if is_nested(entry) {
+                0
+            } else {
+                entry_writes(entry)
+            };
+            exhausted = exhausted || !shared.charge_or_wait(charge, on_quota).await;
             if exhausted {
                 responses[i] = error_entry(&throttled());
                 continue;
@@ -693,8 +699,16 @@ async fn run_entries(
         }
         responses[i] = match &plans[i] {
             Plan::Invalid(e) => error_entry(e),
-            Plan::Nested => match nested(shared, &entry["resource"]).await {
-                Ok(response) => nested_entry(response),
+            Plan::Nested => match nested(shared, &entry["resource"], on_quota).await {
+                Ok(response) => {
+                    // the quota ran out inside: nothing after it runs
+                    exhausted |= response["entry"].as_array().into_iter().flatten().any(|e| {
+                        e["response"]["status"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("429"))
+                    });
+                    nested_entry(response)
+                }
                 Err(e) => error_entry(&e),
             },
             Plan::Write { write, id, existed } => {
@@ -735,8 +749,14 @@ fn transaction_bundles(shared: &Shared) -> bool {
 }
 
 /// A transaction nested in a Medplum-mode batch: atomic with
-/// `transaction-bundles`, else run like a batch.
-async fn nested(shared: &Shared, bundle: &Value) -> Result<Value, FhirError> {
+/// `transaction-bundles`, else run like a batch, its entries charged to
+/// the quota one by one (as on Medplum, where a 429 inside leaves it
+/// partially written).
+async fn nested(
+    shared: &Shared,
+    bundle: &Value,
+    on_quota: Option<OnQuota>,
+) -> Result<Value, FhirError> {
     if bundle["resourceType"] != "Bundle" || bundle["type"] != "transaction" {
         return Err(FhirError::new(
             400,
@@ -752,7 +772,7 @@ async fn nested(shared: &Shared, bundle: &Value) -> Result<Value, FhirError> {
         .map(Vec::as_slice)
         .unwrap_or_default();
     transaction_limits(shared, entries)?;
-    let responses = Box::pin(run_entries(shared, entries, true, None)).await;
+    let responses = Box::pin(run_entries(shared, entries, true, on_quota)).await;
     Ok(response_bundle("transaction-response", responses))
 }
 

@@ -198,26 +198,10 @@ async fn smart_configuration(State(shared): Shared_) -> Response {
 }
 
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
 }
 
 /// `POST /oauth2/token`: client credentials as Basic auth or form fields.
@@ -641,6 +625,22 @@ async fn read(
         if resource_type == "Binary" {
             let binaries = shared.binaries.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(bundle) = binaries.get(&id) {
+                // as Medplum: read as FHIR JSON, a Binary is its metadata
+                // only; its content comes with any other Accept
+                let as_resource = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("fhir+json"));
+                if as_resource {
+                    return fhir_json(
+                        StatusCode::OK,
+                        &json!({
+                            "resourceType": "Binary",
+                            "id": id,
+                            "contentType": "application/fhir+json",
+                        }),
+                    );
+                }
                 return fhir_json(StatusCode::OK, bundle);
             }
         }

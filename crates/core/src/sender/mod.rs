@@ -16,6 +16,8 @@
 
 mod auth;
 mod clock;
+mod probe;
+mod quota;
 mod resolve;
 
 use std::collections::VecDeque;
@@ -29,6 +31,8 @@ use tokio::task::JoinSet;
 
 pub use auth::Auth;
 use auth::AuthState;
+pub use probe::{fetch_capability, missing_from_server, principal};
+use quota::{Pacer, Quota, parse_ratelimit};
 
 use crate::pipeline::{RequestSink, SinkError};
 use crate::planner::{Request, RequestKind};
@@ -77,32 +81,6 @@ impl SenderConfig {
             async_timeout: Duration::from_secs(3600),
         }
     }
-}
-
-/// Reads the server's CapabilityStatement (`GET {base}/metadata`).
-pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let base = base_url.trim_end_matches('/');
-    let state = AuthState::new(auth, base);
-    let mut request = client
-        .get(format!("{base}/metadata"))
-        .header(reqwest::header::ACCEPT, "application/fhir+json");
-    if let Some(h) = state.header(&client).await.map_err(|e| e.message)? {
-        request = request.header(reqwest::header::AUTHORIZATION, h);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot read {base}/metadata: {}", transport_reason(&e)))?;
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| transport_reason(&e))?;
-    if !status.is_success() {
-        return Err(format!("{base}/metadata answered {status}"));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{base}/metadata is not JSON: {e}"))
 }
 
 /// What became of one operation.
@@ -156,6 +134,8 @@ pub struct SenderStats {
     pub in_flight: AtomicU64,
     pub retries: AtomicU64,
     pub window: AtomicU64,
+    /// Requests that waited for a server quota's window (429s).
+    pub quota_waits: AtomicU64,
 }
 
 enum Msg {
@@ -171,6 +151,13 @@ struct Job {
     not_before: Option<Instant>,
     /// Times the token was renewed for this request after a 401.
     reauths: u32,
+    /// Times the request waited for the server's quota (not attempts).
+    quota_waits: u32,
+    /// What earlier answers to this request wrote before it was resent
+    /// whole (a transaction whose other entries failed for a passing
+    /// reason), by (record seq, operation): the resend finds them stored,
+    /// but this run created or updated them.
+    earlier: std::collections::HashMap<(u64, usize), Outcome>,
 }
 
 /// What one HTTP attempt gave.
@@ -261,8 +248,9 @@ impl SenderSink {
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(7),
             ),
-            paused_until: None,
-            quota_peaks: std::collections::HashMap::new(),
+            pacer: Pacer::default(),
+            entries_out: 0,
+            largest: 1,
         };
         let task = runtime.spawn(dispatcher.run(rx));
         Ok(SenderSink {
@@ -371,6 +359,9 @@ impl Window {
 /// Token renewals one request may ask for before a 401 counts as refusal.
 const MAX_REAUTHS: u32 = 3;
 
+/// Quota windows one request may wait for (429s) before it is given up.
+const MAX_QUOTA_WAITS: u32 = 60;
+
 fn is_transient(status: u16) -> bool {
     matches!(status, 408 | 409 | 425 | 429 | 500 | 502 | 503 | 504)
 }
@@ -390,36 +381,67 @@ fn entry_resent(status: u16, from_ledger: bool) -> bool {
     is_transient(status) || status == 412 || (from_ledger && stale_ledger_id(status))
 }
 
-/// One limit of a `RateLimit` header: `"fhirInteractions";r=400;t=30`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Quota {
-    name: String,
-    remaining: u64,
-    reset: Duration,
+/// The entries of an answer to send again, and why.
+#[derive(Debug, Default)]
+struct Resend {
+    entries: Vec<usize>,
+    /// The server pushed back (409 or 429): the window shrinks.
+    throttled: bool,
+    /// A failure among them other than the quota's 429.
+    not_quota: bool,
+    /// Operations that earlier answers wrote: see [`Job::earlier`].
+    earlier: Vec<((u64, usize), Outcome)>,
 }
 
-/// Reads Medplum's `RateLimit: "requests";r=…;t=…, "fhirInteractions";r=…;t=…`.
-fn parse_ratelimit(header: &str) -> Vec<Quota> {
-    header
-        .split(',')
-        .filter_map(|limit| {
-            let mut parts = limit.split(';');
-            let name = parts.next()?.trim().trim_matches('"').to_owned();
-            let (mut remaining, mut reset) = (None, None);
-            for part in parts {
-                match part.trim().split_once('=') {
-                    Some(("r", v)) => remaining = v.trim().parse::<u64>().ok(),
-                    Some(("t", v)) => reset = v.trim().parse::<u64>().ok(),
-                    _ => {}
-                }
-            }
-            Some(Quota {
-                name,
-                remaining: remaining?,
-                reset: Duration::from_secs(reset?),
-            })
-        })
-        .collect()
+impl Resend {
+    /// Sends entry `entry` again; `statuses` are its answer's statuses.
+    fn push(&mut self, entry: usize, statuses: impl IntoIterator<Item = u16>) {
+        self.entries.push(entry);
+        for s in statuses {
+            self.throttled |= s == 429 || s == 409;
+            self.not_quota |= s != 429 && !(200..300).contains(&s);
+        }
+    }
+
+    /// Every entry failed only for the server's quota: a wait, not a failure.
+    fn quota_only(&self) -> bool {
+        !self.entries.is_empty() && !self.not_quota
+    }
+}
+
+/// What becomes of a transaction, by its entries' statuses.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Every entry written.
+    Written,
+    /// Sent again whole: every failure passes (`resendable`: 409, 429,
+    /// 5xx...), and what was written may be written again (`idempotent`:
+    /// keyed on identifiers, so the resend finds it).
+    Resend,
+    /// Some written, the rest failed for good (or a bare create was
+    /// written): the record is partially written.
+    Partial,
+    /// Nothing written, for a reason that does not pass.
+    Refused,
+}
+
+fn transaction_verdict(
+    statuses: &[u16],
+    idempotent: bool,
+    resendable: impl Fn(u16) -> bool,
+) -> Verdict {
+    let ok = |s: &u16| (200..300).contains(s);
+    let written = statuses.iter().filter(|s| ok(s)).count();
+    let failures_pass = statuses.iter().all(|s| ok(s) || resendable(*s));
+    if written == statuses.len() {
+        Verdict::Written
+    } else if failures_pass && (written == 0 || idempotent) {
+        Verdict::Resend
+    } else if written > 0 {
+        Verdict::Partial
+    } else {
+        Verdict::Refused
+    }
 }
 
 struct Dispatcher {
@@ -436,9 +458,12 @@ struct Dispatcher {
     settled: std::sync::mpsc::Sender<Settled>,
     stats: Arc<SenderStats>,
     rng: AtomicU64,
-    paused_until: Option<Instant>,
-    /// The most remaining seen per quota name.
-    quota_peaks: std::collections::HashMap<String, u64>,
+    /// The server's quotas, and the pause they impose.
+    pacer: Pacer,
+    /// Bundle entries in requests in flight (what the quota pays for next).
+    entries_out: usize,
+    /// The most entries a request has held: the size of the next one.
+    largest: usize,
 }
 
 impl Dispatcher {
@@ -459,26 +484,32 @@ impl Dispatcher {
                 .in_flight
                 .store(in_flight.len() as u64, Ordering::Relaxed);
             let now = Instant::now();
-            let paused = self.paused_until.is_some_and(|t| t > now);
-            // retries first, when their time has come
-            while !paused && in_flight.len() < self.window.get() {
+            // retries first, when their time has come and the quota allows
+            while in_flight.len() < self.window.get() {
                 let ready = waiting
                     .iter()
                     .position(|j| j.not_before.is_none_or(|t| t <= now));
-                match ready.and_then(|i| waiting.remove(i)) {
-                    Some(job) => self.spawn(&mut in_flight, job),
-                    None => break,
+                let Some(i) = ready else { break };
+                if !self.admits(waiting[i].request.entries.len(), now) {
+                    break;
+                }
+                if let Some(job) = waiting.remove(i) {
+                    self.spawn(&mut in_flight, job);
                 }
             }
             // then held requests whose identities are free again
-            while !paused
-                && in_flight.len() < self.window.get()
+            while in_flight.len() < self.window.get()
                 && held.front().is_some_and(|r| !self.overlaps(r))
+                && held
+                    .front()
+                    .is_some_and(|r| self.admits(r.entries.len(), now))
             {
                 if let Some(request) = held.pop_front() {
                     self.start(&mut in_flight, request);
                 }
             }
+            let paused = !self.admits(self.largest, now);
+            let paused_until = self.pacer.paused_until(now);
             let idle = in_flight.is_empty() && waiting.is_empty() && held.is_empty();
             if barrier.is_some() && idle {
                 if let Some(done) = barrier.take() {
@@ -495,15 +526,20 @@ impl Dispatcher {
                 && in_flight.len() + waiting.len() + held.len() < self.window.get()
                 && barrier.is_none()
                 && input_open;
-            let wake = waiting
-                .iter()
-                .filter_map(|j| j.not_before)
-                .chain(self.paused_until)
-                .min()
-                .unwrap_or(now + Duration::from_secs(3600));
+            // while paused, nothing is sent before the pause ends, however
+            // long ago a waiting request's own time came
+            let wake = paused_until.unwrap_or_else(|| {
+                waiting
+                    .iter()
+                    .filter_map(|j| j.not_before)
+                    .min()
+                    .unwrap_or(now + Duration::from_secs(3600))
+            });
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Ok((job, answer, resolution)) = joined {
+                        self.entries_out =
+                            self.entries_out.saturating_sub(job.request.entries.len());
                         let identities = job.request.identities.clone();
                         let before = waiting.len();
                         self.handle(job, answer, resolution, &mut waiting).await;
@@ -528,6 +564,12 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the quota left pays for a request of `entries` entries on
+    /// top of those in flight (else the pacer pauses until it resets).
+    fn admits(&mut self, entries: usize, now: Instant) -> bool {
+        self.pacer.admits(entries, self.entries_out, now)
+    }
+
     /// Whether another request in flight writes an identity this one writes.
     fn overlaps(&self, request: &Request) -> bool {
         !self.busy.is_empty() && request.identities.iter().any(|i| self.busy.contains_key(i))
@@ -543,6 +585,8 @@ impl Dispatcher {
             attempt: 0,
             not_before: None,
             reauths: 0,
+            quota_waits: 0,
+            earlier: Default::default(),
         };
         self.spawn(set, job);
     }
@@ -558,34 +602,16 @@ impl Dispatcher {
         }
     }
 
-    /// Slows down before a quota runs out: under a tenth of the most seen
-    /// remaining, the window halves; at zero, sending pauses until the reset.
-    fn pace(&mut self, quotas: &[Quota]) -> Option<Duration> {
-        let mut pause = None;
-        for q in quotas {
-            let most = self
-                .quota_peaks
-                .entry(q.name.clone())
-                .or_insert(q.remaining);
-            *most = (*most).max(q.remaining);
-            if q.remaining == 0 {
-                pause = Some(pause.unwrap_or(Duration::ZERO).max(q.reset));
-            } else if q.remaining * 10 < *most {
-                self.window.shrink();
-            }
-        }
-        if let Some(p) = pause {
-            tracing::info!(
-                seconds = p.as_secs(),
-                "a server quota is used up: pausing until it resets"
-            );
-            self.paused_until = Some(Instant::now() + p);
-        }
-        pause
+    /// Reads an answer's quotas (see [`Pacer::observe`]): a spent quota
+    /// pauses sending until its window resets.
+    fn pace(&mut self, quotas: &[Quota], entries: usize) -> Option<Duration> {
+        self.pacer.observe(quotas, entries, Instant::now()).pause
     }
 
-    fn spawn(&self, set: &mut JoinSet<(Job, Answer, Option<Resolution>)>, job: Job) {
+    fn spawn(&mut self, set: &mut JoinSet<(Job, Answer, Option<Resolution>)>, job: Job) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.entries_out += job.request.entries.len();
+        self.largest = self.largest.max(job.request.entries.len());
         let http = self.http.clone();
         let resolver = self.resolver.clone();
         set.spawn(async move {
@@ -663,6 +689,38 @@ impl Dispatcher {
         waiting.push_back(job);
     }
 
+    /// Sends a request refused for the server's quota (429) again once the
+    /// quota's window has reset. A quota wait is not a failed attempt: the
+    /// server will take the request, only later. It is bounded all the
+    /// same, so that a server that never lets a request through ends it.
+    fn wait_for_quota(
+        &mut self,
+        mut job: Job,
+        retry_after: Option<Duration>,
+        waiting: &mut VecDeque<Job>,
+    ) {
+        job.quota_waits += 1;
+        if job.quota_waits > MAX_QUOTA_WAITS {
+            let n = job.request.entries.len();
+            let why = format!(
+                "the server refused it for its quota (429) {MAX_QUOTA_WAITS} times, waiting for the quota window each time; raise the project's quota or lower --concurrency"
+            );
+            self.reject_entries(&job, &(0..n).collect::<Vec<_>>(), Some(429), &why, None);
+            return;
+        }
+        self.stats.quota_waits.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let wait = self
+            .pacer
+            .wait_after_429(retry_after, now)
+            // no answer said how long: back off as after a failure
+            .unwrap_or_else(|| self.backoff(job.quota_waits.min(8)));
+        tracing::debug!(stream = %job.request.stream, seconds = wait.as_secs(), "waiting for the server's quota");
+        // a little jitter, so that the requests waiting do not all go at once
+        job.not_before = Some(now + wait + self.jitter(Duration::from_millis(250)));
+        waiting.push_back(job);
+    }
+
     async fn handle(
         &mut self,
         job: Job,
@@ -690,7 +748,7 @@ impl Dispatcher {
                 body,
                 ..
             } => {
-                let pause = self.pace(&quotas);
+                let pause = self.pace(&quotas, job.request.entries.len());
                 if status == 401 && job.reauths < MAX_REAUTHS {
                     self.http.auth.invalidate(used_auth.as_ref()).await;
                     let mut job = job;
@@ -724,11 +782,16 @@ impl Dispatcher {
                         && stale_ledger_id(status))
                 {
                     self.window.shrink();
-                    let wait = retry_after.or(pause);
-                    if status == 429 && wait.is_some() {
-                        self.paused_until = wait.map(|w| Instant::now() + w);
+                    if status == 429 {
+                        self.wait_for_quota(job, retry_after, waiting);
+                    } else {
+                        self.retry(
+                            job,
+                            retry_after.or(pause),
+                            format!("HTTP {status}"),
+                            waiting,
+                        );
                     }
-                    self.retry(job, wait, format!("HTTP {status}"), waiting);
                 } else if (200..300).contains(&status) {
                     match resolution {
                         Some(r) => self.answered_resolved(job, r, &body, sent_at_ms, waiting),
@@ -766,9 +829,10 @@ impl Dispatcher {
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let mut resend = Resend::default();
         if request.kind == RequestKind::Transaction {
-            self.settle_transaction(&job, 0, responses, body, sent_at_ms);
-            self.window.grow();
+            self.settle_transaction(&job, 0, responses, body, sent_at_ms, &mut resend);
+            self.resend_or_grow(&job, &resend, waiting);
             return;
         }
         if responses.len() != request.entries.len() {
@@ -780,15 +844,12 @@ impl Dispatcher {
             self.reject_entries(&job, &(0..n).collect::<Vec<_>>(), None, &reason, Some(body));
             return;
         }
-        let mut resend = Vec::new();
-        let mut throttled = false;
         for (i, response) in responses.iter().enumerate() {
             let status = entry_status(response);
             if (200..300).contains(&status) {
-                self.settle_entry(&job, i, response, sent_at_ms);
+                self.settle_entry(&job, i, response, sent_at_ms, &mut resend);
             } else if is_transient(status) {
-                throttled |= status == 429 || status == 409;
-                resend.push(i);
+                resend.push(i, [status]);
             } else {
                 let reason = format!(
                     "{status}: {}",
@@ -803,38 +864,43 @@ impl Dispatcher {
                 );
             }
         }
-        self.resend_or_grow(&job, &resend, throttled, waiting);
+        self.resend_or_grow(&job, &resend, waiting);
     }
 
     /// After an answer: grow the window when every entry settled, or resend
     /// the entries that failed for a passing reason (shrinking the window
     /// when the server pushed back).
-    fn resend_or_grow(
-        &mut self,
-        job: &Job,
-        resend: &[usize],
-        throttled: bool,
-        waiting: &mut VecDeque<Job>,
-    ) {
-        if resend.is_empty() {
+    fn resend_or_grow(&mut self, job: &Job, resend: &Resend, waiting: &mut VecDeque<Job>) {
+        if resend.entries.is_empty() {
             self.window.grow();
             return;
         }
-        if throttled {
+        if resend.throttled {
             self.window.shrink();
         }
         let retry = Job {
-            request: job.request.subset(resend),
+            request: job.request.subset(&resend.entries),
             attempt: job.attempt,
             not_before: None,
             reauths: job.reauths,
+            quota_waits: job.quota_waits,
+            earlier: job
+                .earlier
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .chain(resend.earlier.iter().copied())
+                .collect(),
         };
-        self.retry(
-            retry,
-            None,
-            format!("{} entries failed for a passing reason", resend.len()),
-            waiting,
-        );
+        if resend.quota_only() {
+            // the server ran out of quota part-way through the bundle
+            self.wait_for_quota(retry, None, waiting);
+        } else {
+            let why = format!(
+                "{} entries failed for a passing reason",
+                resend.entries.len()
+            );
+            self.retry(retry, None, why, waiting);
+        }
     }
 
     /// Settles what the resolver decided without a write: stored
@@ -890,8 +956,7 @@ impl Dispatcher {
             self.reject_entries(&job, &which, None, &reason, Some(body));
             return;
         }
-        let mut resend = Vec::new();
-        let mut throttled = false;
+        let mut resend = Resend::default();
         for (sent, response) in write.sent.iter().zip(responses) {
             let inner: Vec<&Value> = if write.kind == RequestKind::Transaction {
                 response["entry"]
@@ -902,8 +967,7 @@ impl Dispatcher {
                 let status = entry_status(response);
                 if !(200..300).contains(&status) {
                     if entry_resent(status, sent.from_ledger) {
-                        throttled |= status == 429 || status == 409;
-                        resend.push(sent.entry);
+                        resend.push(sent.entry, [status]);
                     } else {
                         let outcome = &response["response"]["outcome"];
                         let reason = format!("{status}: {}", outcome_text(outcome));
@@ -924,7 +988,6 @@ impl Dispatcher {
             } else {
                 vec![response]
             };
-            let statuses: Vec<u16> = inner.iter().map(|r| entry_status(r)).collect();
             if inner.len() != sent.ops.len() {
                 let reason = format!(
                     "the server answered {} entries for a transaction of {}; it may be partially written",
@@ -934,39 +997,25 @@ impl Dispatcher {
                 self.reject_entries(&job, &[sent.entry], None, &reason, Some(response));
                 continue;
             }
-            let failed = statuses.iter().filter(|s| !(200..300).contains(*s)).count();
-            if failed == 0 {
-                for (k, r) in inner.iter().enumerate() {
-                    self.settle_written(&job, sent, k, r, sent_at_ms);
+            if write.kind == RequestKind::Batch {
+                // a plain entry: written, or failed alone
+                let status = entry_status(inner[0]);
+                if (200..300).contains(&status) {
+                    self.settle_written(&job, sent, 0, inner[0], sent_at_ms);
+                } else if entry_resent(status, sent.from_ledger) {
+                    resend.push(sent.entry, [status]);
+                } else {
+                    let outcome = &inner[0]["response"]["outcome"];
+                    let reason = format!("{status}: {}", outcome_text(outcome));
+                    self.reject_entries(&job, &[sent.entry], Some(status), &reason, Some(outcome));
                 }
-            } else if failed < inner.len()
-                && sent.from_ledger
-                && statuses
-                    .iter()
-                    .all(|&s| (200..300).contains(&s) || entry_resent(s, true))
-            {
-                // a non-atomic transaction with a stale ledger id: the whole
-                // record again, searched first (what landed is found unchanged)
-                resend.push(sent.entry);
-            } else if failed < inner.len() {
-                // a transaction the server ran as a batch
-                self.partially_written(&job, sent, &inner, sent_at_ms);
-            } else if statuses.iter().all(|&s| entry_resent(s, sent.from_ledger)) {
-                throttled |= statuses.iter().any(|&s| s == 429 || s == 409);
-                resend.push(sent.entry);
-            } else {
-                let outcome = &inner[0]["response"]["outcome"];
-                let reason = format!("{}: {}", statuses[0], outcome_text(outcome));
-                self.reject_entries(
-                    &job,
-                    &[sent.entry],
-                    Some(statuses[0]),
-                    &reason,
-                    Some(outcome),
-                );
+                continue;
             }
+            let from_ledger = sent.from_ledger;
+            let resendable = |s: u16| entry_resent(s, from_ledger);
+            self.settle_verdict(&job, sent, &inner, sent_at_ms, resendable, &mut resend);
         }
-        self.resend_or_grow(&job, &resend, throttled, waiting);
+        self.resend_or_grow(&job, &resend, waiting);
     }
 
     /// Settles one written operation of a resolved write and remembers its id.
@@ -1046,7 +1095,14 @@ impl Dispatcher {
         }
     }
 
-    fn settle_entry(&self, job: &Job, index: usize, response: &Value, sent_at_ms: Option<i64>) {
+    fn settle_entry(
+        &self,
+        job: &Job,
+        index: usize,
+        response: &Value,
+        sent_at_ms: Option<i64>,
+        resend: &mut Resend,
+    ) {
         let request = &job.request;
         let entry = &request.entries[index];
         let types = &request.groups[entry.group].resource_types;
@@ -1055,7 +1111,7 @@ impl Dispatcher {
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            self.settle_transaction(job, index, inner, &response["resource"], sent_at_ms);
+            self.settle_transaction(job, index, inner, &response["resource"], sent_at_ms, resend);
         } else {
             let outcome = entry_outcome(Some(response), sent_at_ms).unwrap_or(Outcome::Updated);
             self.settle(
@@ -1069,8 +1125,9 @@ impl Dispatcher {
         }
     }
 
-    /// Settles a transaction's answer: all written, partially written (a
-    /// server that ran it as a batch), or refused.
+    /// Settles a transaction's answer (see [`transaction_verdict`]): all
+    /// written, sent again whole, partially written (a server that ran it
+    /// as a batch), or refused.
     fn settle_transaction(
         &self,
         job: &Job,
@@ -1078,6 +1135,7 @@ impl Dispatcher {
         inner: &[Value],
         whole: &Value,
         sent_at_ms: Option<i64>,
+        resend: &mut Resend,
     ) {
         let entry = &job.request.entries[index];
         let sent = resolve::SentEntry {
@@ -1096,21 +1154,56 @@ impl Dispatcher {
             self.reject_entries(job, &[index], None, &reason, Some(whole));
             return;
         }
-        let ok = inner
+        self.settle_verdict(job, &sent, &inner, sent_at_ms, is_transient, resend);
+    }
+
+    /// Acts on a transaction's answer, `inner` entry for entry, whichever
+    /// path sent it; `resendable` says which failures pass.
+    fn settle_verdict(
+        &self,
+        job: &Job,
+        sent: &resolve::SentEntry,
+        inner: &[&Value],
+        sent_at_ms: Option<i64>,
+        resendable: impl Fn(u16) -> bool,
+        resend: &mut Resend,
+    ) {
+        let statuses: Vec<u16> = inner.iter().map(|r| entry_status(r)).collect();
+        let group = &job.request.groups[job.request.entries[sent.entry].group];
+        // what was written may be written again only when every write of
+        // it is keyed on an identifier (a bare POST would be repeated)
+        let idempotent = sent
+            .ops
             .iter()
-            .filter(|r| (200..300).contains(&entry_status(r)))
-            .count();
-        if ok == inner.len() {
-            for (k, r) in inner.iter().enumerate() {
-                self.settle_written(job, &sent, k, r, sent_at_ms);
+            .all(|&op| group.identities.get(op).is_some_and(Option::is_some));
+        match transaction_verdict(&statuses, idempotent, resendable) {
+            Verdict::Written => {
+                for (k, r) in inner.iter().enumerate() {
+                    self.settle_written(job, sent, k, r, sent_at_ms);
+                }
             }
-        } else if ok > 0 {
-            self.partially_written(job, &sent, &inner, sent_at_ms);
-        } else {
-            let status = entry_status(inner[0]);
-            let outcome = &inner[0]["response"]["outcome"];
-            let reason = format!("{status}: {}", outcome_text(outcome));
-            self.reject_entries(job, &[index], Some(status), &reason, Some(outcome));
+            Verdict::Resend => {
+                // what landed is remembered, so the resend (which finds it
+                // stored) still counts it created or updated
+                for (k, r) in inner.iter().enumerate() {
+                    if let Some(outcome) = entry_outcome(Some(r), sent_at_ms) {
+                        resend.earlier.push(((group.seq, sent.ops[k]), outcome));
+                    }
+                }
+                resend.push(sent.entry, statuses);
+            }
+            Verdict::Partial => self.partially_written(job, sent, inner, sent_at_ms),
+            Verdict::Refused => {
+                let outcome = &inner[0]["response"]["outcome"];
+                let reason = format!("{}: {}", statuses[0], outcome_text(outcome));
+                self.reject_entries(
+                    job,
+                    &[sent.entry],
+                    Some(statuses[0]),
+                    &reason,
+                    Some(outcome),
+                );
+            }
         }
     }
 
@@ -1125,6 +1218,12 @@ impl Dispatcher {
     ) {
         let request = &job.request;
         let group = &request.groups[request.entries[entry].group];
+        // an earlier answer to this request wrote it: the resend found it
+        let outcome = match (job.earlier.get(&(group.seq, op)), outcome) {
+            (Some(Outcome::Created), Outcome::Updated | Outcome::Unchanged) => Outcome::Created,
+            (Some(Outcome::Updated), Outcome::Unchanged) => Outcome::Updated,
+            _ => outcome,
+        };
         let server_id = response.and_then(resolve::answered_id);
         let version = response.and_then(|r| {
             let etag = r["response"]["etag"].as_str()?;
@@ -1261,6 +1360,9 @@ fn outcome_text(outcome: &Value) -> String {
     }
 }
 
+/// The media type of every FHIR request and answer.
+const FHIR_JSON: &str = "application/fhir+json";
+
 /// The HTTP side: one client, the credentials and the base URL.
 struct Http {
     stats: Arc<SenderStats>,
@@ -1289,6 +1391,7 @@ impl Http {
         url: &str,
         body: Option<(&'static str, Vec<u8>)>,
         prefer_async: bool,
+        accept: &'static str,
     ) -> Answer {
         let started = Instant::now();
         let header = match self.auth.header(&self.client).await {
@@ -1301,7 +1404,7 @@ impl Http {
         let mut request = self
             .client
             .request(method, url)
-            .header(reqwest::header::ACCEPT, "application/fhir+json");
+            .header(reqwest::header::ACCEPT, accept);
         if let Some((content_type, body)) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -1363,13 +1466,23 @@ impl Http {
     }
 
     async fn get(&self, url: &str) -> Answer {
-        self.exchange(reqwest::Method::GET, url, None, false).await
+        self.exchange(reqwest::Method::GET, url, None, false, FHIR_JSON)
+            .await
+    }
+
+    /// A Binary's own content: Medplum answers `Binary/id` read as FHIR
+    /// JSON with the resource's metadata only (no `data`), and with the
+    /// stored bytes when any other type is accepted.
+    async fn get_content(&self, url: &str) -> Answer {
+        self.exchange(reqwest::Method::GET, url, None, false, "*/*")
+            .await
     }
 
     async fn post_form(&self, url: &str, form: String) -> Answer {
         self.stats.searches.fetch_add(1, Ordering::Relaxed);
         let body = Some(("application/x-www-form-urlencoded", form.into_bytes()));
-        self.exchange(reqwest::Method::POST, url, body, false).await
+        self.exchange(reqwest::Method::POST, url, body, false, FHIR_JSON)
+            .await
     }
 
     /// Posts a bundle to the base. Batches go as async jobs when asked
@@ -1382,8 +1495,9 @@ impl Http {
             .exchange(
                 reqwest::Method::POST,
                 &url,
-                Some(("application/fhir+json", body)),
+                Some((FHIR_JSON, body)),
                 prefer_async,
+                FHIR_JSON,
             )
             .await;
         match answer {
@@ -1400,7 +1514,7 @@ impl Http {
     /// Polls an async job until it is done, then reads its batch-response.
     async fn await_job(&self, status_url: &str, sent_at_ms: Option<i64>) -> Answer {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut delay = Duration::from_millis(150);
         loop {
             if started.elapsed() > self.async_timeout {
                 return Answer::Transport(format!(
@@ -1417,7 +1531,10 @@ impl Http {
                 } => {
                     tokio::time::sleep(retry_after.unwrap_or(delay).min(Duration::from_secs(10)))
                         .await;
-                    delay = (delay * 3 / 2).min(Duration::from_secs(5));
+                    // a job of one bundle takes about a second: poll often
+                    // enough that waiting for it costs little over a
+                    // synchronous answer, and no more than once a second
+                    delay = (delay * 5 / 4).min(Duration::from_secs(1));
                 }
                 Answer::Http {
                     status: 200..=299,
@@ -1476,8 +1593,9 @@ impl Http {
         } else {
             format!("{}/{reference}", self.base)
         };
-        let mut answer = self.get(&url).await;
-        // a Binary resource: the bundle inline (base64) or at a URL
+        // the Binary's content is the batch-response; a server that
+        // answers the resource instead holds it inline (base64) or at a URL
+        let mut answer = self.get_content(&url).await;
         for _ in 0..2 {
             let Answer::Http {
                 status: 200..=299,
@@ -1491,7 +1609,10 @@ impl Http {
                 break;
             }
             if let Some(data) = body["data"].as_str() {
-                let bundle = decode_base64(data)
+                use base64::Engine as _;
+                let bundle = base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .ok()
                     .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                     .unwrap_or(Value::Null);
                 if let Answer::Http { body, .. } = &mut answer {
@@ -1500,7 +1621,7 @@ impl Http {
                 break;
             }
             match body["url"].as_str() {
-                Some(u) => answer = self.get(u).await,
+                Some(u) => answer = self.get_content(u).await,
                 None => return failed(format!("{reference} holds no batch-response")),
             }
         }
@@ -1515,33 +1636,6 @@ impl Http {
         }
         answer
     }
-}
-
-/// Standard base64, padding optional; `None` on any other byte.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-    {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// A transport error in words, without the request (no patient data).
@@ -1573,18 +1667,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ratelimit_headers_are_read_per_quota() {
-        let q = parse_ratelimit(r#""requests";r=10;t=5, "fhirInteractions";r=0;t=42"#);
-        assert_eq!(q.len(), 2);
-        assert_eq!(
-            q[1],
-            Quota {
-                name: "fhirInteractions".into(),
-                remaining: 0,
-                reset: Duration::from_secs(42)
-            }
-        );
-        assert!(parse_ratelimit("garbage").is_empty());
+    fn a_transaction_whose_failures_pass_is_sent_again_whole_unless_a_bare_create_landed() {
+        let v =
+            |statuses: &[u16], idempotent| transaction_verdict(statuses, idempotent, is_transient);
+        assert_eq!(v(&[201, 200], true), Verdict::Written);
+        // Medplum without transaction-bundles: one entry lost a serialization race
+        assert_eq!(v(&[201, 409], true), Verdict::Resend);
+        assert_eq!(v(&[200, 429], true), Verdict::Resend);
+        assert_eq!(v(&[409, 409], false), Verdict::Resend);
+        // a bare POST that landed would be repeated
+        assert_eq!(v(&[201, 409], false), Verdict::Partial);
+        assert_eq!(v(&[201, 400], true), Verdict::Partial);
+        assert_eq!(v(&[400, 409], true), Verdict::Refused);
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! Questions a run asks the server before it writes: what the server is
+//! (its capability statement), who fhirlift writes as (the principal that
+//! names the ledger's target together with the URL), and whether the
+//! server still holds what the ledger says it acknowledged.
+//!
+//! Each is a handful of GETs, made once per run with the run's
+//! credentials; none of them writes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::auth::{Auth, AuthState};
+use super::transport_reason;
+use crate::group::{encode_query_part, escape_search_value};
+use crate::ledger::SampledIdentity;
+
+/// A client and the credentials, for a few one-off requests.
+struct OneOff {
+    client: reqwest::Client,
+    auth: AuthState,
+    base: String,
+}
+
+impl OneOff {
+    fn new(base_url: &str, auth: Auth) -> Result<OneOff, String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("fhirlift/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let base = base_url.trim_end_matches('/').to_owned();
+        Ok(OneOff {
+            client,
+            auth: AuthState::new(auth, &base),
+            base,
+        })
+    }
+
+    /// GETs `url` as FHIR JSON: the status and the body (`Null` when the
+    /// body is not JSON).
+    async fn get(&self, url: &str) -> Result<(u16, Value), String> {
+        let mut request = self
+            .client
+            .get(url)
+            .header(reqwest::header::ACCEPT, super::FHIR_JSON);
+        if let Some(h) = self
+            .auth
+            .header(&self.client)
+            .await
+            .map_err(|e| e.message)?
+        {
+            request = request.header(reqwest::header::AUTHORIZATION, h);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {}", transport_reason(&e)))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| transport_reason(&e))?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+}
+
+/// The server's capability statement (`GET {base}/metadata`).
+pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, String> {
+    let server = OneOff::new(base_url, auth)?;
+    let url = format!("{}/metadata", server.base);
+    match server.get(&url).await? {
+        (200..=299, body) if body.is_object() => Ok(body),
+        (200..=299, _) => Err(format!("{url} is not JSON")),
+        (status, _) => Err(format!("{url} answered {status}")),
+    }
+}
+
+/// Who the credentials write as, for the ledger's target: on a server
+/// that answers Medplum's `GET {origin}/auth/me`, the project (one URL
+/// serves many projects, and what a client sees is its project's);
+/// elsewhere the client id, the Basic user, or a bearer token's `sub`
+/// claim. `None` without credentials, or for an opaque bearer token.
+pub async fn principal(base_url: &str, auth: Auth) -> Result<Option<String>, String> {
+    if matches!(auth, Auth::None) {
+        return Ok(None);
+    }
+    let from_credentials = match &auth {
+        Auth::None => None,
+        Auth::ClientCredentials { client_id, .. } => Some(format!("client {client_id}")),
+        Auth::Basic { user, .. } => Some(format!("user {user}")),
+        Auth::Bearer(token) => token_subject(token).map(|sub| format!("subject {sub}")),
+    };
+    let server = OneOff::new(base_url, auth)?;
+    // Medplum's FHIR base is {origin}/fhir/R4; /auth/me sits at the origin
+    if let Some(at) = server.base.find("/fhir/") {
+        let url = format!("{}/auth/me", &server.base[..at]);
+        if let Ok((200, me)) = server.get(&url).await
+            && let Some(project) = me["project"]["id"].as_str()
+        {
+            return Ok(Some(format!("project {project}")));
+        }
+    }
+    Ok(from_credentials)
+}
+
+/// The `sub` claim of a JWT, read without checking its signature (it only
+/// names the ledger's target; the server checks the token).
+fn token_subject(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims["sub"].as_str().map(str::to_owned)
+}
+
+/// Of a sample of identities the ledger holds as acknowledged, those the
+/// server no longer has, counted per resource type as (missing, sampled).
+/// One search per type (`Type?identifier=s|v,…`); a type whose sample is
+/// all there is left out.
+pub async fn missing_from_server(
+    base_url: &str,
+    auth: Auth,
+    sample: &[SampledIdentity],
+) -> Result<BTreeMap<String, (usize, usize)>, String> {
+    let server = OneOff::new(base_url, auth)?;
+    let mut by_type: BTreeMap<&str, Vec<&SampledIdentity>> = BTreeMap::new();
+    for s in sample {
+        by_type.entry(&s.resource_type).or_default().push(s);
+    }
+    let mut missing = BTreeMap::new();
+    for (resource_type, identities) in by_type {
+        let mut url = format!("{}/{resource_type}?identifier=", server.base);
+        for (n, s) in identities.iter().enumerate() {
+            if n > 0 {
+                url.push(',');
+            }
+            encode_query_part(&s.system, &mut url);
+            url.push('|');
+            encode_query_part(&escape_search_value(&s.value), &mut url);
+        }
+        url.push_str(&format!("&_count={}", identities.len() * 2));
+        let (status, bundle) = server.get(&url).await?;
+        if !(200..300).contains(&status) {
+            return Err(format!(
+                "a search of {resource_type} by identifier answered {status}"
+            ));
+        }
+        let held: std::collections::HashSet<(&str, &str)> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["resource"]["identifier"].as_array().into_iter().flatten())
+            .filter_map(|i| Some((i["system"].as_str()?, i["value"].as_str()?)))
+            .collect();
+        let gone = identities
+            .iter()
+            .filter(|s| !held.contains(&(s.system.as_str(), s.value.as_str())))
+            .count();
+        if gone > 0 {
+            missing.insert(resource_type.to_owned(), (gone, identities.len()));
+        }
+    }
+    Ok(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jwt_names_its_subject_and_an_opaque_token_nothing() {
+        // {"sub":"client-7","iss":"x"} in base64url, unsigned
+        let token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJjbGllbnQtNyIsImlzcyI6IngifQ.";
+        assert_eq!(token_subject(token).as_deref(), Some("client-7"));
+        assert_eq!(token_subject("opaque-token"), None);
+        assert_eq!(token_subject("a.b@d.c"), None);
+    }
+}
