@@ -894,6 +894,54 @@ impl Ledger {
             })
             .ctx(&self.path, "read the identities")
     }
+
+    /// Up to `per_type` acknowledged identities of each resource type this
+    /// target holds, picked at random, as (type, system, value, server id):
+    /// what a run checks the server still holds before it trusts the
+    /// ledger (a server reset, a project emptied, a new sandbox store).
+    pub fn sample(&self, per_type: usize) -> Result<Vec<SampledIdentity>, LedgerError> {
+        let what = "sample the identities";
+        let types: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT DISTINCT resource_type FROM resources WHERE target = ?1")
+            .and_then(|mut st| st.query_map([self.target_id], |r| r.get(0))?.collect())
+            .ctx(&self.path, what)?;
+        let mut sample = Vec::new();
+        for resource_type in types {
+            let rows: Vec<SampledIdentity> = self
+                .conn
+                .prepare_cached(
+                    "SELECT system, value, server_id FROM resources \
+                     WHERE target = ?1 AND resource_type = ?2 ORDER BY random() LIMIT ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_map(
+                        params![self.target_id, resource_type, per_type as i64],
+                        |r| {
+                            Ok(SampledIdentity {
+                                resource_type: resource_type.clone(),
+                                system: r.get(0)?,
+                                value: r.get(1)?,
+                                server_id: r.get(2)?,
+                            })
+                        },
+                    )?
+                    .collect()
+                })
+                .ctx(&self.path, what)?;
+            sample.extend(rows);
+        }
+        Ok(sample)
+    }
+}
+
+/// One identity of [`Ledger::sample`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampledIdentity {
+    pub resource_type: String,
+    pub system: String,
+    pub value: String,
+    pub server_id: Option<String>,
 }
 
 /// Creates the file (and its folder) if missing, readable by its owner only:

@@ -401,6 +401,7 @@ impl Plan {
             only_rejected,
             stop,
             phase: only_phase,
+            full_streams,
         } = options;
         let mut accounts = Accounts {
             summaries: Vec::new(),
@@ -418,6 +419,7 @@ impl Plan {
         }
         let filter = RecordFilter {
             full,
+            full_streams,
             shard,
             only_rejected,
             stop,
@@ -487,6 +489,7 @@ impl Plan {
         filter: &RecordFilter,
     ) -> Result<(), SinkError> {
         let name = planned.source.stream.clone();
+        let full = filter.full(&name);
         let phase = accounts.summaries[index].phase;
         let started = Instant::now();
         let mut packer = Packer::new(self.profile.clone(), phase, name.clone());
@@ -505,9 +508,7 @@ impl Plan {
                         .map(|r| r.key)
                         .collect(),
                 );
-            } else if !filter.full
-                && let Some(mark) = ledger.mark(&name).map_err(ledger_error)?
-            {
+            } else if !full && let Some(mark) = ledger.mark(&name).map_err(ledger_error)? {
                 match serde_json::from_value::<Provenance>(mark.after) {
                     Ok(after) => {
                         tracing::info!(stream = %name, after = %after, "resuming after the ledger's mark");
@@ -563,7 +564,7 @@ impl Plan {
                         let seq = accounts.tracks[index].begin(key, provenance);
                         match mapped {
                             Ok(Mapped::Group(mut group)) => {
-                                if !filter.full {
+                                if !full {
                                     match accounts.delta(&group, &hashes)? {
                                         Delta::Unchanged => {
                                             accounts.unchanged(index, &group);
@@ -725,12 +726,19 @@ struct Accounts<'a> {
 /// Which records a run takes, and whether it should stop.
 struct RecordFilter {
     full: bool,
+    /// Streams taken in full in a delta run.
+    full_streams: std::collections::BTreeSet<String>,
     shard: Option<(u64, u64)>,
     only_rejected: bool,
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RecordFilter {
+    /// Whether `stream` starts at its beginning and sends every record.
+    fn full(&self, stream: &str) -> bool {
+        self.full || self.full_streams.contains(stream)
+    }
+
     fn stopped(&self) -> bool {
         self.stop
             .as_ref()
@@ -1259,6 +1267,9 @@ pub struct RunOptions<'l> {
     /// `--phase N`: run only this phase (shards run a phase each, all of
     /// them, before any starts the next).
     pub phase: Option<usize>,
+    /// Streams sent in full although the run is a delta: the server lost
+    /// resources the ledger says it acknowledged (see the runner's probe).
+    pub full_streams: std::collections::BTreeSet<String>,
 }
 
 /// What happened to one stream.

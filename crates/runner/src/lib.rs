@@ -708,9 +708,19 @@ fn send(
         asynchronous = plan.profile.asynchronous,
         "writing"
     );
-    // the ledger is per target: a sandbox is named by its store folder
+    // the ledger is per target: a server by its URL and who writes there
+    // (one Medplum URL serves many projects), a sandbox by its store folder
     let target = match (&server, &sandbox) {
-        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (Some(url), _) => {
+            let url = url.trim_end_matches('/');
+            let who = runtime
+                .block_on(fhirlift_core::sender::principal(url, config.auth.clone()))
+                .map_err(|e| anyhow!("cannot tell who the credentials write as: {e}"))?;
+            match who {
+                Some(who) => format!("{url} as {who}"),
+                None => url.to_owned(),
+            }
+        }
         (None, Some(dir)) => format!(
             "sandbox:{}",
             // the same name whether the store exists yet or not
@@ -721,7 +731,12 @@ fn send(
         (None, None) => base_url.clone(),
     };
     let mut ledger = Ledger::open(&run.state, &target).map_err(|e| anyhow!("{e}"))?;
-    tracing::info!(state = %run.state.display(), "ledger opened");
+    tracing::info!(state = %run.state.display(), target = %target, "ledger opened");
+    let full_streams = if run.full || run.only_rejected {
+        Default::default()
+    } else {
+        streams_the_server_lost(plan, &runtime, &base_url, &config.auth, &ledger, out)?
+    };
     // Ctrl-C: stop reading, settle what is in flight, keep the ledger
     let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(&runtime, stop.clone());
@@ -732,6 +747,7 @@ fn send(
         only_rejected: run.only_rejected,
         stop: Some(stop),
         phase: run.phase,
+        full_streams,
     };
     let mut sink = SenderSink::start(runtime.handle(), config)?;
     let result = plan.run_observed(&mut sink, rejects, observer().as_mut(), options);
@@ -746,6 +762,66 @@ fn send(
         runtime.block_on(sb.stop());
     }
     Ok(summary)
+}
+
+/// Identities of each resource type the ledger samples before a delta run.
+const PROBE_PER_TYPE: usize = 20;
+
+/// Before a delta run trusts the ledger: asks the server for a sample of
+/// what the ledger says it acknowledged (one search per resource type).
+/// The streams that write a type the server has lost any of, or refer to
+/// it, are sent in full, and the run says so.
+fn streams_the_server_lost(
+    plan: &Plan,
+    runtime: &tokio::runtime::Runtime,
+    base_url: &str,
+    auth: &fhirlift_core::sender::Auth,
+    ledger: &Ledger,
+    out: &mut dyn Write,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let sample = ledger.sample(PROBE_PER_TYPE).map_err(|e| anyhow!("{e}"))?;
+    let mut full = std::collections::BTreeSet::new();
+    if sample.is_empty() {
+        return Ok(full);
+    }
+    let missing = runtime
+        .block_on(fhirlift_core::sender::missing_from_server(
+            base_url,
+            auth.clone(),
+            &sample,
+        ))
+        .map_err(|e| {
+            anyhow!(
+                "cannot check that the server still holds what the ledger says it acknowledged: {e}; \
+                 fix the server or credentials, or run with --full"
+            )
+        })?;
+    for (resource_type, (gone, sampled)) in &missing {
+        let streams: Vec<&str> = plan
+            .streams
+            .iter()
+            // writers recreate what was lost (with new ids); what refers
+            // to it must be written again to point at the new ids
+            .filter(|s| {
+                s.shape.emitted_types.contains(resource_type)
+                    || s.shape.referenced_types.contains(resource_type)
+            })
+            .map(|s| &*s.source.stream)
+            .collect();
+        full.extend(streams.iter().map(|s| s.to_string()));
+        tracing::warn!(resource_type = %resource_type, gone, sampled, "the server lost resources the ledger says it acknowledged");
+        writeln!(
+            out,
+            "the server no longer holds {gone} of {sampled} {resource_type} resources the ledger says it acknowledged \
+             (reset, emptied or edited since): sending {} in full",
+            if streams.is_empty() {
+                "no stream of this migration".to_owned()
+            } else {
+                format!("stream {}", streams.join(", "))
+            }
+        )?;
+    }
+    Ok(full)
 }
 
 /// Turns the first Ctrl-C into `stop` and the second into exit 130.
