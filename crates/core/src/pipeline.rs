@@ -1190,6 +1190,9 @@ pub trait RequestSink {
 pub struct Traffic {
     pub writes: u64,
     pub searches: u64,
+    /// Requests that waited for the server's quota window (429s, or held
+    /// back because the quota left could not pay for them).
+    pub quota_waits: u64,
 }
 
 /// Counts requests and drops them: `check` and benchmarks.

@@ -167,6 +167,13 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
             "sent to the server: {} write requests, {} searches",
             t.writes, t.searches
         )?;
+        if t.quota_waits > 0 {
+            writeln!(
+                out,
+                "waited for the server's quota window {} times (a quota wait is not a failed attempt)",
+                t.quota_waits
+            )?;
+        }
     }
     Ok(())
 }

@@ -305,6 +305,7 @@ impl RequestSink for SenderSink {
 
     fn traffic(&self) -> Option<crate::pipeline::Traffic> {
         Some(crate::pipeline::Traffic {
+            quota_waits: self.stats.quota_waits.load(Ordering::Relaxed),
             writes: self.stats.writes.load(Ordering::Relaxed),
             searches: self.stats.searches.load(Ordering::Relaxed),
         })
@@ -567,7 +568,13 @@ impl Dispatcher {
     /// Whether the quota left pays for a request of `entries` entries on
     /// top of those in flight (else the pacer pauses until it resets).
     fn admits(&mut self, entries: usize, now: Instant) -> bool {
-        self.pacer.admits(entries, self.entries_out, now)
+        let was_paused = self.pacer.paused_until(now).is_some();
+        let admitted = self.pacer.admits(entries, self.entries_out, now);
+        if !admitted && !was_paused {
+            // held back for the quota: a wait, counted as one
+            self.stats.quota_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
     }
 
     /// Whether another request in flight writes an identity this one writes.

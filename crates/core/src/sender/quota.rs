@@ -80,8 +80,6 @@ pub(super) struct Pacer {
     window: Option<Window>,
     /// Nothing new is sent before this.
     paused_until: Option<Instant>,
-    /// Requests (new or resent) that waited for a quota window.
-    pub waits: u64,
 }
 
 /// A jump of the reset instant by more than this starts a new window.
@@ -160,7 +158,6 @@ impl Pacer {
         retry_after: Option<Duration>,
         now: Instant,
     ) -> Option<Duration> {
-        self.waits += 1;
         let wait = retry_after
             .or_else(|| self.paused_until(now).map(|t| t - now))
             .or_else(|| {
@@ -204,7 +201,6 @@ impl Pacer {
             return true;
         }
         let wait = w.resets_at.saturating_duration_since(now);
-        self.waits += 1;
         self.pause_for(wait, now);
         false
     }
