@@ -157,6 +157,14 @@ pub struct Generated {
     pub encounters: u64,
 }
 
+impl Generated {
+    /// Every resource the example's migration writes for these rows: a
+    /// Patient each, a Condition each, an Encounter and its note each.
+    pub fn resources(&self) -> u64 {
+        self.patients + self.conditions + 2 * self.encounters
+    }
+}
+
 /// Writes patients.csv, conditions.csv, patient_conditions.csv and
 /// encounters.csv into `dir`, shaped like the bundled example.
 pub fn write_example_tables(dir: &Path, patients: u64, seed: u64) -> std::io::Result<Generated> {

@@ -1,10 +1,12 @@
 //! Support for fhirlift's end-to-end tests and benchmarks: a generator of
-//! example-shaped source data, and helpers to run the `fhirlift` command
-//! in-process.
+//! example-shaped source data, helpers to run the `fhirlift` command
+//! in-process, and a client for the real Medplum server of the kit.
 
 pub mod datagen;
+pub mod medplum;
 pub mod pg;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -101,4 +103,27 @@ where
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
     }
+}
+
+/// Reads a CSV table the generator wrote as rows of column → value. Fields
+/// are split at every comma, so only the columns before the first quoted
+/// field (the ids, in every generated table) read true.
+pub fn read_table(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(|v| v.trim_matches('"').to_owned()))
+                .collect()
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@ mod ledger;
 mod medplum;
 mod plugins;
 mod postgres;
+mod real_medplum;
 mod rejects;
 mod sandbox;
 mod support;

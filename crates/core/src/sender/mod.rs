@@ -332,7 +332,11 @@ impl RequestSink for SenderSink {
     }
 }
 
-/// The adaptive window: additive increase, multiplicative decrease.
+/// The adaptive window: additive increase, multiplicative decrease. It
+/// opens at up to 8 requests: a first load of a few bundles per phase
+/// never grew past 2 or 3 from a start at 2, and on a real Medplum a start
+/// at 8 loaded 500 patients (3,297 resources) in 5.4-6.1 s instead of
+/// 6.2-6.6 s. A server that pushes back halves it at once.
 struct Window {
     size: f64,
     max: f64,
@@ -342,7 +346,7 @@ impl Window {
     fn new(max: usize) -> Window {
         let max = max.max(1) as f64;
         Window {
-            size: max.min(2.0),
+            size: max.min(8.0),
             max,
         }
     }
@@ -1025,6 +1029,17 @@ impl Dispatcher {
         self.resend_or_grow(&job, &resend, waiting);
     }
 
+    /// Tells the resolver the id the server gave a written operation.
+    fn remember_id(&self, sent: &resolve::SentEntry, k: usize, response: &Value) {
+        if let (Some(resolver), Some(identity)) = (&self.resolver, &sent.identities[k]) {
+            match resolve::answered_id(response) {
+                Some(id) => resolver.created(identity, &id),
+                // an id the answer does not give cannot be remembered
+                None => resolver.distrust_system(identity),
+            }
+        }
+    }
+
     /// Settles one written operation of a resolved write and remembers its id.
     fn settle_written(
         &self,
@@ -1038,13 +1053,7 @@ impl Dispatcher {
         let op = sent.ops[k];
         let group = &request.groups[request.entries[sent.entry].group];
         let outcome = entry_outcome(Some(response), sent_at_ms).unwrap_or(Outcome::Updated);
-        if let (Some(resolver), Some(identity)) = (&self.resolver, &sent.identities[k]) {
-            match resolve::answered_id(response) {
-                Some(id) => resolver.created(identity, &id),
-                // an id the answer does not give cannot be remembered
-                None => resolver.distrust_system(identity),
-            }
-        }
+        self.remember_id(sent, k, response);
         self.settle(
             job,
             sent.entry,
@@ -1195,6 +1204,10 @@ impl Dispatcher {
                 for (k, r) in inner.iter().enumerate() {
                     if let Some(outcome) = entry_outcome(Some(r), sent_at_ms) {
                         resend.earlier.push(((group.seq, sent.ops[k]), outcome));
+                        // and the resolver knows it is stored now: the
+                        // resend searches it instead of taking the
+                        // empty-system shortcut and creating it again
+                        self.remember_id(sent, k, r);
                     }
                 }
                 resend.push(sent.entry, statuses);
@@ -1691,6 +1704,9 @@ mod tests {
     #[test]
     fn the_window_halves_and_grows_back_slowly() {
         let mut w = Window::new(8);
+        assert_eq!(w.get(), 8);
+        w.shrink();
+        w.shrink();
         assert_eq!(w.get(), 2);
         for _ in 0..20 {
             w.grow();
