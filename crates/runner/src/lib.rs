@@ -580,9 +580,11 @@ fn migrate(
     let plan = load_with(&config, &target, plugins, |_| {
         detect_profile(server.as_deref(), sandbox.is_some(), &auth)
     })?;
-    let default_dir = match (&dry_run, &sandbox) {
-        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-        (None, None) => config.parent().map(Path::to_path_buf).unwrap_or_default(),
+    // as --help says: in the dry-run folder, else beside the migration file
+    // (never in a sandbox's store folder, which is the server's)
+    let default_dir = match &dry_run {
+        Some(dir) => dir.clone(),
+        None => config.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let rejects_path = rejects.unwrap_or_else(|| default_dir.join("fhirlift-rejects.ndjson"));
     if rejects_path.exists() {
@@ -708,13 +710,15 @@ fn send(
         asynchronous = plan.profile.asynchronous,
         "writing"
     );
+    // nothing is sent before the plan runs, but for the questions below
+    let mut sink = SenderSink::start(runtime.handle(), config)?;
     // the ledger is per target: a server by its URL and who writes there
     // (one Medplum URL serves many projects), a sandbox by its store folder
     let target = match (&server, &sandbox) {
         (Some(url), _) => {
             let url = url.trim_end_matches('/');
-            let who = runtime
-                .block_on(fhirlift_core::sender::principal(url, config.auth.clone()))
+            let who = sink
+                .principal()
                 .map_err(|e| anyhow!("cannot tell who the credentials write as: {e}"))?;
             match who {
                 Some(who) => format!("{url} as {who}"),
@@ -735,7 +739,7 @@ fn send(
     let full_streams = if run.full || run.only_rejected {
         Default::default()
     } else {
-        streams_the_server_lost(plan, &runtime, &base_url, &config.auth, &ledger, out)?
+        streams_the_server_lost(plan, &sink, &ledger, out)?
     };
     // Ctrl-C: stop reading, settle what is in flight, keep the ledger
     let stop = Arc::new(AtomicBool::new(false));
@@ -749,7 +753,6 @@ fn send(
         phase: run.phase,
         full_streams,
     };
-    let mut sink = SenderSink::start(runtime.handle(), config)?;
     let result = plan.run_observed(&mut sink, rejects, observer().as_mut(), options);
     // every phase ends settled; anything left comes from a run that stopped
     let _ = sink.finish();
@@ -773,9 +776,7 @@ const PROBE_PER_TYPE: usize = 20;
 /// it, are sent in full, and the run says so.
 fn streams_the_server_lost(
     plan: &Plan,
-    runtime: &tokio::runtime::Runtime,
-    base_url: &str,
-    auth: &fhirlift_core::sender::Auth,
+    sink: &SenderSink,
     ledger: &Ledger,
     out: &mut dyn Write,
 ) -> anyhow::Result<std::collections::BTreeSet<String>> {
@@ -784,18 +785,12 @@ fn streams_the_server_lost(
     if sample.is_empty() {
         return Ok(full);
     }
-    let missing = runtime
-        .block_on(fhirlift_core::sender::missing_from_server(
-            base_url,
-            auth.clone(),
-            &sample,
-        ))
-        .map_err(|e| {
-            anyhow!(
-                "cannot check that the server still holds what the ledger says it acknowledged: {e}; \
+    let missing = sink.missing_from_server(&sample).map_err(|e| {
+        anyhow!(
+            "cannot check that the server still holds what the ledger says it acknowledged: {e}; \
                  fix the server or credentials, or run with --full"
-            )
-        })?;
+        )
+    })?;
     for (resource_type, (gone, sampled)) in &missing {
         let streams: Vec<&str> = plan
             .streams

@@ -91,24 +91,9 @@ pub(crate) struct AuthState {
 }
 
 fn basic(user: &str, password: &str) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{password}");
-    let bytes = input.as_bytes();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    format!("Basic {out}")
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
 }
 
 fn sensitive(value: String) -> Result<HeaderValue, String> {
@@ -119,6 +104,11 @@ fn sensitive(value: String) -> Result<HeaderValue, String> {
 }
 
 impl AuthState {
+    /// The credentials themselves.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
     pub fn new(auth: Auth, base_url: &str) -> AuthState {
         AuthState {
             auth,

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 pub use auth::Auth;
 use auth::AuthState;
-pub use probe::{fetch_capability, missing_from_server, principal};
+pub use probe::fetch_capability;
 use quota::{Pacer, Quota, parse_ratelimit};
 
 use crate::pipeline::{RequestSink, SinkError};
@@ -197,6 +197,8 @@ impl Answer {
 
 /// The pipeline's side of the sender: submit blocks while the window is full.
 pub struct SenderSink {
+    /// The dispatcher's HTTP side, for the questions asked before a run.
+    http: Arc<Http>,
     fatal: Arc<std::sync::Mutex<Option<String>>>,
     tx: Option<mpsc::Sender<Msg>>,
     settled: std::sync::mpsc::Receiver<Settled>,
@@ -222,16 +224,17 @@ impl SenderSink {
         let (settled_tx, settled) = std::sync::mpsc::channel();
         let stats = Arc::new(SenderStats::default());
         let fatal = Arc::new(std::sync::Mutex::new(None));
+        let http = Arc::new(Http {
+            stats: stats.clone(),
+            auth: AuthState::new(config.auth.clone(), &config.base_url),
+            client,
+            base: config.base_url.clone(),
+            asynchronous: config.asynchronous,
+            async_timeout: config.async_timeout,
+        });
         let dispatcher = Dispatcher {
             fatal: fatal.clone(),
-            http: Arc::new(Http {
-                stats: stats.clone(),
-                auth: AuthState::new(config.auth.clone(), &config.base_url),
-                client,
-                base: config.base_url.clone(),
-                asynchronous: config.asynchronous,
-                async_timeout: config.async_timeout,
-            }),
+            http: http.clone(),
             resolver: match (config.strategy, config.resolve_references) {
                 (WriteStrategy::Resolve, _) => Some(Arc::new(Resolver::default())),
                 (WriteStrategy::Conditional, true) => Some(Arc::new(Resolver::references_only())),
@@ -254,6 +257,7 @@ impl SenderSink {
         };
         let task = runtime.spawn(dispatcher.run(rx));
         Ok(SenderSink {
+            http,
             fatal,
             tx: Some(tx),
             settled,
@@ -264,6 +268,23 @@ impl SenderSink {
     }
 
     /// Waits until everything submitted is settled; returns what is left.
+    /// Who the credentials write as, for the ledger's target (see
+    /// [`probe::principal`]); asked before the run, with the run's token.
+    pub fn principal(&self) -> Result<Option<String>, String> {
+        self.runtime.block_on(probe::principal(&self.http))
+    }
+
+    /// Of a sample of identities the ledger holds, those the server no
+    /// longer has, per resource type as (missing, sampled): one search
+    /// per type, counted with the run's searches.
+    pub fn missing_from_server(
+        &self,
+        sample: &[crate::ledger::SampledIdentity],
+    ) -> Result<std::collections::BTreeMap<String, (usize, usize)>, String> {
+        self.runtime
+            .block_on(probe::missing_from_server(&self.http, sample))
+    }
+
     pub fn finish(&mut self) -> Vec<Settled> {
         drop(self.tx.take());
         if let Some(task) = self.task.take() {
@@ -412,6 +433,18 @@ impl Resend {
     fn quota_only(&self) -> bool {
         !self.entries.is_empty() && !self.not_quota
     }
+}
+
+/// Of two answers about one write of this run, what it did: created over
+/// updated over unchanged.
+fn strongest(a: Outcome, b: Outcome) -> Outcome {
+    let rank = |o: Outcome| match o {
+        Outcome::Created => 3,
+        Outcome::Updated => 2,
+        Outcome::Unchanged => 1,
+        Outcome::Rejected => 0,
+    };
+    if rank(a) >= rank(b) { a } else { b }
 }
 
 /// What becomes of a transaction, by its entries' statuses.
@@ -895,12 +928,18 @@ impl Dispatcher {
             not_before: None,
             reauths: job.reauths,
             quota_waits: job.quota_waits,
-            earlier: job
-                .earlier
-                .iter()
-                .map(|(k, v)| (*k, *v))
-                .chain(resend.earlier.iter().copied())
-                .collect(),
+            earlier: {
+                // a resend that finds what an earlier answer wrote says
+                // unchanged: the earliest, strongest outcome stands
+                let mut earlier = job.earlier.clone();
+                for &(at, outcome) in &resend.earlier {
+                    earlier
+                        .entry(at)
+                        .and_modify(|o| *o = strongest(*o, outcome))
+                        .or_insert(outcome);
+                }
+                earlier
+            },
         };
         if resend.quota_only() {
             // the server ran out of quota part-way through the bundle
@@ -1239,9 +1278,8 @@ impl Dispatcher {
         let request = &job.request;
         let group = &request.groups[request.entries[entry].group];
         // an earlier answer to this request wrote it: the resend found it
-        let outcome = match (job.earlier.get(&(group.seq, op)), outcome) {
-            (Some(Outcome::Created), Outcome::Updated | Outcome::Unchanged) => Outcome::Created,
-            (Some(Outcome::Updated), Outcome::Unchanged) => Outcome::Updated,
+        let outcome = match job.earlier.get(&(group.seq, op)) {
+            Some(&earlier) if outcome != Outcome::Rejected => strongest(earlier, outcome),
             _ => outcome,
         };
         let server_id = response.and_then(resolve::answered_id);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::auth::{Auth, AuthState};
-use super::transport_reason;
+use super::{Answer, Http, transport_reason};
 use crate::group::{encode_query_part, escape_search_value};
 use crate::ledger::SampledIdentity;
 
@@ -82,24 +82,28 @@ pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, Strin
 /// serves many projects, and what a client sees is its project's);
 /// elsewhere the client id, the Basic user, or a bearer token's `sub`
 /// claim. `None` without credentials, or for an opaque bearer token.
-pub async fn principal(base_url: &str, auth: Auth) -> Result<Option<String>, String> {
-    if matches!(auth, Auth::None) {
-        return Ok(None);
-    }
-    let from_credentials = match &auth {
-        Auth::None => None,
+/// Asked with the sender's own client and token.
+pub(super) async fn principal(http: &Http) -> Result<Option<String>, String> {
+    let from_credentials = match http.auth.auth() {
+        Auth::None => return Ok(None),
         Auth::ClientCredentials { client_id, .. } => Some(format!("client {client_id}")),
         Auth::Basic { user, .. } => Some(format!("user {user}")),
         Auth::Bearer(token) => token_subject(token).map(|sub| format!("subject {sub}")),
     };
-    let server = OneOff::new(base_url, auth)?;
     // Medplum's FHIR base is {origin}/fhir/R4; /auth/me sits at the origin
-    if let Some(at) = server.base.find("/fhir/") {
-        let url = format!("{}/auth/me", &server.base[..at]);
-        if let Ok((200, me)) = server.get(&url).await
-            && let Some(project) = me["project"]["id"].as_str()
-        {
-            return Ok(Some(format!("project {project}")));
+    if let Some(at) = http.base.find("/fhir/") {
+        let url = format!("{}/auth/me", &http.base[..at]);
+        match http.get(&url).await {
+            Answer::Http {
+                status: 200, body, ..
+            } => {
+                if let Some(project) = body["project"]["id"].as_str() {
+                    return Ok(Some(format!("project {project}")));
+                }
+            }
+            Answer::AuthRefused(why) => return Err(why),
+            Answer::Transport(why) => return Err(format!("cannot reach {url}: {why}")),
+            Answer::Http { .. } => {}
         }
     }
     Ok(from_credentials)
@@ -121,19 +125,17 @@ fn token_subject(token: &str) -> Option<String> {
 /// server no longer has, counted per resource type as (missing, sampled).
 /// One search per type (`Type?identifier=s|v,…`); a type whose sample is
 /// all there is left out.
-pub async fn missing_from_server(
-    base_url: &str,
-    auth: Auth,
+pub(super) async fn missing_from_server(
+    http: &Http,
     sample: &[SampledIdentity],
 ) -> Result<BTreeMap<String, (usize, usize)>, String> {
-    let server = OneOff::new(base_url, auth)?;
     let mut by_type: BTreeMap<&str, Vec<&SampledIdentity>> = BTreeMap::new();
     for s in sample {
         by_type.entry(&s.resource_type).or_default().push(s);
     }
     let mut missing = BTreeMap::new();
     for (resource_type, identities) in by_type {
-        let mut url = format!("{}/{resource_type}?identifier=", server.base);
+        let mut url = format!("{}/{resource_type}?identifier=", http.base);
         for (n, s) in identities.iter().enumerate() {
             if n > 0 {
                 url.push(',');
@@ -143,12 +145,20 @@ pub async fn missing_from_server(
             encode_query_part(&escape_search_value(&s.value), &mut url);
         }
         url.push_str(&format!("&_count={}", identities.len() * 2));
-        let (status, bundle) = server.get(&url).await?;
-        if !(200..300).contains(&status) {
-            return Err(format!(
-                "a search of {resource_type} by identifier answered {status}"
-            ));
-        }
+        let bundle = match http.search_get(&url).await {
+            Answer::Http {
+                status: 200..=299,
+                body,
+                ..
+            } => body,
+            Answer::Http { status, body, .. } => {
+                return Err(format!(
+                    "a search of {resource_type} by identifier answered {status} ({})",
+                    super::outcome_text(&body)
+                ));
+            }
+            Answer::AuthRefused(why) | Answer::Transport(why) => return Err(why),
+        };
         let held: std::collections::HashSet<(&str, &str)> = bundle["entry"]
             .as_array()
             .into_iter()
