@@ -280,3 +280,46 @@ fn latin1_files_are_read_when_the_stream_says_so() {
         result.stdout
     );
 }
+
+/// Regression: with `--sandbox DIR` and no `--rejects`, the rejects file
+/// went into the store's folder, and saving the store deleted every
+/// `*.ndjson` there: the run named a rejects file that did not exist.
+#[test]
+fn a_sandbox_run_keeps_its_rejects_file_beside_the_migration_file() {
+    let dir = setup(
+        "rejects-beside-sandbox",
+        PATIENTS_ONLY,
+        b"patient_id,last_name,birth_date,gender\nA1,Doe,1980-07-15,M\nA2,Roe,1980-13-45,F\n",
+    );
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    // a file of someone else's in the store's folder is left alone too
+    std::fs::write(store.join("notes.ndjson"), "{\"kept\":true}\n").unwrap();
+    let state = dir.join("fhirlift.state");
+    let result = run(
+        &dir,
+        "migrate",
+        &[
+            "--sandbox",
+            store.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(result.code, 2, "{}\n{}", result.stdout, result.stderr);
+    let rejects = dir.join("fhirlift-rejects.ndjson");
+    assert!(
+        result.stdout.contains(&rejects.display().to_string()),
+        "the run names {}: {}",
+        rejects.display(),
+        result.stdout
+    );
+    let text = std::fs::read_to_string(&rejects).expect("the rejects file the run named exists");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"line\":3"), "{text}");
+    assert!(store.join("Patient.ndjson").exists());
+    assert_eq!(
+        std::fs::read_to_string(store.join("notes.ndjson")).unwrap(),
+        "{\"kept\":true}\n"
+    );
+}

@@ -469,9 +469,11 @@ impl Store {
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(err)?;
+        // only its own files: another NDJSON file in the folder (a rejects
+        // file, a report) is left alone
         for entry in std::fs::read_dir(dir).map_err(err)? {
             let path = entry.map_err(err)?.path();
-            if path.extension().is_some_and(|e| e == "ndjson") {
+            if is_store_file(&path) {
                 std::fs::remove_file(path).map_err(err)?;
             }
         }
@@ -491,7 +493,8 @@ impl Store {
         Ok(())
     }
 
-    /// Loads every `DIR/*.ndjson` saved by [`Store::save`]; a missing folder is an empty store.
+    /// Loads every `DIR/<ResourceType>.ndjson` saved by [`Store::save`]; a
+    /// missing folder is an empty store.
     pub fn load(dir: &Path) -> Result<Store, SandboxError> {
         let mut store = Store::default();
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -499,7 +502,7 @@ impl Store {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_none_or(|e| e != "ndjson") {
+            if !is_store_file(&path) {
                 continue;
             }
             let text = std::fs::read_to_string(&path).map_err(|e| SandboxError::Store {
@@ -551,4 +554,14 @@ impl Store {
         }
         Ok(store)
     }
+}
+
+/// Whether `path` is one of a store's files: `<ResourceType>.ndjson`, a
+/// FHIR type name (a capital letter, then letters and digits).
+fn is_store_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "ndjson")
+        && path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| {
+            s.starts_with(|c: char| c.is_ascii_uppercase())
+                && s.chars().all(|c| c.is_ascii_alphanumeric())
+        })
 }
