@@ -323,3 +323,54 @@ fn a_sandbox_run_keeps_its_rejects_file_beside_the_migration_file() {
         "{\"kept\":true}\n"
     );
 }
+
+/// Regression: a row emitting two Observations whose identifier template
+/// did not tell them apart sent both, and the second silently replaced the
+/// first on the server. Now the record is rejected, naming the identifier
+/// and both resources; the other rows are still planned.
+#[test]
+fn a_record_writing_two_resources_on_one_identifier_is_rejected_naming_both() {
+    let migration = r#"source: { connector: csv, path: . }
+target: { profile: medplum }
+streams:
+  vitals:
+    from: patients.csv
+    key: patient_id
+    emit:
+      - resourceType: Observation
+        identifier: [{ system: "http://clinic.example/obs", value: "{{ patient_id }}" }]
+        status: final
+        code: { text: height }
+      - resourceType: Observation
+        identifier: [{ system: "http://clinic.example/obs", value: "{{ patient_id }}{{ suffix }}" }]
+        status: final
+        code: { text: weight }
+"#;
+    let dir = setup(
+        "shared-identity",
+        migration,
+        b"patient_id,suffix\nA1,\nA2,-w\n",
+    );
+    let out = dir.join("out");
+    let result = run(&dir, "migrate", &["--dry-run", out.to_str().unwrap()]);
+    assert_eq!(result.code, 2, "{}", result.stdout);
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("phase-1/000001-vitals.json")).unwrap())
+            .unwrap();
+    let ids: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["identifier"][0]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["A2", "A2-w"], "only the row that tells them apart");
+    let rejects = std::fs::read_to_string(out.join("fhirlift-rejects.ndjson")).unwrap();
+    let reject: serde_json::Value = serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
+    assert_eq!(reject["provenance"]["line"], 2, "{reject}");
+    let reason = reject["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Observation?identifier=http://clinic.example/obs|A1")
+            && reason.contains("resource 1 (Observation) and resource 2 (Observation)"),
+        "{reason}"
+    );
+}

@@ -1139,6 +1139,27 @@ impl<'m, 'o> Mapper<'m, 'o> {
             identifiers.push(typed(f, "FILL"));
         }
         let (system, value) = match filler.as_ref().or(placer.as_ref()) {
+            Some((_, s, v))
+                if self
+                    .seen
+                    .contains_key(&("DiagnosticReport", s.clone(), v.clone())) =>
+            {
+                // several OBRs of one message share the order number: each
+                // is its own report, told apart by its set id (else its
+                // place), on an identifier derived from the order number
+                let set = self.text(obr, 1, 1).unwrap_or_default();
+                let mut value = format!("{v}-OBR-{set}");
+                let mut n = 1;
+                while self
+                    .seen
+                    .contains_key(&("DiagnosticReport", s.clone(), value.clone()))
+                {
+                    n += 1;
+                    value = format!("{v}-OBR-{set}-{n}");
+                }
+                identifiers.insert(0, json!({ "system": s, "value": value }));
+                (s.clone(), value)
+            }
             Some((_, s, v)) => (s.clone(), v.clone()),
             None => {
                 // no order number: the message and the OBR's place in it
@@ -1517,6 +1538,57 @@ mod tests {
             .find(|r| r.resource_type == "Patient")
             .unwrap()
             .resource
+    }
+
+    /// Regression: OBRs of one ORU sharing an order number were one
+    /// DiagnosticReport, and their OBX the same Observations (on real
+    /// files 537 OBR became 195 reports and 3,912 OBX 3,116 results).
+    #[test]
+    fn three_obrs_sharing_an_order_number_are_three_reports_with_six_results() {
+        let text = "MSH|^~\\&|LAB|FAC|||202401011200||ORU^R01|MSG9|P|2.5.1\r\
+             PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+             OBR|1|PL77^LIS|FL77^LAB|CBC^Blood count^L\r\
+             OBX|1|NM|HGB^Hemoglobin^L||13.5|g/dL\r\
+             OBX|2|NM|WBC^Leukocytes^L||6.1|10*3/uL\r\
+             OBR|2|PL77^LIS|FL77^LAB|BMP^Basic panel^L\r\
+             OBX|1|NM|NA^Sodium^L||140|mmol/L\r\
+             OBX|2|NM|K^Potassium^L||4.1|mmol/L\r\
+             OBR|3|PL77^LIS|FL77^LAB|LIP^Lipids^L\r\
+             OBX|1|NM|CHOL^Cholesterol^L||190|mg/dL\r\
+             OBX|2|NM|TRIG^Triglycerides^L||120|mg/dL\r";
+        let message = Message::parse(text.as_bytes(), 0).expect("the test message parses");
+        let MessageMap::Mapped(resources) = map_message(&message, &MapOptions::default()).unwrap()
+        else {
+            panic!("mapped");
+        };
+        let of = |t: &str| -> Vec<&MappedResource> {
+            resources.iter().filter(|r| r.resource_type == t).collect()
+        };
+        let reports = of("DiagnosticReport");
+        let results = of("Observation");
+        assert_eq!(reports.len(), 3);
+        assert_eq!(results.len(), 6);
+        let identities: std::collections::HashSet<_> = resources
+            .iter()
+            .map(|r| (r.resource_type, &r.identity))
+            .collect();
+        assert_eq!(identities.len(), resources.len(), "no identity twice");
+        // each report keeps the order numbers as typed identifiers, and
+        // lists its own two results
+        for (report, code) in reports.iter().zip(["CBC", "BMP", "LIP"]) {
+            assert_eq!(report.resource["code"]["coding"][0]["code"], code);
+            let typed: Vec<&Value> = report.resource["identifier"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["type"].is_object())
+                .collect();
+            assert_eq!(typed.len(), 2, "{:?}", report.resource["identifier"]);
+            assert_eq!(report.resource["result"].as_array().unwrap().len(), 2);
+        }
+        assert_eq!(reports[0].identity.1, "FL77");
+        assert_eq!(reports[1].identity.1, "FL77-OBR-2");
+        assert_eq!(reports[2].identity.1, "FL77-OBR-3");
     }
 
     #[test]

@@ -137,6 +137,9 @@ pub fn content_hash(json: &str) -> u128 {
 }
 
 /// Everything one record emits.
+///
+/// No two of its operations may share an identity: the second would
+/// overwrite the first on the server, silently ([`WriteGroup::shared_identity`]).
 #[derive(Debug, Clone)]
 pub struct WriteGroup {
     pub stream: Arc<str>,
@@ -152,6 +155,24 @@ pub struct WriteGroup {
     /// pipeline; mappers leave 0): the ledger's low-water mark follows it.
     pub seq: u64,
     pub operations: Vec<Operation>,
+}
+
+impl WriteGroup {
+    /// The first two operations (by index) written on one identity, if any.
+    pub fn shared_identity(&self) -> Option<(usize, usize)> {
+        let mut seen: std::collections::HashMap<&Identity, usize> = Default::default();
+        for (i, op) in self.operations.iter().enumerate() {
+            if let Some(id) = &op.identity
+                && let Some(&first) = seen.get(id)
+            {
+                return Some((first, i));
+            }
+            if let Some(id) = &op.identity {
+                seen.insert(id, i);
+            }
+        }
+        None
+    }
 }
 
 /// Escapes a token value for a FHIR search: `\` `|` `,` `$` get a backslash.

@@ -1379,6 +1379,44 @@ enum Prepared {
     End,
 }
 
+/// Refuses a record that writes two resources on one identity (the
+/// second would silently overwrite the first), naming both.
+fn one_identity_each(
+    mapped: Mapped,
+    stream: &Arc<str>,
+    key: &str,
+    provenance: &Provenance,
+) -> Result<Mapped, MapError> {
+    let Mapped::Group(group) = &mapped else {
+        return Ok(mapped);
+    };
+    let Some((first, second)) = group.shared_identity() else {
+        return Ok(mapped);
+    };
+    let ops = &group.operations;
+    let id = ops[second]
+        .identity
+        .as_ref()
+        .expect("shared_identity found it");
+    Err(MapError {
+        stream: stream.clone(),
+        key: key.to_owned(),
+        provenance: provenance.clone(),
+        at: None,
+        message: format!(
+            "two resources of this record are written on one identifier, {}?identifier={}|{}: resource {} ({}) and resource {} ({}); \
+             the second would overwrite the first. Give each its own identifier (derive one from the record's key or a column that tells them apart)",
+            id.resource_type,
+            id.system,
+            id.value,
+            first + 1,
+            ops[first].resource_type,
+            second + 1,
+            ops[second].resource_type,
+        ),
+    })
+}
+
 /// One stream's mapping, on its own thread: the connector's records are
 /// filtered (shard, retried keys), mapped and hashed there, while the main
 /// loop checks the ledger, packs and sends. Mapping is pure (no I/O, no
@@ -1419,7 +1457,9 @@ impl MappingStage {
                                 }
                                 let key = record.key.clone();
                                 let provenance = record.provenance.clone();
-                                let mapped = self.mapper.map(record);
+                                let mapped = self.mapper.map(record).and_then(|m| {
+                                    one_identity_each(m, &self.stream, &key, &provenance)
+                                });
                                 let hashes = match &mapped {
                                     Ok(Mapped::Group(g)) => g
                                         .operations
