@@ -40,6 +40,24 @@ fn run(dir: &Path, command: &str, extra: &[&str]) -> Outcome {
     fhirlift(args)
 }
 
+/// The first identifier value of each resource in a dry run's first bundle
+/// of `stream`.
+fn planned_identifiers(out: &Path, stream: &str) -> Vec<String> {
+    let path = out.join(format!("phase-1/000001-{stream}.json"));
+    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["resource"]["identifier"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 #[test]
 fn bad_rows_are_rejected_with_file_line_and_the_rest_is_planned() {
     let dir = setup(
@@ -67,16 +85,7 @@ fn bad_rows_are_rejected_with_file_line_and_the_rest_is_planned() {
         result.stdout
     );
 
-    let bundle: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("phase-1/000001-patients.json")).unwrap())
-            .unwrap();
-    let ids: Vec<&str> = bundle["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["resource"]["identifier"][0]["value"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["A1", "A6"]);
+    assert_eq!(planned_identifiers(&out, "patients"), ["A1", "A6"]);
 
     let rejects_path = out.join("fhirlift-rejects.ndjson");
     let rejects: Vec<serde_json::Value> = std::fs::read_to_string(&rejects_path)
@@ -354,16 +363,11 @@ streams:
     let out = dir.join("out");
     let result = run(&dir, "migrate", &["--dry-run", out.to_str().unwrap()]);
     assert_eq!(result.code, 2, "{}", result.stdout);
-    let bundle: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("phase-1/000001-vitals.json")).unwrap())
-            .unwrap();
-    let ids: Vec<&str> = bundle["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["resource"]["identifier"][0]["value"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["A2", "A2-w"], "only the row that tells them apart");
+    assert_eq!(
+        planned_identifiers(&out, "vitals"),
+        ["A2", "A2-w"],
+        "only the row that tells them apart"
+    );
     let rejects = std::fs::read_to_string(out.join("fhirlift-rejects.ndjson")).unwrap();
     let reject: serde_json::Value = serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
     assert_eq!(reject["provenance"]["line"], 2, "{reject}");
