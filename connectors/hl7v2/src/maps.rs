@@ -18,11 +18,22 @@
 //! the Encounter PV1-19, a report its filler order number (else placer),
 //! an Observation its report's number plus the OBX set id, an Immunization
 //! its filler (else placer) order number, else the patient, vaccine and date.
+//! An order number is the identity in a system of its kind
+//! (`urn:fhirlift:hl7v2:FILL:<authority>`, added as the first identifier),
+//! so that a conditional write never matches another resource that carries
+//! the same number as a placer, or under a shared default authority.
 //! An identifier without an assigning authority takes the sending facility
 //! (MSH-4) as its authority. Resources inside a message refer to each other
 //! by `urn:uuid`: the message is written as one transaction.
 
 use std::collections::HashMap;
+
+/// The system of an identity taken from an order number: its authority's
+/// system and its kind (`FILL`, `PLAC`), so that a conditional write on it
+/// matches only resources identified by that kind of number.
+fn order_system(authority: &str, kind: &str) -> String {
+    format!("urn:fhirlift:hl7v2:{kind}:{authority}")
+}
 
 use fhirlift_core::group::derived_urn_uuid;
 use fhirlift_hl7v2::fhir::{self, Authorities, Composite, tables};
@@ -335,8 +346,14 @@ impl<'m, 'o> Mapper<'m, 'o> {
 
     /// An identity derived from a parent's: same system, the parent's value
     /// with a suffix (`MRN123-NK1-2`). Unique because searches are per type.
+    /// A parent identified by an order number lends its authority's system
+    /// (not the order kind's: `FL9901-OBX-1` is in the lab's system).
     fn derived(parent: &Local, suffix: &str) -> (String, String) {
-        (parent.system.clone(), format!("{}-{suffix}", parent.value))
+        let system = ["FILL", "PLAC"]
+            .iter()
+            .find_map(|kind| parent.system.strip_prefix(&order_system("", kind)))
+            .unwrap_or(&parent.system);
+        (system.to_owned(), format!("{}-{suffix}", parent.value))
     }
 
     fn control_id(&self) -> String {
@@ -1138,8 +1155,16 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if let Some(f) = &filler {
             identifiers.push(typed(f, "FILL"));
         }
-        let (system, value) = match filler.as_ref().or(placer.as_ref()) {
-            Some((_, s, v))
+        // the identity: the order number in a system of its own kind, so
+        // that it names this report alone (another report may carry the
+        // same number as its placer, or under a default authority)
+        let order = match (&filler, &placer) {
+            (Some((_, s, v)), _) => Some((order_system(s, "FILL"), v.clone())),
+            (None, Some((_, s, v))) => Some((order_system(s, "PLAC"), v.clone())),
+            (None, None) => None,
+        };
+        let (system, value) = match order {
+            Some((s, v))
                 if self
                     .seen
                     .contains_key(&("DiagnosticReport", s.clone(), v.clone())) =>
@@ -1160,7 +1185,10 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 identifiers.insert(0, json!({ "system": s, "value": value }));
                 (s.clone(), value)
             }
-            Some((_, s, v)) => (s.clone(), v.clone()),
+            Some((s, v)) => {
+                identifiers.insert(0, json!({ "system": s, "value": v }));
+                (s, v)
+            }
             None => {
                 // no order number: the message and the OBR's place in it
                 let set = self.text(obr, 1, 1).unwrap_or_default();
@@ -1417,8 +1445,16 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 identifiers.push(v);
             }
         }
-        let (system, value) = match filler.as_ref().or(placer.as_ref()) {
-            Some((_, s, v)) => (s.clone(), v.clone()),
+        let order = match (&filler, &placer) {
+            (Some((_, s, v)), _) => Some((order_system(s, "FILL"), v.clone())),
+            (None, Some((_, s, v))) => Some((order_system(s, "PLAC"), v.clone())),
+            (None, None) => None,
+        };
+        let (system, value) = match order {
+            Some((s, v)) => {
+                identifiers.insert(0, json!({ "system": s, "value": v }));
+                (s, v)
+            }
             None => {
                 // no order number: the patient, the vaccine and the day
                 let code = self.text(rxa, 5, 1).unwrap_or_default();
