@@ -507,8 +507,6 @@ fn a_stale_ledger_id_in_a_non_atomic_transaction_resends_the_message() {
 
 /// A changed message rewrites only what changed in it: the ledger's ids
 /// are used for the changed resources alone, the others are compared.
-/// (Messages replayed about one patient still re-apply their sequence:
-/// the ledger knows only the last state of an identity.)
 #[test]
 fn a_message_with_one_changed_resource_writes_only_that_one() {
     let (server, dir, config, archive) = example_in_medplum("hl7v2-one-changed");

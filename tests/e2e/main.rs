@@ -11,6 +11,7 @@ mod plugins;
 mod postgres;
 mod real_medplum;
 mod rejects;
+mod rerun;
 mod sandbox;
 mod support;
 mod volume;

@@ -309,7 +309,7 @@ fn resets_after_the_write_are_resolved_again_and_never_duplicate_a_create() {
 }
 
 const NOTE_TRANSACTION: &str = r#"source: { connector: csv, path: . }
-target: { profile: medplum }
+target: { profile: medplum, holds: [Patient] }
 streams:
   encounters:
     from: encounters.csv

@@ -657,3 +657,70 @@ fn a_resumed_stream_reads_exactly_the_rows_after_its_key_in_the_servers_order() 
         assert_eq!(keys(&rest), all[i + 1..], "after {mark}");
     }
 }
+
+/// Regression: with a non-unique `key:` on a PostgreSQL stream, `status`
+/// said "done 26, pending 441, resumes after key 1" and each re-run
+/// accounted for fewer records. A repeated key now rejects the later row,
+/// naming the first; the mark does not move past a repeated key, and a
+/// re-run accounts for every row again.
+#[test]
+fn a_non_unique_key_rejects_the_later_rows_and_reruns_account_for_every_row() {
+    let db = TestDb::create("dupkey");
+    let dir = scratch("pg-dupkey");
+    // 30 visits keyed by patient: patients 1..10, three visits each
+    db.execute(
+        "CREATE TABLE visits (patient int, visit int, PRIMARY KEY (patient, visit));
+         INSERT INTO visits SELECT p, v FROM generate_series(1, 10) p, generate_series(1, 3) v;",
+    );
+    let config = write_migration(
+        &dir,
+        &db,
+        r#"  visits:
+    from: visits
+    key: patient
+    emit:
+      - resourceType: Encounter
+        identifier: [{ system: "http://s/visit", value: "{{ patient }}-{{ visit }}" }]
+        status: finished
+        class: { code: AMB }
+"#,
+    );
+    let server = TestServer::start(SandboxConfig::default());
+    for run in 1..=2 {
+        let out = migrate(&config, &server.url(), &dir, &[]);
+        assert_eq!(out.code, 2, "run {run}: {}\n{}", out.stdout, out.stderr);
+        let r = report(&dir);
+        let stream = &r["streams"][0];
+        assert_eq!(stream["records"], 30, "run {run}: every row read");
+        assert_eq!(stream["rejected"], 20, "run {run}: {}", out.stdout);
+        let rejects = std::fs::read_to_string(dir.join("rejects.ndjson")).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
+        assert!(
+            first["reason"]
+                .as_str()
+                .unwrap()
+                .contains("key \"1\" repeats: visits key 1 has the same key"),
+            "{first}"
+        );
+        let status = fhirlift([
+            "status".into(),
+            "-c".into(),
+            config.clone().into_os_string(),
+            "--state".into(),
+            dir.join("fhirlift.state").into_os_string(),
+        ]);
+        let line = status
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("visits"))
+            .unwrap_or_else(|| panic!("{}", status.stdout));
+        assert!(
+            line.contains("(starts at the beginning)"),
+            "no resume point past a repeated key: {line}"
+        );
+    }
+    server
+        .sandbox
+        .with_store(|s| assert_eq!(s.count("Encounter"), 10, "the first row of each key"));
+}

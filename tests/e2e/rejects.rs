@@ -378,3 +378,310 @@ streams:
         "{reason}"
     );
 }
+
+/// Regression: a record rejected for an unmapped code, then fixed, maps to
+/// content the server already holds; it counted "unchanged" and `status`
+/// showed it rejected forever. A record that is unchanged now is done.
+#[test]
+fn a_fixed_reject_that_maps_to_what_the_server_holds_is_cleared() {
+    let dir = setup("fixed-reject", PATIENTS_ONLY, ONE_PATIENT.as_bytes());
+    let store = dir.join("store");
+    let store = store.to_str().unwrap();
+    let status = |dir: &Path| {
+        let out = fhirlift([
+            "status".into(),
+            "-c".into(),
+            dir.join("migration.yaml").into_os_string(),
+        ]);
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("patients"))
+            .unwrap_or_else(|| panic!("{}", out.stdout))
+            .to_owned();
+        line.split_whitespace()
+            .take(3)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(&dir, "migrate", &["--sandbox", store]).code, 0);
+    assert_eq!(status(&dir), ["patients", "1", "0"]);
+    // the export now says X, which the value map does not know
+    std::fs::write(
+        dir.join("patients.csv"),
+        ONE_PATIENT.replace(",M\n", ",X\n"),
+    )
+    .unwrap();
+    assert_eq!(run(&dir, "migrate", &["--sandbox", store]).code, 2);
+    assert_eq!(status(&dir), ["patients", "1", "1"]);
+    // fixed at the source: the record maps to what the server holds
+    std::fs::write(dir.join("patients.csv"), ONE_PATIENT).unwrap();
+    let fixed = run(&dir, "retry-rejects", &["--sandbox", store]);
+    assert_eq!(fixed.code, 0, "{}{}", fixed.stdout, fixed.stderr);
+    assert_eq!(status(&dir), ["patients", "1", "0"], "{}", fixed.stdout);
+}
+
+/// Two Patients on the server already hold the identifier a record writes
+/// on: the conditional write is refused with 412. The reject says what that
+/// means, names the search that finds both, and what to do.
+#[test]
+fn a_conditional_write_matching_two_resources_is_rejected_naming_the_search() {
+    let server = fhirlift_tests::TestServer::start(fhirlift_sandbox::SandboxConfig::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let patient = serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "http://clinic.example/patientId", "value": "A1" }],
+    });
+    for _ in 0..2 {
+        let status = runtime.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/Patient", server.url()))
+                .header("content-type", "application/fhir+json")
+                .body(patient.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert_eq!(status.as_u16(), 201);
+    }
+    let dir = setup("412-two-matches", PATIENTS_ONLY, ONE_PATIENT.as_bytes());
+    let result = crate::support::migrate(
+        &dir.join("migration.yaml"),
+        &server.url(),
+        &dir,
+        &["--profile", "generic", "--strategy", "conditional"],
+    );
+    assert_eq!(result.code, 2, "{}{}", result.stdout, result.stderr);
+    let rejects = std::fs::read_to_string(dir.join("rejects.ndjson")).unwrap();
+    let reject: serde_json::Value = serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
+    let reason = reject["reason"].as_str().unwrap();
+    assert!(reason.contains("412"), "{reason}");
+    assert!(
+        reason.contains("more than one resource")
+            && reason.contains("Patient?identifier=http://clinic.example/patientId|A1")
+            && reason.contains("merge or retire the duplicates"),
+        "{reason}"
+    );
+}
+
+/// Regression: a Synthea providers.csv repeats ids (580 rows, 353 ids); the
+/// last row won on one run and another on the next. A repeated key now
+/// rejects the later record, naming the first; `check` says so first.
+#[test]
+fn a_repeated_key_rejects_the_later_record_naming_the_first() {
+    let dir = setup(
+        "repeated-key",
+        PATIENTS_ONLY,
+        "patient_id,last_name,birth_date,gender\n\
+         A1,Doe,1980-07-15,M\n\
+         A2,Roe,1981-01-01,F\n\
+         A1,Smith,1980-07-15,M\n\
+         A2,Roe,1981-01-01,F\n"
+            .as_bytes(),
+    );
+    let check = run(&dir, "check", &[]);
+    assert_eq!(check.code, 2, "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("1 records would be rejected; the first:")
+            && check
+                .stdout
+                .contains("key \"A1\" repeats: patients.csv:2 has the same key"),
+        "{}",
+        check.stdout
+    );
+    let out = dir.join("out");
+    let result = run(&dir, "migrate", &["--dry-run", out.to_str().unwrap()]);
+    assert_eq!(result.code, 2, "{}", result.stdout);
+    assert_eq!(planned_identifiers(&out, "patients"), ["A1", "A2"]);
+    // the identical repeat of A2 is skipped, not rejected
+    assert!(
+        result
+            .stdout
+            .contains("skipped 1: repeats an earlier record (same key, same content)"),
+        "{}",
+        result.stdout
+    );
+    let rejects = std::fs::read_to_string(out.join("fhirlift-rejects.ndjson")).unwrap();
+    let rejects: Vec<serde_json::Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    assert_eq!(rejects[0]["provenance"]["line"], 4);
+    assert_eq!(rejects[0]["stage"], "collision");
+}
+
+const OBSERVATIONS: &str = r#"source: { connector: csv, path: . }
+streams:
+  observations:
+    from: patients.csv
+    key: patient_id
+    COLLISIONS
+    emit:
+      - resourceType: Observation
+        identifier: [{ system: "http://clinic.example/obs", value: "{{ last_name }}" }]
+        status: final
+        code: { text: "{{ gender }}" }
+"#;
+
+const COLLIDING_ROWS: &str = "patient_id,last_name,birth_date,gender\n\
+    A1,Doe,1980-07-15,M\n\
+    A2,Roe,1981-01-01,F\n\
+    A3,Doe,1980-07-15,F\n";
+
+fn collisions(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("fhirlift-collisions.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Regression: an OMOP-style mapping whose identifier was not unique
+/// (`person_id-concept_code`) reported 262 created, 208 "updated", and 262
+/// stored: records overwrote each other silently. In a table this is a data
+/// error: both records are rejected, each naming the other, and the pair
+/// is written to the collisions file.
+#[test]
+fn two_rows_on_one_identifier_are_both_rejected_and_listed_as_a_collision() {
+    let dir = setup(
+        "collision-reject",
+        &OBSERVATIONS.replace("COLLISIONS", ""),
+        COLLIDING_ROWS.as_bytes(),
+    );
+    let check = run(&dir, "check", &[]);
+    assert!(
+        check
+            .stdout
+            .contains("1 collisions: two records of a stream write one identity"),
+        "{}",
+        check.stdout
+    );
+    let out = dir.join("out");
+    let result = run(&dir, "migrate", &["--dry-run", out.to_str().unwrap()]);
+    assert_eq!(result.code, 2, "{}", result.stdout);
+    assert!(
+        result
+            .stdout
+            .contains("collisions 1: identities written by two records"),
+        "{}",
+        result.stdout
+    );
+    let pairs = collisions(&out);
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(
+        pairs[0]["identity"],
+        "Observation?identifier=http://clinic.example/obs|Doe"
+    );
+    assert_eq!(pairs[0]["first"]["key"], "A1");
+    assert_eq!(pairs[0]["then"]["key"], "A3");
+    assert_eq!(pairs[0]["policy"], "reject");
+    let rejects: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("fhirlift-rejects.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let keys: Vec<&str> = rejects.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["A1", "A3"], "both, the first named by the second");
+    assert!(
+        rejects[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("patients.csv:4")
+    );
+    assert!(
+        rejects[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("patients.csv:2")
+    );
+}
+
+/// The same rows in a stream that says `collisions: later-wins` (an update
+/// feed): both are written in order, and the pair is still listed.
+#[test]
+fn under_later_wins_a_collision_is_written_in_order_and_still_listed() {
+    let dir = setup(
+        "collision-later-wins",
+        &OBSERVATIONS.replace("COLLISIONS", "collisions: later-wins"),
+        COLLIDING_ROWS.as_bytes(),
+    );
+    let out = dir.join("out");
+    let result = run(&dir, "migrate", &["--dry-run", out.to_str().unwrap()]);
+    assert_eq!(result.code, 0, "{}", result.stdout);
+    assert!(result.stdout.contains("1 collisions"), "{}", result.stdout);
+    let pairs = collisions(&out);
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(pairs[0]["policy"], "later-wins");
+}
+
+/// Static mistakes `check` names before any record is read.
+#[test]
+fn check_names_unknown_filters_stream_keys_ids_and_unwritten_references() {
+    let migration = r#"source: { connector: csv, path: . }
+streams:
+  patients:
+    from: patients.csv
+    key: patient_id
+    emitt: []
+    emit:
+      - resourceType: Patient
+        id: "{{ patient_id }}"
+        identifier: [{ system: "http://clinic.example/patientId", value: "{{ patient_id }}" }]
+        name: [{ family: "{{ last_name | uper }}" }]
+        gender: "{{ gender | regex_replace('M', 'male') }}"
+        managingOrganization: "{{ ref('Organization', 'http://clinic.example/org', patient_id) }}"
+"#;
+    let dir = setup("check-static", migration, ONE_PATIENT.as_bytes());
+    let check_says = |migration: &str, expected: &[&str]| {
+        std::fs::write(dir.join("migration.yaml"), migration).unwrap();
+        let check = run(&dir, "check", &["--no-count"]);
+        assert_ne!(check.code, 0, "{}", check.stdout);
+        let all = format!("{}{}", check.stdout, check.stderr);
+        for e in expected {
+            assert!(all.contains(e), "{e:?} in\n{all}");
+        }
+    };
+    // the stream's keys are read first
+    check_says(
+        migration,
+        &["unknown key \"emitt\" in stream patients: did you mean `emit:`?"],
+    );
+    // then the mapping: every error at once
+    let migration = migration.replace("    emitt: []\n", "");
+    check_says(
+        &migration,
+        &[
+            "Patient.id cannot be set by a mapping",
+            "unknown filter \"uper\": did you mean \"upper\"?",
+            "unknown filter \"regex_replace\": did you mean \"replace\"?",
+        ],
+    );
+    // with those fixed, the reference to a type nothing writes is named
+    let fixed = migration
+        .replace("        id: \"{{ patient_id }}\"\n", "")
+        .replace(" | uper", "")
+        .replace(" | regex_replace('M', 'male')", "");
+    std::fs::write(dir.join("migration.yaml"), &fixed).unwrap();
+    let check = run(&dir, "check", &[]);
+    let all = format!("{}{}", check.stdout, check.stderr);
+    assert!(
+        all.contains("stream patients refers to Organization")
+            && all.contains("target: { holds: [Organization] }"),
+        "{all}"
+    );
+    std::fs::write(
+        dir.join("migration.yaml"),
+        fixed.replace("streams:", "target: { holds: [Organization] }\nstreams:"),
+    )
+    .unwrap();
+    let check = run(&dir, "check", &["--no-count"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+}

@@ -135,7 +135,7 @@ fn under_429s_503s_resets_and_latency_every_identifier_lands_exactly_once() {
 }
 
 const FAILING_TRANSACTION: &str = r#"source: { connector: csv, path: . }
-target: { profile: PROFILE }
+target: { profile: PROFILE, holds: [Patient] }
 streams:
   encounters:
     from: encounters.csv

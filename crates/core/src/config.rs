@@ -43,6 +43,9 @@ pub struct TargetConfig {
     pub strategy: Option<String>,
     /// Batches go as async jobs (`Prefer: respond-async`).
     pub asynchronous: bool,
+    /// Resource types the server already holds (`holds: [Organization]`):
+    /// a mapping may `ref()` them though no stream writes them.
+    pub holds: Vec<String>,
     pub pos: Pos,
 }
 
@@ -65,6 +68,22 @@ pub struct StreamConfig {
     pub map: Option<BuiltinMap>,
     /// Other keys, passed to the connector (delimiter, encoding, ...).
     pub options: serde_json::Value,
+    /// What two records writing one identity with different content do
+    /// (`collisions:`); none: the connector's kind decides.
+    pub collisions: Option<CollisionPolicy>,
+}
+
+/// What happens when two records of a run write one identity with
+/// different content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CollisionPolicy {
+    /// The later record is written over the earlier (an update feed: the
+    /// default for message archives). Counted and named all the same.
+    LaterWins,
+    /// Both records are rejected, naming each other (a repeated row in a
+    /// table is a data error: the default for tables).
+    Reject,
 }
 
 /// A stream's built-in map and its settings.
@@ -296,6 +315,7 @@ fn read_root(
         body_bytes: None,
         strategy: None,
         asynchronous: false,
+        holds: Vec::new(),
         pos: root.pos.clone(),
     });
     Some(MigrationConfig {
@@ -341,6 +361,7 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
         body_bytes: None,
         strategy: None,
         asynchronous: false,
+        holds: Vec::new(),
         pos: node.pos.clone(),
     };
     for (k, v) in map_entries(node, "target", errors) {
@@ -354,12 +375,13 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
             Some("body_bytes") => target.body_bytes = usize_of(v, "target.body_bytes", errors),
             Some("strategy") => target.strategy = string_of(v, "target.strategy", errors),
             Some("async") => target.asynchronous = bool_of(v, "target.async", errors),
+            Some("holds") => target.holds = strings_of(v, "target.holds", errors),
             // Server, auth and the like belong to the sender; accepted and kept for it.
             Some("server" | "auth") => {}
             _ => errors.push(ConfigError::at(
                 &k.pos,
                 format!(
-                    "unknown target key {:?}: expected profile, strategy, async, batch_entries, body_bytes, server or auth",
+                    "unknown target key {:?}: expected profile, strategy, async, holds, batch_entries, body_bytes, server or auth",
                     k.key_text()
                 ),
             )),
@@ -367,6 +389,18 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
     }
     target
 }
+
+/// The keys a stream holds besides its connector's settings.
+const STREAM_KEYS: &[&str] = &[
+    "from",
+    "key",
+    "transaction",
+    "after",
+    "lookup",
+    "map",
+    "emit",
+    "collisions",
+];
 
 fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Option<StreamConfig> {
     let stream_name = name.key_text();
@@ -381,6 +415,7 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
         emit: Vec::new(),
         map: None,
         options: serde_json::Value::Null,
+        collisions: None,
     };
     let mut options = serde_json::Map::new();
     let mut has_from = false;
@@ -413,6 +448,16 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
                 }
             }
             Some("map") => stream.map = read_builtin_map(v, errors),
+            Some("collisions") => match v.as_str() {
+                Some("later-wins") => stream.collisions = Some(CollisionPolicy::LaterWins),
+                Some("reject") => stream.collisions = Some(CollisionPolicy::Reject),
+                _ => errors.push(ConfigError::at(
+                    &v.pos,
+                    "collisions: is `later-wins` (two records writing one identity: the later \
+                     is written over the earlier, as in an update feed) or `reject` (both are \
+                     rejected, as for a repeated row in a table)",
+                )),
+            },
             Some("emit") => match &v.kind {
                 NodeKind::Seq(items) => stream.emit = items.clone(),
                 NodeKind::Map(_) => stream.emit = vec![v.clone()],
@@ -422,7 +467,20 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
                 )),
             },
             _ => {
-                options.insert(k.key_text(), v.to_json());
+                // the connector's own settings (encoding, delimiter, ...);
+                // a near miss of a stream key is a typo, not a setting
+                let key = k.key_text();
+                if let Some(meant) = crate::spelling::nearest(&key, STREAM_KEYS.iter().copied()) {
+                    errors.push(ConfigError::at(
+                        &k.pos,
+                        format!(
+                            "unknown key {key:?} in stream {stream_name}: did you mean `{meant}:`? \
+                             (a stream holds {}, and its connector's settings)",
+                            STREAM_KEYS.join(", ")
+                        ),
+                    ));
+                }
+                options.insert(key, v.to_json());
             }
         }
     }

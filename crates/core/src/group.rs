@@ -102,6 +102,10 @@ pub struct Operation {
     /// changed record (set by the pipeline; mappers leave `None`): the
     /// resolve strategy writes to it by id without searching first.
     pub stored: Option<StoredAt>,
+    /// [`content_hash`] of the resource as mapped (set by the pipeline;
+    /// mappers leave `None`): what the ledger keeps, even when the planner
+    /// later rewrites references in the text (a split transaction).
+    pub mapped_hash: Option<u128>,
 }
 
 /// A resource as the target acknowledged it: its server id and version.
@@ -126,6 +130,7 @@ impl Operation {
             identity: Some(identity),
             resource,
             stored: None,
+            mapped_hash: None,
         }
     }
 }

@@ -15,8 +15,9 @@
 //!
 //! # Tables
 //!
-//! - `meta(version)`: one row, the schema version (1). A file written by a
-//!   newer fhirlift is refused rather than misread.
+//! - `meta(version)`: one row, the schema version (2). A file written by a
+//!   newer fhirlift is refused rather than misread; a version 1 file gains
+//!   the `writer_*` columns (empty) when opened.
 //! - `targets(id, target, last_run)`: the targets the file knows, with the
 //!   start of their last run (RFC 3339, UTC). The other tables name a target
 //!   by this `id`.
@@ -24,7 +25,9 @@
 //!   hash)`, keyed by (target, resource_type, system, value), `WITHOUT ROWID`:
 //!   per identity (the first identifier of a resource), what the server
 //!   acknowledged: its id, its version and the 128-bit hash of the content
-//!   that was sent, as a 16-byte big-endian BLOB.
+//!   that was sent, as a 16-byte big-endian BLOB; and its writer
+//!   (`writer_stream`, `writer_ordinal`): the record whose content it is, by
+//!   its place in the source ([`Writer`]).
 //! - `records(target, stream, key, state, was_done, provenance, reason)`,
 //!   keyed by (target, stream, key), `WITHOUT ROWID`: how each source record
 //!   ended, `done` (written, unchanged or skipped) or `rejected` (with its
@@ -74,7 +77,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 /// The schema version this fhirlift writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long an open waits for another run's lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(200);
@@ -98,6 +101,8 @@ CREATE TABLE resources(
     server_id TEXT,
     version TEXT,
     hash BLOB NOT NULL,
+    writer_stream TEXT,
+    writer_ordinal INTEGER,
     PRIMARY KEY(target, resource_type, system, value)
 ) WITHOUT ROWID;
 CREATE TABLE records(
@@ -123,12 +128,17 @@ CREATE TABLE streams(
 ) WITHOUT ROWID;
 ";
 
-const SELECT_RESOURCE: &str = "SELECT server_id, version, hash FROM resources \
+const SELECT_RESOURCE: &str = "SELECT server_id, version, hash, writer_stream, writer_ordinal FROM resources \
      WHERE target = ?1 AND resource_type = ?2 AND system = ?3 AND value = ?4";
-const UPSERT_RESOURCE: &str = "INSERT INTO resources(target, resource_type, system, value, server_id, version, hash) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+const UPSERT_RESOURCE: &str = "INSERT INTO resources(target, resource_type, system, value, server_id, version, hash, writer_stream, writer_ordinal) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
      ON CONFLICT(target, resource_type, system, value) DO UPDATE SET \
-     server_id = excluded.server_id, version = excluded.version, hash = excluded.hash";
+     server_id = excluded.server_id, version = excluded.version, hash = excluded.hash, \
+     writer_stream = excluded.writer_stream, writer_ordinal = excluded.writer_ordinal";
+/// Schema version 1 to 2: who last wrote each identity.
+const UPGRADE_1_TO_2: &str = "ALTER TABLE resources ADD COLUMN writer_stream TEXT; \
+     ALTER TABLE resources ADD COLUMN writer_ordinal INTEGER; \
+     UPDATE meta SET version = 2;";
 const SELECT_RECORD: &str =
     "SELECT state, was_done FROM records WHERE target = ?1 AND stream = ?2 AND key = ?3";
 const INSERT_DONE: &str =
@@ -163,6 +173,19 @@ pub struct Acknowledged {
     pub server_id: Option<String>,
     pub version: Option<String>,
     pub hash: u128,
+    /// The record whose content this is (none in a file from before
+    /// fhirlift knew it): what lets a re-run tell an earlier record's
+    /// content, overwritten later in the same stream, from a change.
+    pub writer: Option<Writer>,
+}
+
+/// A record by its place in the source: its stream, and how many records of
+/// the stream come before it (counted from the stream's start, whatever a
+/// run reads or skips).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    pub stream: String,
+    pub ordinal: u64,
 }
 
 /// A stream's resume point: the provenance (as the JSON of
@@ -333,10 +356,20 @@ fn acknowledged_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Res
             format!("a hash of {} bytes, not 16", blob.len()).into(),
         )
     })?;
+    let stream: Option<String> = row.get(first + 3)?;
+    let ordinal: Option<i64> = row.get(first + 4)?;
+    let writer = match (stream, ordinal) {
+        (Some(stream), Some(ordinal)) => Some(Writer {
+            stream,
+            ordinal: ordinal as u64,
+        }),
+        _ => None,
+    };
     Ok(Acknowledged {
         server_id: row.get(first)?,
         version: row.get(first + 1)?,
         hash,
+        writer,
     })
 }
 
@@ -447,6 +480,9 @@ impl Ledger {
                 .map_err(|e| open_sql_error(&shown, "read the schema version", e))?;
             match version {
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => tx
+                    .execute_batch(UPGRADE_1_TO_2)
+                    .map_err(|e| open_sql_error(&shown, "upgrade it to schema version 2", e))?,
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(open_error(
                         &shown,
@@ -645,6 +681,8 @@ impl Ledger {
                         ack.server_id,
                         ack.version,
                         ack.hash.to_be_bytes(),
+                        ack.writer.as_ref().map(|w| w.stream.as_str()),
+                        ack.writer.as_ref().map(|w| w.ordinal as i64),
                     ])
                     .ctx(path, "write an acknowledgement")?;
             }
@@ -772,6 +810,29 @@ impl Ledger {
         Ok(())
     }
 
+    /// Whether the stream has a committed reject at all (cheap: the partial
+    /// index of rejects).
+    pub fn has_rejects(&self, stream: &str) -> Result<bool, LedgerError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM records \
+                 WHERE target = ?1 AND stream = ?2 AND state = 'rejected')",
+            )
+            .and_then(|mut st| st.query_row(params![self.target_id, stream], |r| r.get(0)))
+            .ctx(&self.path, "read the rejects")
+    }
+
+    /// Whether the record (stream, key) is rejected now, committed.
+    pub fn is_rejected(&self, stream: &str, key: &str) -> Result<bool, LedgerError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM records \
+                 WHERE target = ?1 AND stream = ?2 AND key = ?3 AND state = 'rejected')",
+            )
+            .and_then(|mut st| st.query_row(params![self.target_id, stream, key], |r| r.get(0)))
+            .ctx(&self.path, "read a reject")
+    }
+
     /// The stream's committed rejects, by key.
     pub fn rejected(&self, stream: &str) -> Result<Vec<RejectedRecord>, LedgerError> {
         let what = "read the rejects";
@@ -883,7 +944,7 @@ impl Ledger {
     ) -> Result<Vec<(String, String, Acknowledged)>, LedgerError> {
         self.conn
             .prepare_cached(
-                "SELECT system, value, server_id, version, hash FROM resources \
+                "SELECT system, value, server_id, version, hash, writer_stream, writer_ordinal FROM resources \
                  WHERE target = ?1 AND resource_type = ?2 ORDER BY system, value",
             )
             .and_then(|mut st| {
@@ -1019,6 +1080,10 @@ mod tests {
             server_id: Some(id.to_owned()),
             version: Some(version.to_owned()),
             hash: content_hash(json),
+            writer: Some(Writer {
+                stream: "patients".to_owned(),
+                ordinal: 41,
+            }),
         }
     }
 
@@ -1048,6 +1113,7 @@ mod tests {
             server_id: None,
             version: None,
             hash: u128::MAX - 7,
+            writer: None,
         };
         ledger.acknowledge("Patient", SYS, "P1", a2.clone());
         ledger.acknowledge("Patient", SYS, "P2", a1.clone());
@@ -1351,13 +1417,45 @@ mod tests {
         let file = TempFile::new("schema");
         drop(Ledger::open(&file.0, "dry-run").unwrap());
         let conn = Connection::open(&file.0).unwrap();
-        conn.execute("UPDATE meta SET version = 2", []).unwrap();
+        conn.execute("UPDATE meta SET version = 3", []).unwrap();
         drop(conn);
         let err = Ledger::open(&file.0, "dry-run").unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, LedgerError::Open { .. }), "{message}");
         assert!(message.contains("newer fhirlift"), "{message}");
-        assert!(message.contains("schema version 2"), "{message}");
+        assert!(message.contains("schema version 3"), "{message}");
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_and_keeps_its_acknowledgements() {
+        let file = TempFile::new("schema-1");
+        let conn = Connection::open(&file.0).unwrap();
+        let v1 = SCHEMA.replace("    writer_stream TEXT,\n    writer_ordinal INTEGER,\n", "");
+        assert_ne!(v1, SCHEMA);
+        conn.execute_batch(&v1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO meta(version) VALUES (1);
+             INSERT INTO targets(id, target) VALUES (1, 'dry-run');",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO resources VALUES (1, 'Patient', ?1, 'P1', 'p-1', '1', ?2)",
+            params![SYS, 7u128.to_be_bytes()],
+        )
+        .unwrap();
+        drop(conn);
+        let mut ledger = Ledger::open(&file.0, "dry-run").unwrap();
+        let old = ledger.acknowledged("Patient", SYS, "P1").unwrap().unwrap();
+        assert_eq!((old.hash, old.writer), (7, None));
+        let new = ack("p-2", "1", "{}");
+        ledger.acknowledge("Patient", SYS, "P2", new.clone());
+        ledger.commit().unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&file.0, "dry-run").unwrap();
+        assert_eq!(
+            ledger.acknowledged("Patient", SYS, "P2").unwrap(),
+            Some(new)
+        );
     }
 
     #[test]
@@ -1412,6 +1510,10 @@ mod tests {
                 server_id: Some(format!("0190b7e4-{i:012}")),
                 version: Some("1".to_owned()),
                 hash: content_hash(&value(i)),
+                writer: Some(Writer {
+                    stream: "patients".to_owned(),
+                    ordinal: i,
+                }),
             };
             ledger.acknowledge("Patient", SYS, &value(i), ack);
             if (i + 1) % BATCH == 0 {

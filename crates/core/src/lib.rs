@@ -16,6 +16,7 @@
 //!   [`rejects`]: the NDJSON file of records that could not go.
 
 pub mod civil;
+pub mod claims;
 pub mod config;
 pub mod connector;
 pub mod group;
@@ -28,6 +29,7 @@ pub mod record;
 pub mod registry;
 pub mod rejects;
 pub mod sender;
+pub mod spelling;
 pub mod yaml;
 
 #[doc(hidden)]

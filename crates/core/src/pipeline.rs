@@ -10,7 +10,7 @@
 //! ([`MappingStage`]: filter, map, hash) and the main loop (ledger delta
 //! check, packing, accounting); requests go out on the sender's runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use minijinja::Environment;
 use serde::Serialize;
 
-use crate::config::{ConfigError, ConfigErrors, MigrationConfig, StreamConfig};
+use crate::config::{CollisionPolicy, ConfigError, ConfigErrors, MigrationConfig, StreamConfig};
 use crate::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
 use crate::group::WriteGroup;
 use crate::ledger::Ledger;
@@ -53,6 +53,10 @@ pub struct PlannedStream {
     pub builtin: Option<String>,
     /// Lookup names with their row counts.
     pub lookups: Vec<(String, usize)>,
+    /// What two records writing one identity do: the stream's
+    /// `collisions:`, else later-wins for message archives (the hl7v2
+    /// connector: an update feed) and reject for everything else (tables).
+    pub collisions: CollisionPolicy,
 }
 
 /// A validated migration: everything checked, nothing read yet.
@@ -238,6 +242,13 @@ impl Plan {
                 mapper,
                 builtin: stream.map.as_ref().map(|m| m.name.clone()),
                 lookups: counts,
+                collisions: stream
+                    .collisions
+                    .unwrap_or(if config.source.connector == "hl7v2" {
+                        CollisionPolicy::LaterWins
+                    } else {
+                        CollisionPolicy::Reject
+                    }),
             });
         }
         if !errors.is_empty() {
@@ -251,8 +262,30 @@ impl Plan {
                 emitted_types: s.shape.emitted_types.clone(),
                 referenced_types: s.shape.referenced_types.clone(),
                 after: c.after.clone(),
+                pos: Some(c.pos.clone()),
             })
             .collect();
+        // a ref() to a type nothing writes points at nothing, on every record
+        let mut unwritten = Vec::new();
+        for (d, c) in deps.iter().zip(&config.streams) {
+            for t in &d.referenced_types {
+                let written = deps.iter().any(|o| o.emitted_types.contains(t));
+                if !written && !config.target.holds.contains(t) {
+                    unwritten.push(ConfigError::at(
+                        &c.pos,
+                        format!(
+                            "stream {} refers to {t} (ref('{t}', ...)), but no stream writes {t}: \
+                             add a stream that does, or, if the server already holds them, say so \
+                             with `target: {{ holds: [{t}] }}`",
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if !unwritten.is_empty() {
+            return Err(ConfigErrors(unwritten));
+        }
         let phases = planner::phases(&deps).map_err(|m| ConfigError {
             pos: None,
             message: m,
@@ -410,6 +443,9 @@ impl Plan {
             tracks: Vec::new(),
             last_commit: Instant::now(),
             marks: !only_rejected,
+            overwritten: Default::default(),
+            claims: crate::claims::Claims::open().map_err(|e| SinkError(e.to_string()))?,
+            condemned: HashMap::new(),
         };
         if let Some(ledger) = accounts.ledger.as_deref_mut() {
             if full {
@@ -476,6 +512,10 @@ impl Plan {
                 .path()
                 .filter(|_| rejects.count() > 0)
                 .map(Path::to_path_buf),
+            collisions_file: rejects
+                .collisions_path()
+                .filter(|_| rejects.collision_count() > 0),
+            first_rejects: rejects.first_reasons().to_vec(),
         })
     }
 
@@ -524,6 +564,10 @@ impl Plan {
                 }
             }
         }
+        let has_rejects = match accounts.ledger.as_deref() {
+            Some(ledger) => ledger.has_rejects(&name).map_err(ledger_error)?,
+            None => false,
+        };
         if retry.as_ref().is_some_and(|keys| keys.is_empty()) {
             tracing::info!(stream = %name, "no rejected records to retry");
             return Ok(());
@@ -541,6 +585,7 @@ impl Plan {
             stream: name.clone(),
             shard: filter.shard,
             retry,
+            first_ordinal: accounts.tracks[index].base,
         }
         .spawn(open)?;
         let mut ended = false;
@@ -557,19 +602,61 @@ impl Plan {
                     Prepared::Record {
                         key,
                         provenance,
+                        ordinal,
                         hashes,
                         mapped,
                     } => {
                         accounts.summaries[index].records += 1;
-                        let seq = accounts.tracks[index].begin(key, provenance);
+                        let seq = accounts.tracks[index].begin(key, provenance, ordinal);
                         match mapped {
                             Ok(Mapped::Group(mut group)) => {
+                                let claimed =
+                                    accounts.claim(index, planned.collisions, &group, &hashes)?;
+                                if let Claimed::Repeat(first) = claimed {
+                                    tracing::debug!(stream = %name, record = %group.provenance, first = %first, "a repeated record: skipped");
+                                    let summary = &mut accounts.summaries[index];
+                                    summary.skipped += 1;
+                                    *summary
+                                        .skipped_because
+                                        .entry(
+                                            "repeats an earlier record (same key, same content)"
+                                                .into(),
+                                        )
+                                        .or_default() += 1;
+                                    accounts.settle_record(index, seq, None, false)?;
+                                    continue;
+                                }
+                                if let Claimed::Rejected(reason) = claimed {
+                                    accounts.complete(index, seq, Some(&reason))?;
+                                    accounts.reject(
+                                        index,
+                                        Reject {
+                                            stream: &name,
+                                            key: Some(&group.key),
+                                            provenance: &group.provenance,
+                                            stage: Stage::Collision,
+                                            mapping: None,
+                                            reason: &reason,
+                                            request: None,
+                                            outcome: None,
+                                        },
+                                    )?;
+                                    continue;
+                                }
                                 if !full {
-                                    match accounts.delta(&group, &hashes)? {
+                                    let writer = crate::ledger::Writer {
+                                        stream: name.to_string(),
+                                        ordinal,
+                                    };
+                                    match accounts.delta(&group, &hashes, &writer)? {
                                         Delta::Unchanged => {
                                             accounts.unchanged(index, &group);
-                                            // done before, as the ledger knows: only the mark moves
-                                            accounts.settle_record(index, seq, None, false)?;
+                                            // done before, as the ledger knows: only the
+                                            // mark moves, unless the record was rejected
+                                            // (it maps now to what the server holds: fixed)
+                                            let fixed = has_rejects
+                                                && accounts.was_rejected(&name, &group.key)?;
+                                            accounts.settle_record(index, seq, None, fixed)?;
                                             continue;
                                         }
                                         Delta::Changed(stored) => {
@@ -581,6 +668,9 @@ impl Plan {
                                     }
                                 }
                                 group.seq = seq;
+                                for (op, &hash) in group.operations.iter_mut().zip(&hashes) {
+                                    op.mapped_hash = Some(hash);
+                                }
                                 accounts.tracks[index].expect(seq, group.operations.len());
                                 let summary = &mut accounts.summaries[index];
                                 for op in &group.operations {
@@ -641,11 +731,11 @@ impl Plan {
                             }
                         }
                     }
-                    Prepared::Rejected(e) => {
+                    Prepared::Rejected(e, ordinal) => {
                         let key = e.provenance.to_string();
                         accounts.summaries[index].records += 1;
                         let reason = format!("{} ({})", e.reason, e.hint);
-                        let seq = accounts.tracks[index].begin(key, e.provenance.clone());
+                        let seq = accounts.tracks[index].begin(key, e.provenance.clone(), ordinal);
                         accounts.complete(index, seq, Some(&reason))?;
                         accounts.reject(
                             index,
@@ -703,6 +793,42 @@ impl Plan {
     }
 }
 
+fn claims_error(e: crate::claims::ClaimsError) -> SinkError {
+    SinkError(e.to_string())
+}
+
+/// The claim a record makes with content `hash`.
+fn claim_of(stream: &str, group: &WriteGroup) -> impl Fn(u128) -> crate::claims::Claim + use<> {
+    let stream = stream.to_owned();
+    let key = group.key.clone();
+    let at = serde_json::to_string(&group.provenance).unwrap_or_default();
+    move |hash| crate::claims::Claim {
+        stream: stream.clone(),
+        key: key.clone(),
+        at: at.clone(),
+        hash,
+    }
+}
+
+/// What the run's claims say of a record ([`Accounts::claim`]).
+enum Claimed {
+    /// Its key and identities are its own (or a collision the stream lets
+    /// the later record win): it goes on.
+    Clear,
+    /// Rejected, with why.
+    Rejected(String),
+    /// The same key with the same content as the record at this place:
+    /// written already, skipped.
+    Repeat(String),
+}
+
+/// A provenance kept as JSON, as displayed (`file:line`, `table key`, ...).
+fn shown(json: &str) -> String {
+    serde_json::from_str::<Provenance>(json)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| json.to_owned())
+}
+
 /// What the ledger says of a mapped record.
 enum Delta {
     /// Every resource acknowledged with this content: nothing to send.
@@ -721,6 +847,15 @@ struct Accounts<'a> {
     last_commit: Instant,
     /// Whether low-water marks move (not when retrying rejects).
     marks: bool,
+    /// Identities an earlier record overwrote in this run although a later
+    /// record of its stream wrote them last ([`Accounts::delta`]): sent
+    /// again by the next record that writes them, whatever the ledger says.
+    overwritten: std::collections::HashSet<crate::group::Identity>,
+    /// Which record of this run used each key and wrote each identity.
+    claims: crate::claims::Claims,
+    /// Records still in flight (stream index, sequence number) that a later
+    /// record's collision rejected: they settle rejected, with this reason.
+    condemned: HashMap<(usize, u64), String>,
 }
 
 /// Which records a run takes, and whether it should stop.
@@ -760,18 +895,23 @@ fn ledger_error(e: crate::ledger::LedgerError) -> SinkError {
 struct StreamTrack {
     /// The last sequence number given (records are numbered from 1).
     next: u64,
-    /// Records at or before the mark in earlier runs (from the ledger).
+    /// Records at or before the mark in earlier runs (from the ledger):
+    /// the ordinal of the first record this run reads.
     base: u64,
     /// The mark: every record up to it is settled.
     mark: u64,
     /// Records sent and not yet settled: operations left, and a reason
     /// once one of them was rejected.
     open: BTreeMap<u64, OpenRecord>,
-    /// Settled records above the mark, with their provenance.
-    settled: BTreeMap<u64, Provenance>,
-    /// Key and provenance of the records not yet settled (read, being
-    /// mapped, or with operations in flight).
-    names: BTreeMap<u64, (String, Provenance)>,
+    /// Settled records above the mark, with their provenance and ordinal.
+    settled: BTreeMap<u64, (Provenance, u64)>,
+    /// Key, provenance and ordinal ([`crate::ledger::Writer`]) of the
+    /// records not yet settled (read, being mapped, or with operations in
+    /// flight).
+    names: BTreeMap<u64, (String, Provenance, u64)>,
+    /// A key repeated in this run: the mark stays where it is (a resume by
+    /// key could skip or repeat records).
+    keys_repeat: bool,
 }
 
 struct OpenRecord {
@@ -780,9 +920,9 @@ struct OpenRecord {
 }
 
 impl StreamTrack {
-    fn begin(&mut self, key: String, provenance: Provenance) -> u64 {
+    fn begin(&mut self, key: String, provenance: Provenance, ordinal: u64) -> u64 {
         self.next += 1;
-        self.names.insert(self.next, (key, provenance));
+        self.names.insert(self.next, (key, provenance, ordinal));
         self.next
     }
 
@@ -801,12 +941,28 @@ impl Accounts<'_> {
     /// The delta check: whether the ledger holds every operation of the
     /// group as acknowledged with this very content, and if not, where the
     /// target stores those it knows.
-    fn delta(&self, group: &WriteGroup, hashes: &[u128]) -> Result<Delta, SinkError> {
+    ///
+    /// An operation also counts as unchanged when the ledger's content for
+    /// its identity was written by a later record of the same stream
+    /// (`writer`'s ordinal is lower): that record overwrites it again, so
+    /// re-sending the earlier content could only move the server back. If
+    /// the record is sent anyway (another of its operations changed), the
+    /// identity is marked overwritten, and its later writer is sent too.
+    fn delta(
+        &mut self,
+        group: &WriteGroup,
+        hashes: &[u128],
+        writer: &crate::ledger::Writer,
+    ) -> Result<Delta, SinkError> {
         let Some(ledger) = self.ledger.as_deref() else {
             return Ok(Delta::Changed(Vec::new()));
         };
         let mut same = !group.operations.is_empty();
         let mut stored = Vec::with_capacity(group.operations.len());
+        let mut superseded = Vec::new();
+        // overwritten identities this record writes as their last writer
+        // (or a later one) does
+        let mut restored = Vec::new();
         for (op, &hash) in group.operations.iter().zip(hashes) {
             let Some(id) = &op.identity else {
                 same = false;
@@ -816,11 +972,43 @@ impl Accounts<'_> {
             let known = ledger
                 .acknowledged(&id.resource_type, &id.system, &id.value)
                 .map_err(ledger_error)?;
+            let overwritten = !self.overwritten.is_empty() && self.overwritten.contains(id);
+            if overwritten
+                && known.as_ref().is_none_or(|a| {
+                    a.writer
+                        .as_ref()
+                        .is_none_or(|w| w.stream != writer.stream || w.ordinal <= writer.ordinal)
+                })
+            {
+                restored.push(id.clone());
+            }
             match known {
                 // acknowledged with this content: left for the resolver to
                 // compare (it skips it), not to overwrite by id
-                Some(a) if a.hash == hash => stored.push(None),
+                Some(a) if a.hash == hash && !overwritten => stored.push(None),
+                Some(a)
+                    if !overwritten
+                        && a.writer.as_ref().is_some_and(|w| {
+                            w.stream == writer.stream && w.ordinal > writer.ordinal
+                        }) =>
+                {
+                    superseded.push(id);
+                    stored.push(a.server_id.map(|id| crate::group::StoredAt {
+                        id,
+                        version: a.version,
+                    }));
+                }
                 Some(a) => {
+                    if same {
+                        tracing::debug!(
+                            record = %group.provenance,
+                            identity = %id.search_url(),
+                            overwritten,
+                            writer = ?a.writer,
+                            ordinal = writer.ordinal,
+                            "changed since the ledger's acknowledgement"
+                        );
+                    }
                     same = false;
                     stored.push(a.server_id.map(|id| crate::group::StoredAt {
                         id,
@@ -836,11 +1024,171 @@ impl Accounts<'_> {
             }
         }
         stored.resize(group.operations.len(), None);
-        Ok(if same {
-            Delta::Unchanged
-        } else {
-            Delta::Changed(stored)
-        })
+        if same {
+            return Ok(Delta::Unchanged);
+        }
+        let superseded: Vec<_> = superseded.into_iter().cloned().collect();
+        for id in restored {
+            self.overwritten.remove(&id);
+        }
+        self.overwritten.extend(superseded);
+        Ok(Delta::Changed(stored))
+    }
+
+    /// Claims the record's key and identities for this run ([`crate::claims`]).
+    /// Returns why the record is rejected: its key repeats an earlier
+    /// record's, or it writes an identity an earlier record wrote with other
+    /// content and the stream's policy is to reject (then the earlier record
+    /// is rejected too). Every collision is counted and written down.
+    fn claim(
+        &mut self,
+        index: usize,
+        policy: CollisionPolicy,
+        group: &WriteGroup,
+        hashes: &[u128],
+    ) -> Result<Claimed, SinkError> {
+        let me = claim_of(&self.summaries[index].stream, group);
+        // the whole record's content, to tell a repeat from a conflict
+        let content = hashes.iter().fold(0u128, |acc, h| acc.rotate_left(5) ^ h);
+        if let Some(first) = self.claims.key(me(content)).map_err(claims_error)? {
+            if first.hash == content {
+                return Ok(Claimed::Repeat(shown(&first.at)));
+            }
+            if policy == CollisionPolicy::LaterWins {
+                // a feed that reuses an id (a corrected message resent, an
+                // archive of several senders): counted, written in order
+                self.summaries[index].repeated_keys += 1;
+                return self.claim_identities(index, policy, group, hashes);
+            }
+            if !self.tracks[index].keys_repeat {
+                tracing::warn!(stream = %self.summaries[index].stream, "a key repeats in this stream: its resume point stays where it was");
+            }
+            self.tracks[index].keys_repeat = true;
+            return Ok(Claimed::Rejected(format!(
+                "key {:?} repeats: {} has the same key; keys must be unique within a stream \
+                 (the ledger follows each record by its key, and a stopped run resumes by it): \
+                 remove the repeated row, or make `key:` name the columns that tell the \
+                 records apart",
+                group.key,
+                shown(&first.at)
+            )));
+        }
+        self.claim_identities(index, policy, group, hashes)
+    }
+
+    /// The identity half of [`Accounts::claim`].
+    fn claim_identities(
+        &mut self,
+        index: usize,
+        policy: CollisionPolicy,
+        group: &WriteGroup,
+        hashes: &[u128],
+    ) -> Result<Claimed, SinkError> {
+        let me = claim_of(&self.summaries[index].stream, group);
+        for (op, &hash) in group.operations.iter().zip(hashes) {
+            let Some(id) = &op.identity else {
+                continue;
+            };
+            let Some(first) = self
+                .claims
+                .identity(id, me(hash), policy == CollisionPolicy::LaterWins)
+                .map_err(claims_error)?
+            else {
+                continue;
+            };
+            self.summaries[index].collisions += 1;
+            let search = id.search_url();
+            let side = |c: &crate::claims::Claim| {
+                serde_json::json!({
+                    "stream": c.stream,
+                    "key": c.key,
+                    "provenance": serde_json::from_str::<serde_json::Value>(&c.at).unwrap_or_default(),
+                })
+            };
+            self.rejects
+                .write_collision(&crate::rejects::Collision {
+                    identity: &search,
+                    first: &side(&first),
+                    then: &side(&me(hash)),
+                    policy,
+                })
+                .map_err(|e| SinkError(format!("collisions file: {e}")))?;
+            if policy == CollisionPolicy::LaterWins {
+                continue;
+            }
+            let why = "two records of a table on one identifier is a data error (a repeated row), \
+                       so both are rejected: merge the rows at the source, or give the mapping an \
+                       identifier that tells them apart; `collisions: later-wins` on the stream \
+                       writes the later over the earlier instead";
+            self.condemn(
+                &first,
+                format!(
+                    "{search} is written again, with other content, by {} (key {:?}); {why}. \
+                     This record was sent before the repeat was seen: the server holds its content",
+                    group.provenance, group.key
+                ),
+            )?;
+            return Ok(Claimed::Rejected(format!(
+                "{search} was written, with other content, by {} (key {:?}) earlier in this run; {why}",
+                shown(&first.at),
+                first.key
+            )));
+        }
+        Ok(Claimed::Clear)
+    }
+
+    /// Rejects the earlier record of a collision: settled now if it was,
+    /// or when it settles.
+    fn condemn(&mut self, first: &crate::claims::Claim, reason: String) -> Result<(), SinkError> {
+        let Some(index) = self.summaries.iter().position(|s| s.stream == first.stream) else {
+            return Ok(());
+        };
+        let provenance: Provenance = match serde_json::from_str(&first.at) {
+            Ok(p) => p,
+            Err(_) => return Ok(()),
+        };
+        let open = self.tracks[index]
+            .names
+            .iter()
+            .find(|(_, (key, p, _))| *key == first.key && *p == provenance)
+            .map(|(&seq, _)| seq);
+        match open {
+            Some(seq) => {
+                self.condemned.insert((index, seq), reason.clone());
+            }
+            None => {
+                if let Some(ledger) = self.ledger.as_deref_mut() {
+                    ledger.record_rejected(
+                        &first.stream,
+                        &first.key,
+                        &serde_json::to_value(&provenance).unwrap_or_default(),
+                        &reason,
+                    );
+                }
+            }
+        }
+        let stream = self.summaries[index].stream.clone();
+        self.reject(
+            index,
+            Reject {
+                stream: &stream,
+                key: Some(&first.key),
+                provenance: &provenance,
+                stage: Stage::Collision,
+                mapping: None,
+                reason: &reason,
+                request: None,
+                outcome: None,
+            },
+        )
+    }
+
+    /// Whether the ledger holds the record as rejected.
+    fn was_rejected(&self, stream: &str, key: &str) -> Result<bool, SinkError> {
+        match self.ledger.as_deref() {
+            Some(ledger) => ledger.is_rejected(stream, key).map_err(ledger_error),
+            None => Ok(false),
+        }
     }
 
     /// Counts a group the ledger knew unchanged.
@@ -908,9 +1256,11 @@ impl Accounts<'_> {
         rejected: Option<&str>,
         remember: bool,
     ) -> Result<(), SinkError> {
+        let condemned = self.condemned.remove(&(index, seq));
+        let rejected = rejected.or(condemned.as_deref());
         let track = &mut self.tracks[index];
         track.open.remove(&seq);
-        let Some((key, provenance)) = track.names.remove(&seq) else {
+        let Some((key, provenance, ordinal)) = track.names.remove(&seq) else {
             return Ok(());
         };
         let stream = self.summaries[index].stream.clone();
@@ -925,14 +1275,15 @@ impl Accounts<'_> {
                 ),
             }
         }
-        track.settled.insert(seq, provenance);
+        track.settled.insert(seq, (provenance, ordinal));
         // the mark: the last record before the first one not yet settled
         let new_mark = match track.names.keys().next() {
             Some(first_unsettled) => first_unsettled - 1,
             None => track.next,
         };
         if new_mark > track.mark
-            && let Some(provenance) = track.settled.get(&new_mark).cloned()
+            && !track.keys_repeat
+            && let Some((provenance, ordinal)) = track.settled.get(&new_mark).cloned()
         {
             track.settled = track.settled.split_off(&(new_mark + 1));
             track.mark = new_mark;
@@ -942,7 +1293,8 @@ impl Accounts<'_> {
                 ledger.set_mark(
                     &stream,
                     &serde_json::to_value(&provenance).unwrap_or_default(),
-                    track.base + new_mark,
+                    // records at or before it, counted from the stream's start
+                    ordinal + 1,
                 );
             }
         }
@@ -1018,6 +1370,12 @@ impl Accounts<'_> {
                         server_id: s.server_id.clone(),
                         version: s.version.clone(),
                         hash: s.hash,
+                        writer: self.tracks[index].names.get(&s.seq).map(|(_, _, ordinal)| {
+                            crate::ledger::Writer {
+                                stream: s.stream.to_string(),
+                                ordinal: *ordinal,
+                            }
+                        }),
                     },
                 );
             }
@@ -1304,6 +1662,12 @@ pub struct StreamSummary {
     pub written: BTreeMap<String, OutcomeCounts>,
     /// Operations that needed more than one attempt.
     pub retried: u64,
+    /// Identities written by two records of this run with different
+    /// content (each pair is a line of the collisions file).
+    pub collisions: u64,
+    /// Records whose key an earlier record of the run had, with other
+    /// content, written all the same (`collisions: later-wins`).
+    pub repeated_keys: u64,
 }
 
 impl StreamSummary {
@@ -1338,9 +1702,18 @@ pub struct RunSummary {
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub rejects_file: Option<PathBuf>,
+    /// The collisions file, when a collision was written to it.
+    pub collisions_file: Option<PathBuf>,
+    /// The first rejects (up to five), as `provenance: reason`.
+    pub first_rejects: Vec<String>,
 }
 
 impl RunSummary {
+    /// Identities written by two records with different content.
+    pub fn collisions(&self) -> u64 {
+        self.streams.iter().map(|s| s.collisions).sum()
+    }
+
     pub fn rejected(&self) -> u64 {
         self.streams.iter().map(|s| s.rejected).sum()
     }
@@ -1367,12 +1740,14 @@ enum Prepared {
     Record {
         key: String,
         provenance: Provenance,
+        /// Its place in the stream ([`crate::ledger::Writer::ordinal`]).
+        ordinal: u64,
         /// [`crate::group::content_hash`] of each operation, for the delta.
         hashes: Vec<u128>,
         mapped: Result<Mapped, MapError>,
     },
-    /// A record the connector could not read.
-    Rejected(crate::connector::RecordError),
+    /// A record the connector could not read, and its ordinal.
+    Rejected(crate::connector::RecordError, u64),
     /// The stream cannot go on.
     Failed(String),
     /// The stream was read to its end (or failed): the last event sent.
@@ -1427,6 +1802,9 @@ struct MappingStage {
     stream: Arc<str>,
     shard: Option<(u64, u64)>,
     retry: Option<std::collections::HashSet<String>>,
+    /// The ordinal of the first record the connector yields (the records a
+    /// resumed run skips are counted in it).
+    first_ordinal: u64,
 }
 
 impl MappingStage {
@@ -1446,12 +1824,14 @@ impl MappingStage {
         std::thread::Builder::new()
             .name(format!("map-{}", self.stream))
             .spawn(move || {
+                let mut ordinal = self.first_ordinal;
                 while let Some(chunk) = open.blocking_next_chunk() {
                     let mut out = Vec::with_capacity(chunk.len());
                     let mut failed = false;
                     for event in chunk {
                         match event {
                             SourceEvent::Record(record) => {
+                                ordinal += 1;
                                 if !self.takes(&record.key) {
                                     continue;
                                 }
@@ -1471,13 +1851,15 @@ impl MappingStage {
                                 out.push(Prepared::Record {
                                     key,
                                     provenance,
+                                    ordinal: ordinal - 1,
                                     hashes,
                                     mapped,
                                 });
                             }
                             SourceEvent::Rejected(e) => {
+                                ordinal += 1;
                                 if self.takes(&e.provenance.to_string()) {
-                                    out.push(Prepared::Rejected(e));
+                                    out.push(Prepared::Rejected(e, ordinal - 1));
                                 }
                             }
                             SourceEvent::Failed(e) => {
@@ -1552,6 +1934,7 @@ mod tests {
             stream: "s".into(),
             shard: None,
             retry: retry.map(|keys| keys.iter().map(|k| (*k).to_owned()).collect()),
+            first_ordinal: 0,
         }
     }
 

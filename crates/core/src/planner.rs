@@ -27,6 +27,8 @@ pub struct StreamDeps {
     pub referenced_types: BTreeSet<String>,
     /// Explicit `after:` streams.
     pub after: Vec<(String, Pos)>,
+    /// Where the stream is written, for errors.
+    pub pos: Option<Pos>,
 }
 
 /// Streams that may run together; every request of a phase is answered
@@ -134,8 +136,13 @@ fn describe_cycle(
     let steps: Vec<String> = path
         .windows(2)
         .map(|w| {
+            let at = streams[w[0]]
+                .pos
+                .as_ref()
+                .map(|p| format!(" (stream {} at {p})", streams[w[0]].name))
+                .unwrap_or_default();
             format!(
-                "{} {} written by {}",
+                "{} {} written by {}{at}",
                 streams[w[0]].name, deps[w[0]][&w[1]], streams[w[1]].name
             )
         })
@@ -357,7 +364,10 @@ fn group_ref(group: &WriteGroup) -> GroupRef {
         hashes: group
             .operations
             .iter()
-            .map(|o| crate::group::content_hash(o.resource.as_str()))
+            .map(|o| {
+                o.mapped_hash
+                    .unwrap_or_else(|| crate::group::content_hash(o.resource.as_str()))
+            })
             .collect(),
         stored: group.operations.iter().map(|o| o.stored.clone()).collect(),
     }
@@ -755,6 +765,7 @@ mod tests {
             name: name.into(),
             emitted_types: emits.iter().map(|s| s.to_string()).collect(),
             referenced_types: refs.iter().map(|s| s.to_string()).collect(),
+            pos: None,
             after: vec![],
         }
     }
@@ -817,6 +828,7 @@ mod tests {
                     &serde_json::json!({"resourceType": "Patient", "note": "x".repeat(pad)}),
                 ),
                 stored: None,
+                mapped_hash: None,
             }],
         }
     }

@@ -1,5 +1,7 @@
 //! The rejects file: one NDJSON line per record that could not go, with its
-//! provenance, the stage that refused it and why.
+//! provenance, the stage that refused it and why; and beside it the
+//! collisions file (`fhirlift-collisions.ndjson`): one line per pair of
+//! records of a run that wrote one identity with different content.
 //!
 //! The file may quote patient data (the reason can name a bad value), so it
 //! is created readable by its owner only, and only once a reject occurs.
@@ -22,6 +24,9 @@ pub enum Stage {
     Map,
     /// It does not fit the server's limits.
     Plan,
+    /// It repeats another record's key, or writes another record's
+    /// identity with other content (collisions: reject).
+    Collision,
     /// The server refused it.
     Server,
 }
@@ -45,12 +50,33 @@ pub struct Reject<'a> {
     pub outcome: Option<serde_json::Value>,
 }
 
-/// Appends rejects to an NDJSON file, created on the first one.
+/// Two records of one run writing one identity with different content.
+#[derive(Debug, Clone, Serialize)]
+pub struct Collision<'a> {
+    /// The identity, as the search that finds it.
+    pub identity: &'a str,
+    /// The record that wrote it first (stream, key, provenance).
+    pub first: &'a serde_json::Value,
+    /// The record that wrote it again.
+    pub then: &'a serde_json::Value,
+    /// What was done: `later-wins` or `reject`.
+    pub policy: crate::config::CollisionPolicy,
+}
+
+/// How many reasons `check` keeps to show.
+const FIRST_REASONS: usize = 5;
+
+/// Appends rejects to an NDJSON file, created on the first one, and
+/// collisions to the collisions file beside it.
 pub struct RejectWriter {
     /// `None`: count only (used by `check`).
     path: Option<PathBuf>,
     out: Option<BufWriter<File>>,
+    collisions: Option<BufWriter<File>>,
     count: u64,
+    collision_count: u64,
+    /// The first few rejects, as `provenance: reason`, for `check`.
+    first: Vec<String>,
 }
 
 impl RejectWriter {
@@ -58,7 +84,10 @@ impl RejectWriter {
         RejectWriter {
             path: Some(path.into()),
             out: None,
+            collisions: None,
             count: 0,
+            collision_count: 0,
+            first: Vec::new(),
         }
     }
 
@@ -67,7 +96,10 @@ impl RejectWriter {
         RejectWriter {
             path: None,
             out: None,
+            collisions: None,
             count: 0,
+            collision_count: 0,
+            first: Vec::new(),
         }
     }
 
@@ -81,8 +113,42 @@ impl RejectWriter {
         self.count
     }
 
+    /// The collisions file: `fhirlift-collisions.ndjson` beside the rejects.
+    pub fn collisions_path(&self) -> Option<PathBuf> {
+        self.path
+            .as_ref()
+            .map(|p| p.with_file_name("fhirlift-collisions.ndjson"))
+    }
+
+    /// Collisions written so far.
+    pub fn collision_count(&self) -> u64 {
+        self.collision_count
+    }
+
+    /// The first rejects (up to five), as `provenance: reason`.
+    pub fn first_reasons(&self) -> &[String] {
+        &self.first
+    }
+
+    pub fn write_collision(&mut self, collision: &Collision<'_>) -> std::io::Result<()> {
+        self.collision_count += 1;
+        let Some(path) = self.collisions_path() else {
+            return Ok(());
+        };
+        if self.collisions.is_none() {
+            self.collisions = Some(BufWriter::new(create_private(&path)?));
+        }
+        let out = self.collisions.as_mut().expect("opened above");
+        serde_json::to_writer(&mut *out, collision)?;
+        out.write_all(b"\n")
+    }
+
     pub fn write(&mut self, reject: &Reject<'_>) -> std::io::Result<()> {
         self.count += 1;
+        if self.first.len() < FIRST_REASONS {
+            self.first
+                .push(format!("{}: {}", reject.provenance, reject.reason));
+        }
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -95,6 +161,9 @@ impl RejectWriter {
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(out) = self.collisions.as_mut() {
+            out.flush()?;
+        }
         match self.out.as_mut() {
             Some(out) => out.flush(),
             None => Ok(()),

@@ -118,10 +118,37 @@ pub struct YamlError {
 pub fn parse(file: &Path, text: &str) -> Result<Node, YamlError> {
     let spanned: Spanned<RawNode> = serde_saphyr::from_str(text).map_err(|e| YamlError {
         file: file.display().to_string(),
-        message: e.to_string(),
+        message: in_our_words(&e.to_string(), &file.display().to_string()),
     })?;
     let name: Arc<str> = Arc::from(file.display().to_string());
     Ok(convert(spanned, &name))
+}
+
+/// The YAML library's message, in words the user can act on: the snippet
+/// names the file (not `<input>`), and a duplicate key says what to do
+/// rather than naming a library option.
+fn in_our_words(message: &str, file: &str) -> String {
+    let message = message
+        .replace("<input>", file)
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let first = message.lines().next().unwrap_or_default();
+    let Some(at) = first.find("duplicate mapping key: ") else {
+        return message;
+    };
+    let key = first[at + "duplicate mapping key: ".len()..]
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let place = first[..at]
+        .trim_start_matches("error: ")
+        .trim_end_matches([' ', ':']);
+    let rest: Vec<&str> = message.lines().skip(1).collect();
+    format!(
+        "{place}: the key `{key}` is written twice in one mapping; YAML keeps only one of \
+         them, so fhirlift refuses the file rather than guess: remove or rename one\n{}",
+        rest.join("\n")
+    )
 }
 
 fn convert(spanned: Spanned<RawNode>, file: &Arc<str>) -> Node {
@@ -223,6 +250,18 @@ impl<'de> Visitor<'de> for RawNodeVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_key_is_named_with_what_to_do() {
+        let err = parse(Path::new("m.yaml"), "a: 1\nb:\n  c: 2\n  c: 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("m.yaml: line 4 column 3: the key `c` is written twice"),
+            "{text:?}"
+        );
+        assert!(!text.contains("DuplicateKeyPolicy"), "{text}");
+        assert!(!text.contains("<input>"), "{text}");
+    }
 
     #[test]
     fn positions_point_at_the_line_of_each_leaf() {

@@ -498,8 +498,23 @@ fn execute(
             if summary.rejected() > 0 {
                 writeln!(
                     out,
-                    "{} records would be rejected: `fhirlift migrate --dry-run DIR` writes them, with reasons, to DIR/fhirlift-rejects.ndjson",
+                    "{} records would be rejected; the first:",
                     summary.rejected()
+                )?;
+                for reason in &summary.first_rejects {
+                    writeln!(out, "  {reason}")?;
+                }
+                writeln!(
+                    out,
+                    "`fhirlift migrate --dry-run DIR` writes them all, with reasons, to DIR/fhirlift-rejects.ndjson"
+                )?;
+            }
+            if summary.collisions() > 0 {
+                writeln!(
+                    out,
+                    "{} collisions: two records of a stream write one identity with different content \
+                     (`--dry-run DIR` lists both records of each in DIR/fhirlift-collisions.ndjson)",
+                    summary.collisions()
                 )?;
             }
             Ok(exit_code(&summary))
@@ -596,6 +611,10 @@ fn migrate(
         })?;
     }
     let mut rejects = RejectWriter::new(&rejects_path);
+    if let Some(old) = rejects.collisions_path().filter(|p| p.exists()) {
+        std::fs::remove_file(&old)
+            .with_context(|| format!("cannot replace the old collisions file {}", old.display()))?;
+    }
     let shard = ledger.shard()?;
     let summary = if let Some(dir) = dry_run {
         if only_rejected {
@@ -641,6 +660,14 @@ fn migrate(
     };
     if let Some(path) = &summary.rejects_file {
         writeln!(out, "rejected records, with reasons: {}", path.display())?;
+    }
+    if let Some(path) = &summary.collisions_file {
+        writeln!(
+            out,
+            "{} collisions (two records, one identity, other content), with both records: {}",
+            summary.collisions(),
+            path.display()
+        )?;
     }
     if let Some(path) = report {
         std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)

@@ -116,6 +116,20 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
         for (why, n) in &s.skipped_because {
             writeln!(out, "      skipped {n}: {why}")?;
         }
+        if s.repeated_keys > 0 {
+            writeln!(
+                out,
+                "      repeated keys {}: records with an earlier record's key and other content, written in order",
+                s.repeated_keys
+            )?;
+        }
+        if s.collisions > 0 {
+            writeln!(
+                out,
+                "      collisions {}: identities written by two records with different content",
+                s.collisions
+            )?;
+        }
         if let Some(why) = &s.failed {
             writeln!(out, "      stopped early: {why}")?;
         }

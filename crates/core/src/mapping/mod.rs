@@ -5,6 +5,7 @@
 //! everything it produces is a [`WriteGroup`] or a [`MapError`].
 
 mod dates;
+mod filters;
 mod functions;
 mod hl7;
 mod overrides;
@@ -402,6 +403,7 @@ impl StreamMapper {
             identity,
             resource,
             stored: None,
+            mapped_hash: None,
         });
         Ok(())
     }
@@ -478,6 +480,15 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
                     "for_each: takes an HL7 segment name (OBX, NK1, DG1, ...): the entry emits one resource per segment of that name",
                 )),
             },
+            Some("id") => compiler.errors.push(ConfigError::at(
+                &k.pos,
+                format!(
+                    "{resource_type}.id cannot be set by a mapping: the server assigns ids \
+                     (Medplum refuses a client's id on create), and fhirlift finds the \
+                     resource again by its first identifier. Put the source's id in an \
+                     identifier instead: identifier: [{{ system: ..., value: ... }}]"
+                ),
+            )),
             _ => body_fields.push((k.clone(), v.clone())),
         }
     }

@@ -372,6 +372,13 @@ impl<'a> Compiler<'a> {
             }
         };
         let mut ok = true;
+        for (name, nearest) in super::filters::unknown_filters(self.names.env, expr) {
+            self.errors.push(ConfigError::at(
+                &node.pos,
+                super::filters::unknown_filter_message(&name, nearest),
+            ));
+            ok = false;
+        }
         let mut used: Vec<String> = compiled.undeclared_variables(true).into_iter().collect();
         used.sort();
         for name in used {

@@ -1321,9 +1321,18 @@ impl Dispatcher {
             let entry = &request.entries[i];
             let group = &request.groups[entry.group];
             let text = String::from_utf8_lossy(&request.body[entry.range.clone()]).into_owned();
+            let reason = if status == Some(412) {
+                let searches: Vec<String> = (0..entry.operations)
+                    .filter_map(|k| group.identities.get(entry.first_op + k).cloned().flatten())
+                    .map(|id| id.search_url())
+                    .collect();
+                explain_412(reason, &searches)
+            } else {
+                reason.to_owned()
+            };
             for k in 0..entry.operations {
                 let op = entry.first_op + k;
-                let reason = reason.to_owned();
+                let reason = reason.clone();
                 self.reject_op(job, group, op, k == 0, status, reason, &text, outcome);
             }
         }
@@ -1433,6 +1442,22 @@ struct Http {
 
 /// Whether a failed write may still have been carried out by the server:
 /// the connection broke after the body went, or the server failed inside.
+/// A 412 on a conditional write: its search matched more than one resource.
+/// Says so, with the searches that find them and what to do.
+fn explain_412(reason: &str, searches: &[String]) -> String {
+    format!(
+        "{reason}. A conditional write found more than one resource for its identifier, so \
+         the server would not choose: search {} to see them, then merge or retire the \
+         duplicates on the server, or give the mapping a first identifier that names one \
+         resource (with its authority and type); --strategy resolve names the matching ids",
+        if searches.is_empty() {
+            "the identifiers of this record (in the request above)".to_owned()
+        } else {
+            searches.join(", ")
+        }
+    )
+}
+
 fn is_ambiguous(answer: &Answer) -> bool {
     match answer {
         Answer::Transport(_) => true,
