@@ -155,9 +155,17 @@ fn killed_ten_times_a_migration_ends_with_every_identifier_once_and_the_ledger_a
         kills += 1;
     }
     let last = child(&config, &server.url(), &dir.join("fhirlift.state"), &[])
-        .status()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
         .unwrap();
-    assert!(last.success(), "the last run ends clean: {last}");
+    assert!(
+        last.status.success(),
+        "the last run ends clean: {}\n{}{}",
+        last.status,
+        String::from_utf8_lossy(&last.stdout),
+        String::from_utf8_lossy(&last.stderr)
+    );
 
     server.sandbox.with_store(|store| {
         // every identifier exactly once (contents() panics on a second one)
@@ -443,4 +451,36 @@ fn ctrl_c_settles_what_is_in_flight_keeps_the_ledger_and_the_next_run_resumes() 
         assert_eq!(store.count("Patient") as u64, counts.patients);
         assert_eq!(store.count("Encounter") as u64, counts.encounters);
     });
+}
+
+/// Regression: the check that the server still holds what the ledger says
+/// made one search per type and stopped the whole run (exit 1) when one of
+/// them was answered 503. It asks again after a passing failure now.
+#[test]
+fn a_trust_check_answered_503_is_asked_again_and_the_run_goes_on() {
+    let server = TestServer::start(SandboxConfig {
+        faults: Faults {
+            rate_503: 0.4,
+            seed: 11,
+            ..Faults::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let dir = scratch("ledger-probe-503");
+    datagen::write_example(&dir, 50, 5).unwrap();
+    let config = dir.join("migration.yaml");
+    let state = dir.join("fhirlift.state");
+    for run in 1..=3 {
+        let out = child(&config, &server.url(), &state, &[])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "run {run}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(server.sandbox.stats().faults.load(Ordering::Relaxed) > 0);
 }

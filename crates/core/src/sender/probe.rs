@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::auth::{Auth, AuthState};
-use super::{Answer, Http, transport_reason};
+use super::{Answer, Http, is_transient, transport_reason};
 use crate::group::{encode_query_part, escape_search_value};
 use crate::ledger::SampledIdentity;
 
@@ -77,6 +77,39 @@ pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, Strin
     }
 }
 
+/// How many times a probe asks again after a passing failure.
+const PROBE_ATTEMPTS: u32 = 8;
+
+/// A GET (a search when `search`), asked again after a passing failure
+/// (429, 5xx, a broken connection): the server's `Retry-After`, else
+/// 0.25 s doubling up to 8 s. A probe is a few requests before the run;
+/// one 503 must not stop a migration.
+async fn patiently(http: &Http, url: &str, search: bool) -> Answer {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let answer = if search {
+            http.search_get(url).await
+        } else {
+            http.get(url).await
+        };
+        let wait = match &answer {
+            Answer::Http {
+                status,
+                retry_after,
+                ..
+            } if is_transient(*status) => *retry_after,
+            Answer::Transport(_) => None,
+            _ => return answer,
+        };
+        if attempt >= PROBE_ATTEMPTS {
+            return answer;
+        }
+        let backoff = Duration::from_millis(250 << (attempt - 1).min(5));
+        tokio::time::sleep(wait.unwrap_or(backoff).min(Duration::from_secs(60))).await;
+    }
+}
+
 /// Who the credentials write as, for the ledger's target: on a server
 /// that answers Medplum's `GET {origin}/auth/me`, the project (one URL
 /// serves many projects, and what a client sees is its project's);
@@ -93,7 +126,7 @@ pub(super) async fn principal(http: &Http) -> Result<Option<String>, String> {
     // Medplum's FHIR base is {origin}/fhir/R4; /auth/me sits at the origin
     if let Some(at) = http.base.find("/fhir/") {
         let url = format!("{}/auth/me", &http.base[..at]);
-        match http.get(&url).await {
+        match patiently(http, &url, false).await {
             Answer::Http {
                 status: 200, body, ..
             } => {
@@ -145,7 +178,7 @@ pub(super) async fn missing_from_server(
             encode_query_part(&escape_search_value(&s.value), &mut url);
         }
         url.push_str(&format!("&_count={}", identities.len() * 2));
-        let bundle = match http.search_get(&url).await {
+        let bundle = match patiently(http, &url, true).await {
             Answer::Http {
                 status: 200..=299,
                 body,
