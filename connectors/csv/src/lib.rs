@@ -55,6 +55,9 @@ fn setting(what: &str, message: &str) -> ConnectorError {
     }
 }
 
+/// The settings a CSV source or stream takes.
+const SETTINGS: &[&str] = &["delimiter", "quote", "header", "columns", "encoding"];
+
 /// Reading options, from `source:` and overridden per stream.
 #[derive(Debug, Clone)]
 struct Options {
@@ -93,6 +96,29 @@ impl Options {
         base: &Options,
         scope: &str,
     ) -> Result<Options, ConnectorError> {
+        // `source:` also holds the connector's name and folder
+        let allowed: &[&str] = if scope == "source" {
+            &["connector", "path"]
+        } else {
+            &[]
+        };
+        if let Some(map) = settings.as_object() {
+            for key in map.keys() {
+                if SETTINGS.contains(&key.as_str()) || allowed.contains(&key.as_str()) {
+                    continue;
+                }
+                let hint = fhirlift_core::spelling::nearest(key, SETTINGS.iter().copied())
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
+                return Err(setting(
+                    &format!("{scope}.{key}"),
+                    &format!(
+                        "is not a CSV setting: {hint}the CSV settings are {}",
+                        SETTINGS.join(", ")
+                    ),
+                ));
+            }
+        }
         let mut o = base.clone();
         if let Some(v) = settings.get("delimiter") {
             o.delimiter = one_ascii_char(v, &format!("{scope}.delimiter"))?;
@@ -487,6 +513,21 @@ mod tests {
             panic!()
         };
         assert_eq!(r2.provenance.to_string(), "a.csv:4");
+    }
+
+    #[test]
+    fn a_misspelled_setting_is_an_error_naming_the_nearest() {
+        let err = Options::read(
+            &serde_json::json!({ "delimeter": ";" }),
+            &Options::default(),
+            "streams.patients",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("streams.patients.delimeter"), "{err}");
+        assert!(err.contains("did you mean `delimiter`?"), "{err}");
+        let source = serde_json::json!({ "connector": "csv", "path": ".", "header": false });
+        assert!(Options::read(&source, &Options::default(), "source").is_ok());
     }
 
     #[test]
