@@ -534,3 +534,24 @@ fn a_message_with_one_changed_resource_writes_only_that_one() {
         assert_eq!(version("Immunization", "IZ-77001"), 1);
     });
 }
+
+/// A map setting written on the stream instead of under `map:` was passed
+/// to the connector and ignored: the archive's times took no zone.
+#[test]
+fn a_map_setting_on_the_stream_is_named_by_check() {
+    let dir = scratch("hl7v2-stream-setting");
+    std::fs::write(dir.join("a.hl7"), "").unwrap();
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        "source:\n  connector: hl7v2\nstreams:\n  adt:\n    from: a.hl7\n    zone: Europe/Lisbon\n    map: hl7v2\n",
+    )
+    .unwrap();
+    let check = fhirlift(["check".into(), "-c".into(), config.into_os_string()]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(
+        check.stderr.contains("stream adt.zone") && check.stderr.contains("go under map:"),
+        "{}",
+        check.stderr
+    );
+}

@@ -303,6 +303,27 @@ fn check_prepares_each_query_and_names_missing_columns_and_unsupported_types() {
     let check = fhirlift(["check", "-c", bad_sql.to_str().unwrap()]);
     assert_eq!(check.code, 1);
     assert!(check.stderr.contains("no_such_table"), "{}", check.stderr);
+    // a misspelled stream setting is named, not passed over
+    let misspelled = write_migration(
+        &dir,
+        &db,
+        r#"  people:
+    from: SELECT id FROM people
+    key: id
+    fecth: 50
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://s/p", value: "{{ id }}" }]
+"#,
+    );
+    let check = fhirlift(["check", "-c", misspelled.to_str().unwrap()]);
+    assert_eq!(check.code, 1);
+    assert!(
+        check.stderr.contains("stream people.fecth")
+            && check.stderr.contains("did you mean `fetch`?"),
+        "{}",
+        check.stderr
+    );
 }
 
 #[test]

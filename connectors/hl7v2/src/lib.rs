@@ -83,6 +83,14 @@ impl Hl7Connector {
 
 impl SourceConnector for Hl7Connector {
     fn schema(&self, source: &StreamSource) -> Result<Arc<Schema>, ConnectorError> {
+        if let Some(key) = source.options.as_object().and_then(|m| m.keys().next()) {
+            return Err(ConnectorError::Setting {
+                what: format!("stream {}.{key}", source.stream),
+                message: "is not an hl7v2 stream setting (a stream takes from and map: the \
+                          map's settings, zone and authorities, go under map:)"
+                    .into(),
+            });
+        }
         self.files(source)?;
         if !source.key.is_empty() {
             return Err(ConnectorError::Setting {

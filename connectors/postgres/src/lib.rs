@@ -486,6 +486,21 @@ fn redact_quoted(message: &str) -> String {
 
 impl SourceConnector for PostgresConnector {
     fn schema(&self, source: &StreamSource) -> Result<Arc<Schema>, ConnectorError> {
+        if let Some(map) = source.options.as_object()
+            && let Some(key) = map.keys().find(|k| *k != "fetch")
+        {
+            let hint = if fhirlift_core::spelling::nearest(key, ["fetch"]).is_some() {
+                "did you mean `fetch`? "
+            } else {
+                ""
+            };
+            return Err(setting(
+                &format!("stream {}.{key}", source.stream),
+                &format!(
+                    "is not a PostgreSQL stream setting: {hint}a stream takes fetch (rows per round trip)"
+                ),
+            ));
+        }
         let query = self.query(source)?;
         let stream = source.stream.to_string();
         let key = source.key.clone();
