@@ -369,3 +369,61 @@ fn a_used_up_quota_pauses_sending_and_the_429_tail_of_a_batch_is_resent() {
             .with_store(|s| assert_eq!(s.count("Patient") as u64, counts.patients));
     }
 }
+
+/// Regression: under `resolve`, a search answered 2xx with an empty body,
+/// an HTML page (a proxy's login page) or JSON that is not a searchset was
+/// read as "nothing stored": a `--full` re-run through such a proxy doubled
+/// every resource, exit 0. Such an answer is an ambiguous failure now,
+/// asked again; nothing is written blind.
+#[test]
+fn search_answers_that_are_not_searchsets_never_create_a_duplicate() {
+    use fhirlift_sandbox::BadSearch;
+    for (bad, seed) in [
+        (BadSearch::Empty, 1),
+        (BadSearch::Html, 2),
+        (BadSearch::NotSearchset, 3),
+    ] {
+        let server = TestServer::start(SandboxConfig {
+            faults: Faults {
+                rate_bad_search: 0.3,
+                bad_search: bad,
+                seed,
+                ..Faults::default()
+            },
+            ..SandboxConfig::default()
+        });
+        let dir = scratch(&format!("sandbox-bad-search-{seed}"));
+        let counts = datagen::write_example(&dir, 100, seed).unwrap();
+        for extra in [&[][..], &["--full"][..]] {
+            let mut args = vec!["--strategy", "resolve", "--max-attempts", "30"];
+            args.extend_from_slice(extra);
+            let run = migrate(&dir.join("migration.yaml"), &server.url(), &dir, &args);
+            assert_eq!(
+                run.code, 0,
+                "{bad:?} {extra:?}: {}\n{}",
+                run.stdout, run.stderr
+            );
+        }
+        assert!(
+            server
+                .sandbox
+                .stats()
+                .faults
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        server.sandbox.with_store(|store| {
+            assert_eq!(store.count("Patient") as u64, counts.patients, "{bad:?}");
+            assert_eq!(
+                store.count("Condition") as u64,
+                counts.conditions,
+                "{bad:?}"
+            );
+            assert_eq!(
+                store.count("Encounter") as u64,
+                counts.encounters,
+                "{bad:?}"
+            );
+        });
+    }
+}

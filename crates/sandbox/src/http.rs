@@ -698,6 +698,27 @@ const MAX_COUNT: usize = 1000;
 /// `total` and `self` / `next` links.
 async fn run_search(shared: &Shared, resource_type: &str, query: &str) -> Response {
     shared.stats.searches.fetch_add(1, Ordering::Relaxed);
+    let faults = &shared.config.faults;
+    if faults.rate_bad_search > 0.0 && shared.roll() < faults.rate_bad_search {
+        shared.stats.faults.fetch_add(1, Ordering::Relaxed);
+        let (content_type, body) = match faults.bad_search {
+            crate::BadSearch::Empty => ("application/fhir+json", String::new()),
+            crate::BadSearch::Html => (
+                "text/html",
+                "<html><body><form>Sign in to the proxy</form></body></html>".to_owned(),
+            ),
+            crate::BadSearch::NotSearchset => (
+                "application/fhir+json",
+                r#"{"resourceType":"OperationOutcome","issue":[]}"#.to_owned(),
+            ),
+        };
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response();
+    }
     let search = parse_search(query);
     if !search.unsupported.is_empty() {
         return error_response(&FhirError::new(

@@ -77,8 +77,24 @@ pub struct Faults {
     pub rate_reset: f64,
     /// Added latency, uniformly between the two bounds.
     pub latency: Option<(Duration, Duration)>,
+    /// A search answered 200 with something that is not a searchset Bundle
+    /// (as a proxy's login page would be), and what.
+    pub rate_bad_search: f64,
+    pub bad_search: BadSearch,
     /// Seed for the fault dice (the same seed gives the same faults in order).
     pub seed: u64,
+}
+
+/// What a search answered by [`Faults::rate_bad_search`] holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BadSearch {
+    /// An empty body.
+    #[default]
+    Empty,
+    /// An HTML page.
+    Html,
+    /// JSON that is not a searchset (an OperationOutcome).
+    NotSearchset,
 }
 
 /// Limits a server enforces, like Medplum's.

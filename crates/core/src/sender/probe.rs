@@ -183,7 +183,12 @@ pub(super) async fn missing_from_server(
                 status: 200..=299,
                 body,
                 ..
-            } => body,
+            } if super::resolve::is_searchset(&body) => body,
+            Answer::Http {
+                status: 200..=299,
+                body,
+                ..
+            } => return Err(super::resolve::not_a_searchset_reason(resource_type, &body)),
             Answer::Http { status, body, .. } => {
                 return Err(format!(
                     "a search of {resource_type} by identifier answered {status} ({})",

@@ -599,6 +599,11 @@ impl Resolver {
             Answer::Http {
                 status: 200..=299,
                 body,
+                ..
+            } if !is_searchset(&body) => Err(not_a_searchset(resource_type, &body)),
+            Answer::Http {
+                status: 200..=299,
+                body,
                 quotas,
                 ..
             } => match body["total"].as_u64() {
@@ -652,7 +657,12 @@ impl Resolver {
                     body,
                     quotas,
                     ..
-                } => (body, quotas),
+                } if is_searchset(&body) => (body, quotas),
+                Answer::Http {
+                    status: 200..=299,
+                    body,
+                    ..
+                } => return Err(not_a_searchset(resource_type, &body)),
                 other => return Err(other),
             };
             for entry in body["entry"].as_array().into_iter().flatten() {
@@ -678,6 +688,38 @@ impl Resolver {
             "the {resource_type} search had more than {MAX_PAGES} pages"
         )))
     }
+}
+
+/// Whether a search answer is what a search returns: a `searchset` Bundle.
+pub(super) fn is_searchset(body: &Value) -> bool {
+    body["resourceType"] == "Bundle" && body["type"] == "searchset"
+}
+
+/// A search answered 2xx with something else (an empty body, a proxy's
+/// HTML page, another resource): an ambiguous failure, retried; never
+/// read as "nothing stored", which would write a duplicate.
+pub(super) fn not_a_searchset(resource_type: &str, body: &Value) -> Answer {
+    Answer::Transport(not_a_searchset_reason(resource_type, body))
+}
+
+/// Why [`not_a_searchset`].
+pub(super) fn not_a_searchset_reason(resource_type: &str, body: &Value) -> String {
+    let what = match body {
+        Value::Null => "an empty or non-JSON body".to_owned(),
+        Value::Object(o) => match o.get("resourceType").and_then(Value::as_str) {
+            Some("Bundle") => format!(
+                "a Bundle of type {}",
+                o.get("type").and_then(Value::as_str).unwrap_or("(none)")
+            ),
+            Some(t) => format!("a {t}"),
+            None => "JSON that is not a FHIR resource".to_owned(),
+        },
+        _ => "JSON that is not a FHIR resource".to_owned(),
+    };
+    format!(
+        "a {resource_type} search was answered with {what}, not a searchset Bundle (a proxy \
+         or a broken server?): not read as \"nothing stored\""
+    )
 }
 
 impl IdCache {
