@@ -207,17 +207,39 @@ pub struct SenderSink {
     pub stats: Arc<SenderStats>,
 }
 
+/// Every HTTP client of fhirlift: its user agent, and no redirects
+/// followed. A redirect would send a request's body (patient data) to
+/// wherever the answer points; a 3xx stops the run instead
+/// ([`redirect_refused`]).
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("fhirlift/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Why a run stops at a redirect.
+fn redirect_refused(status: u16, body: &Value) -> String {
+    let mut why = format!(
+        "HTTP {status}: the server answered with a redirect; fhirlift does not follow \
+         redirects (the request's patient data would go where it was not sent): give the \
+         server's final FHIR base URL as --server"
+    );
+    if !body.is_null() {
+        why.push_str(&format!(" ({})", outcome_text(body)));
+    }
+    why
+}
+
 impl SenderSink {
     /// Starts the sender on `runtime`.
     pub fn start(
         runtime: &tokio::runtime::Handle,
         config: SenderConfig,
     ) -> Result<SenderSink, SinkError> {
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .gzip(true)
             .timeout(config.timeout)
             .pool_max_idle_per_host(config.max_in_flight.max(1))
-            .user_agent(concat!("fhirlift/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SinkError(format!("cannot build the HTTP client: {e}")))?;
         let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
@@ -815,6 +837,20 @@ impl Dispatcher {
                         Some(status),
                         &why,
                         Some(&body),
+                    );
+                    self.fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(why);
+                } else if (300..400).contains(&status) {
+                    let why = redirect_refused(status, &body);
+                    let n = job.request.entries.len();
+                    self.reject_entries(
+                        &job,
+                        &(0..n).collect::<Vec<_>>(),
+                        Some(status),
+                        &why,
+                        None,
                     );
                     self.fatal
                         .lock()

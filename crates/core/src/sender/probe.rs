@@ -25,9 +25,8 @@ struct OneOff {
 
 impl OneOff {
     fn new(base_url: &str, auth: Auth) -> Result<OneOff, String> {
-        let client = reqwest::Client::builder()
+        let client = super::client_builder()
             .timeout(Duration::from_secs(60))
-            .user_agent(concat!("fhirlift/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let base = base_url.trim_end_matches('/').to_owned();
