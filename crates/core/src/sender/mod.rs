@@ -830,32 +830,9 @@ impl Dispatcher {
                         "HTTP {status}: the server refused the credentials ({}); check the token or the client's access",
                         outcome_text(&body)
                     );
-                    let n = job.request.entries.len();
-                    self.reject_entries(
-                        &job,
-                        &(0..n).collect::<Vec<_>>(),
-                        Some(status),
-                        &why,
-                        Some(&body),
-                    );
-                    self.fatal
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(why);
+                    self.stop_run(&job, status, why, Some(&body));
                 } else if (300..400).contains(&status) {
-                    let why = redirect_refused(status, &body);
-                    let n = job.request.entries.len();
-                    self.reject_entries(
-                        &job,
-                        &(0..n).collect::<Vec<_>>(),
-                        Some(status),
-                        &why,
-                        None,
-                    );
-                    self.fatal
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(why);
+                    self.stop_run(&job, status, redirect_refused(status, &body), None);
                 } else if is_transient(status)
                     || (status == 412 && resolution.is_some())
                     || (resolution.as_ref().is_some_and(|r| r.from_ledger)
@@ -1342,6 +1319,23 @@ impl Dispatcher {
             entry: None,
             server_outcome: None,
         });
+    }
+
+    /// Rejects the whole request and stops the run: what no retry can fix
+    /// (refused credentials, a redirect).
+    fn stop_run(&self, job: &Job, status: u16, why: String, outcome: Option<&Value>) {
+        let n = job.request.entries.len();
+        self.reject_entries(
+            job,
+            &(0..n).collect::<Vec<_>>(),
+            Some(status),
+            &why,
+            outcome,
+        );
+        self.fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
     }
 
     fn reject_entries(
