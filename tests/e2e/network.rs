@@ -119,3 +119,75 @@ streams:
         "nothing reached the other host"
     );
 }
+
+/// Regression: a bearer token went over plain http:// to a host that is not
+/// this machine. Without `--allow-insecure-http` the run refuses before it
+/// reads or sends anything. Run in a network namespace of its own (`unshare
+/// -n`), with no network at all, so that a bug cannot send anything off the
+/// machine.
+#[test]
+fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
+    let dir = scratch("network-insecure");
+    std::fs::write(
+        dir.join("migration.yaml"),
+        r#"source: { connector: csv, path: . }
+streams:
+  patients:
+    from: patients.csv
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://clinic.example/patientId", value: "{{ id }}" }]
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("patients.csv"), "id\nP1\n").unwrap();
+    let run = |server: &str, extra: &[&str]| {
+        let out = std::process::Command::new("unshare")
+            .arg("-n")
+            .arg(fhirlift_tests::fhirlift_binary())
+            .args(["migrate", "-c"])
+            .arg(dir.join("migration.yaml"))
+            .args(["--server", server, "--profile", "generic"])
+            .args([
+                "--client-id",
+                "fhirlift",
+                "--client-secret-env",
+                "NETWORK_TEST_SECRET",
+            ])
+            .args(["--token-url", "https://auth.example.org/oauth2/token"])
+            .args(extra)
+            .env("NETWORK_TEST_SECRET", "not-a-real-secret")
+            .env("FHIRLIFT_LOG", "warn")
+            .output()
+            .expect("unshare (util-linux) runs fhirlift without a network; the test needs it");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !stderr.contains("unshare failed") && !stderr.contains("Operation not permitted"),
+            "unshare -n could not make a network namespace: {stderr}"
+        );
+        (out.status.code(), stderr)
+    };
+    for server in [
+        "http://fhir.example.org/fhir/R4",
+        "http://10.20.30.40:8103/fhir/R4",
+    ] {
+        let (code, stderr) = run(server, &[]);
+        assert_eq!(code, Some(1), "{server}: {stderr}");
+        assert!(
+            stderr.contains("refusing to send credentials and patient data over plain http://"),
+            "{server}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("not-a-real-secret"),
+            "the secret is never printed"
+        );
+    }
+    // the flag lets it try: in the empty namespace it cannot reach anything
+    let (code, stderr) = run(
+        "http://10.20.30.40:8103/fhir/R4",
+        &["--allow-insecure-http", "--max-attempts", "1"],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("refusing to send"), "{stderr}");
+}

@@ -130,6 +130,10 @@ struct MigrateArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Send credentials and patient data over plain http:// to a host that
+    /// is not this machine (refused without it; use https).
+    #[arg(long)]
+    allow_insecure_http: bool,
 }
 
 /// The ledger file and the shard this process takes.
@@ -591,7 +595,23 @@ fn migrate(
         max_attempts,
         rejects,
         report,
+        allow_insecure_http,
     } = args;
+    // before anything is read or sent (profile auto asks the server)
+    if !allow_insecure_http {
+        for url in [server.as_deref(), auth.token_url.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(host) = fhirlift_core::sender::insecure_remote_host(url) {
+                anyhow::bail!(
+                    "refusing to send credentials and patient data over plain http:// to {host}, \
+                     which is not this machine: use https://, or --allow-insecure-http if the \
+                     network between here and {host} is one you trust"
+                );
+            }
+        }
+    }
     let plan = load_with(&config, &target, plugins, |_| {
         detect_profile(server.as_deref(), sandbox.is_some(), &auth)
     })?;

@@ -217,6 +217,24 @@ pub(crate) fn client_builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("fhirlift/", env!("CARGO_PKG_VERSION")))
 }
 
+/// The host of a plain `http://` URL that is not this machine (loopback):
+/// where credentials and patient data would cross a network unencrypted.
+/// `None` for `https://`, for loopback, and for what does not parse (the
+/// client refuses that anyway).
+pub fn insecure_remote_host(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = url.host_str()?;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_owned())
+}
+
 /// Why a run stops at a redirect.
 fn redirect_refused(status: u16, body: &Value) -> String {
     let mut why = format!(
@@ -1777,6 +1795,27 @@ fn transport_reason(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_http_is_insecure_unless_it_stays_on_this_machine() {
+        assert_eq!(
+            insecure_remote_host("http://fhir.example.org/fhir/R4").as_deref(),
+            Some("fhir.example.org")
+        );
+        assert_eq!(
+            insecure_remote_host("http://10.1.2.3:8103/fhir").as_deref(),
+            Some("10.1.2.3")
+        );
+        for safe in [
+            "https://fhir.example.org/fhir/R4",
+            "http://127.0.0.1:8103/fhir/R4",
+            "http://127.8.0.1/fhir",
+            "http://localhost:8103/fhir/R4",
+            "http://[::1]:8103/fhir/R4",
+        ] {
+            assert_eq!(insecure_remote_host(safe), None, "{safe}");
+        }
+    }
+
     use super::*;
 
     #[test]
