@@ -8,6 +8,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fhirlift_tests::{fhirlift, scratch};
 
+/// A migration of `rows` generated patients from a CSV file, in `dir`.
+fn write_patients(dir: &std::path::Path, rows: usize) {
+    std::fs::write(
+        dir.join("migration.yaml"),
+        r#"source: { connector: csv, path: . }
+streams:
+  patients:
+    from: patients.csv
+    key: id
+    emit:
+      - resourceType: Patient
+        identifier: [{ system: "http://clinic.example/patientId", value: "{{ id }}" }]
+        name: [{ family: "{{ family }}" }]
+"#,
+    )
+    .unwrap();
+    let mut csv = String::from("id,family\n");
+    for i in 0..rows {
+        csv.push_str(&format!("P{i},Family{i}\n"));
+    }
+    std::fs::write(dir.join("patients.csv"), csv).unwrap();
+}
+
 /// A listener that counts the connections it accepts and answers nothing.
 fn counting_listener() -> (String, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -80,25 +103,7 @@ fn a_redirect_to_another_host_is_not_followed_and_stops_the_run() {
     let (elsewhere, hits) = counting_listener();
     let server = redirecting_server(elsewhere);
     let dir = scratch("network-redirect");
-    std::fs::write(
-        dir.join("migration.yaml"),
-        r#"source: { connector: csv, path: . }
-streams:
-  patients:
-    from: patients.csv
-    key: id
-    emit:
-      - resourceType: Patient
-        identifier: [{ system: "http://clinic.example/patientId", value: "{{ id }}" }]
-        name: [{ family: "{{ family }}" }]
-"#,
-    )
-    .unwrap();
-    let mut csv = String::from("id,family\n");
-    for i in 0..300 {
-        csv.push_str(&format!("P{i},Family{i}\n"));
-    }
-    std::fs::write(dir.join("patients.csv"), csv).unwrap();
+    write_patients(&dir, 300);
     let run = fhirlift([
         "migrate".into(),
         "-c".into(),
@@ -128,20 +133,7 @@ streams:
 #[test]
 fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
     let dir = scratch("network-insecure");
-    std::fs::write(
-        dir.join("migration.yaml"),
-        r#"source: { connector: csv, path: . }
-streams:
-  patients:
-    from: patients.csv
-    key: id
-    emit:
-      - resourceType: Patient
-        identifier: [{ system: "http://clinic.example/patientId", value: "{{ id }}" }]
-"#,
-    )
-    .unwrap();
-    std::fs::write(dir.join("patients.csv"), "id\nP1\n").unwrap();
+    write_patients(&dir, 1);
     let run = |server: &str, extra: &[&str]| {
         let out = std::process::Command::new("unshare")
             .arg("-n")
