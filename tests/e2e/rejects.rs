@@ -154,6 +154,11 @@ fn bad_rows_are_rejected_with_file_line_and_the_rest_is_planned() {
             mode, 0o600,
             "the rejects file may quote patient data: owner-only"
         );
+        // regression: dry-run bundles, which hold names and birth dates,
+        // were created 0644
+        let bundle = out.join("phase-1/000001-patients.json");
+        let mode = std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "dry-run bundles hold patient data: owner-only");
     }
 }
 

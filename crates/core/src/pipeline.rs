@@ -1602,9 +1602,12 @@ impl RequestSink for DryRunSink {
         *n += 1;
         let dir = self.dir.join(format!("phase-{}", request.phase));
         let path = dir.join(format!("{:06}-{}.json", n, request.stream));
+        // bundles hold names and birth dates: readable by their owner only
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(&path, &request.body)
+            use std::io::Write as _;
+            let mut file = crate::rejects::create_private(&path)?;
+            file.write_all(&request.body)?;
+            file.flush()
         };
         write().map_err(|e| SinkError(format!("{}: {e}", path.display())))
     }

@@ -177,8 +177,8 @@ impl Drop for RejectWriter {
     }
 }
 
-/// Creates (truncating) a file only its owner can read.
-fn create_private(path: &Path) -> std::io::Result<File> {
+/// Creates (truncating) a file only its owner can read, and its folder.
+pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
