@@ -7,7 +7,7 @@
 //! is created readable by its owner only, and only once a reject occurs.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -71,8 +71,10 @@ const FIRST_REASONS: usize = 5;
 pub struct RejectWriter {
     /// `None`: count only (used by `check`).
     path: Option<PathBuf>,
-    out: Option<BufWriter<File>>,
-    collisions: Option<BufWriter<File>>,
+    /// Unbuffered: each line goes out in one write, so a killed run
+    /// leaves whole lines.
+    out: Option<File>,
+    collisions: Option<File>,
     count: u64,
     collision_count: u64,
     /// The first few rejects, as `provenance: reason`, for `check`.
@@ -136,11 +138,10 @@ impl RejectWriter {
             return Ok(());
         };
         if self.collisions.is_none() {
-            self.collisions = Some(BufWriter::new(create_private(&path)?));
+            self.collisions = Some(create_private(&path)?);
         }
         let out = self.collisions.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *out, collision)?;
-        out.write_all(b"\n")
+        out.write_all(&line(collision)?)
     }
 
     pub fn write(&mut self, reject: &Reject<'_>) -> std::io::Result<()> {
@@ -153,11 +154,10 @@ impl RejectWriter {
             return Ok(());
         };
         if self.out.is_none() {
-            self.out = Some(BufWriter::new(create_private(path)?));
+            self.out = Some(create_private(path)?);
         }
         let out = self.out.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *out, reject)?;
-        out.write_all(b"\n")
+        out.write_all(&line(reject)?)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
@@ -175,6 +175,13 @@ impl Drop for RejectWriter {
     fn drop(&mut self) {
         let _ = self.flush();
     }
+}
+
+/// One NDJSON line, newline included, to be written in one call.
+fn line(value: &impl Serialize) -> std::io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// Creates (truncating) a file only its owner can read, and its folder.
