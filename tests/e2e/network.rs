@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fhirlift_tests::{fhirlift, scratch};
+use fhirlift_tests::{TestServer, fhirlift, scratch};
 
 /// A migration of `rows` generated patients from a CSV file, in `dir`.
 fn write_patients(dir: &std::path::Path, rows: usize) {
@@ -182,4 +182,106 @@ fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
     );
     assert_ne!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("refusing to send"), "{stderr}");
+}
+
+fn migrate_to(
+    dir: &std::path::Path,
+    server: &str,
+    extra: &[&str],
+) -> (fhirlift_tests::Outcome, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "migrate".into(),
+        "-c".into(),
+        dir.join("migration.yaml").into_os_string(),
+        "--server".into(),
+        server.into(),
+        "--profile".into(),
+        "generic".into(),
+        "--state".into(),
+        dir.join("fhirlift.state").into_os_string(),
+        "--rejects".into(),
+        dir.join("rejects.ndjson").into_os_string(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    let out = fhirlift(args);
+    (out, started.elapsed())
+}
+
+/// Regression: with the server gone, each batch was tried 12 times and its
+/// records rejected, through the whole source. Now the run stops (exit 1)
+/// once no request has been answered for `--give-up-after`, rejects
+/// nothing, and the same command completes once the server is back.
+#[test]
+fn a_dead_server_stops_the_run_without_rejects_and_the_next_run_completes() {
+    let dir = scratch("network-dead");
+    write_patients(&dir, 2_000);
+    // a port nothing listens on: every connection is refused
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}/fhir/R4");
+    let (run, took) = migrate_to(&dir, &server, &["--give-up-after", "3"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("has not answered"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("resumes once the server is back"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !dir.join("rejects.ndjson").exists(),
+        "nothing rejected for a dead server"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "stopped after {took:?}"
+    );
+    eprintln!("a dead server stopped the run after {took:?} (--give-up-after 3)");
+    // the server is back on that port: the same command completes
+    let back = TestServer::start(fhirlift_sandbox::SandboxConfig {
+        port,
+        ..Default::default()
+    });
+    let (run, _) = migrate_to(&dir, &server, &[]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    back.sandbox
+        .with_store(|s| assert_eq!(s.count("Patient"), 2_000));
+}
+
+/// A server that takes connections and never answers: the run stops once
+/// the requests have timed out for `--give-up-after`, rejecting nothing.
+#[test]
+fn a_silent_server_stops_the_run_without_rejects() {
+    let dir = scratch("network-silent");
+    write_patients(&dir, 500);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}/fhir/R4", listener.local_addr().unwrap());
+    // accept and hold every connection, answering nothing
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let (run, took) = migrate_to(
+        &dir,
+        &server,
+        &["--give-up-after", "3", "--request-timeout", "2"],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("has not answered"), "{}", run.stderr);
+    assert!(
+        !dir.join("rejects.ndjson").exists(),
+        "nothing rejected for a silent server"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "stopped after {took:?}"
+    );
+    eprintln!(
+        "a silent server stopped the run after {took:?} (--request-timeout 2, --give-up-after 3)"
+    );
 }

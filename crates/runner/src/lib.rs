@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
@@ -123,6 +124,13 @@ struct MigrateArgs {
     /// Attempts per request before its entries are rejected.
     #[arg(long, default_value_t = 12)]
     max_attempts: u32,
+    /// Stop the run (exit 1, nothing rejected, the ledger kept) when the
+    /// server has answered no request for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    give_up_after: u64,
+    /// The longest one request may take before it counts as unanswered.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    request_timeout: u64,
     /// Where rejected records go (NDJSON, owner-only). Default: fhirlift-rejects.ndjson
     /// in the dry-run folder, or next to the migration file.
     #[arg(long, value_name = "FILE")]
@@ -596,6 +604,8 @@ fn migrate(
         rejects,
         report,
         allow_insecure_http,
+        give_up_after,
+        request_timeout,
     } = args;
     // before anything is read or sent (profile auto asks the server)
     if !allow_insecure_http {
@@ -672,7 +682,11 @@ fn migrate(
             sandbox,
             &auth,
             concurrency,
-            max_attempts,
+            Patience {
+                max_attempts,
+                give_up_after: Duration::from_secs(give_up_after.max(1)),
+                request_timeout: Duration::from_secs(request_timeout.max(1)),
+            },
             &mut rejects,
             run,
             out,
@@ -705,6 +719,14 @@ struct Run {
     only_rejected: bool,
 }
 
+/// How long a run waits for a server before it gives up on a request, and
+/// on the server.
+struct Patience {
+    max_attempts: u32,
+    give_up_after: Duration,
+    request_timeout: Duration,
+}
+
 /// Runs the plan against a server (or the embedded sandbox).
 #[allow(clippy::too_many_arguments)]
 fn send(
@@ -713,7 +735,7 @@ fn send(
     sandbox: Option<PathBuf>,
     auth: &AuthArgs,
     concurrency: usize,
-    max_attempts: u32,
+    patience: Patience,
     rejects: &mut RejectWriter,
     run: Run,
     out: &mut dyn Write,
@@ -747,7 +769,9 @@ fn send(
     let mut config = SenderConfig::new(&base_url);
     config.auth = auth.auth()?;
     config.max_in_flight = concurrency.max(1);
-    config.max_attempts = max_attempts.max(1);
+    config.max_attempts = patience.max_attempts.max(1);
+    config.give_up_after = patience.give_up_after;
+    config.timeout = patience.request_timeout;
     config.strategy = plan.profile.strategy;
     config.resolve_references = plan.profile.resolves_references_itself();
     config.asynchronous = plan.profile.asynchronous;

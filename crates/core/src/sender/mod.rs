@@ -15,6 +15,7 @@
 //! (synchronous) pipeline.
 
 mod auth;
+mod breaker;
 mod clock;
 mod probe;
 mod quota;
@@ -63,6 +64,9 @@ pub struct SenderConfig {
     pub asynchronous: bool,
     /// The longest wait for one async job.
     pub async_timeout: Duration,
+    /// How long the server may go without answering any request before
+    /// the run stops ([`breaker`]).
+    pub give_up_after: Duration,
 }
 
 impl SenderConfig {
@@ -79,6 +83,7 @@ impl SenderConfig {
             resolve_references: false,
             asynchronous: false,
             async_timeout: Duration::from_secs(3600),
+            give_up_after: Duration::from_secs(60),
         }
     }
 }
@@ -257,9 +262,13 @@ impl SenderSink {
         let client = client_builder()
             .gzip(true)
             .timeout(config.timeout)
+            // an address that never answers a connection is found out in
+            // seconds, not after the whole request's timeout
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(config.max_in_flight.max(1))
             .build()
             .map_err(|e| SinkError(format!("cannot build the HTTP client: {e}")))?;
+        let give_up_after = config.give_up_after;
         let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
         let (settled_tx, settled) = std::sync::mpsc::channel();
         let stats = Arc::new(SenderStats::default());
@@ -294,6 +303,8 @@ impl SenderSink {
             pacer: Pacer::default(),
             entries_out: 0,
             largest: 1,
+            breaker: breaker::Breaker::new(give_up_after),
+            tripped: false,
         };
         let task = runtime.spawn(dispatcher.run(rx));
         Ok(SenderSink {
@@ -542,6 +553,9 @@ struct Dispatcher {
     entries_out: usize,
     /// The most entries a request has held: the size of the next one.
     largest: usize,
+    breaker: breaker::Breaker,
+    /// The breaker tripped: what is held is dropped, not rejected.
+    tripped: bool,
 }
 
 impl Dispatcher {
@@ -555,6 +569,13 @@ impl Dispatcher {
         let mut barrier: Option<oneshot::Sender<()>> = None;
         let mut input_open = true;
         loop {
+            if self.tripped {
+                // the run stops: nothing more is sent, nothing is rejected
+                in_flight.abort_all();
+                waiting.clear();
+                held.clear();
+                self.busy.clear();
+            }
             self.stats
                 .window
                 .store(self.window.get() as u64, Ordering::Relaxed);
@@ -627,6 +648,7 @@ impl Dispatcher {
                     }
                 }
                 msg = rx.recv(), if room => match msg {
+                    Some(Msg::Request(_)) if self.tripped => {}
                     Some(Msg::Request(request)) => {
                         if held.is_empty() && !self.overlaps(&request) {
                             self.start(&mut in_flight, request);
@@ -815,6 +837,15 @@ impl Dispatcher {
         match answer {
             Answer::Transport(why) => {
                 self.window.shrink();
+                if let Some(stop) = self.breaker.failed(&why) {
+                    tracing::error!(reason = %why, "the server does not answer: the run stops");
+                    self.tripped = true;
+                    self.fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(stop);
+                    return;
+                }
                 self.retry(job, None, why, waiting);
             }
             Answer::AuthRefused(why) => {
@@ -832,6 +863,7 @@ impl Dispatcher {
                 body,
                 ..
             } => {
+                self.breaker.answered();
                 let pause = self.pace(&quotas, job.request.entries.len());
                 if status == 401 && job.reauths < MAX_REAUTHS {
                     self.http.auth.invalidate(used_auth.as_ref()).await;
