@@ -40,7 +40,7 @@ pub fn try_execute(url: &str, sql: &str) -> Result<(), String> {
 /// A fresh database, dropped when the test ends.
 pub struct TestDb {
     pub url: String,
-    name: String,
+    pub name: String,
     server: String,
 }
 

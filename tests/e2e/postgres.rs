@@ -388,7 +388,7 @@ fn sh(program: &str, args: &[&str], dir: &Path) {
 }
 
 #[test]
-fn tls_connections_are_encrypted_and_verified_against_the_given_ca() {
+fn tls_modes_are_libpqs_over_tcp_by_address_and_name_and_over_the_unix_socket() {
     let server = fhirlift_tests::pg::server_url();
     assert!(
         server.contains("@127.0.0.1:") || server.contains("@localhost:"),
@@ -486,8 +486,14 @@ fn tls_connections_are_encrypted_and_verified_against_the_given_ca() {
     let db = TestDb::create("tls");
     let dir = scratch("pg-tls");
     std::fs::copy(certs.join("ca.crt"), dir.join("ca.pem")).unwrap();
-    let tls_url = db.url.replace("sslmode=disable", "sslmode=require");
-    std::fs::write(dir.join("pg.url"), &tls_url).unwrap();
+    let socket_dir = {
+        let out = std::process::Command::new("psql")
+            .args([&server, "-XAtc", "SHOW unix_socket_directories"])
+            .output();
+        out.ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|d| !d.is_empty())
+    };
     let query = "SELECT 1 AS id, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     let registry = Registry::from_inventory().unwrap();
     let create = registry.get("postgres").unwrap().create;
@@ -501,33 +507,100 @@ fn tls_connections_are_encrypted_and_verified_against_the_given_ca() {
         options: serde_json::json!({}),
         resume_after: None,
     };
-    let with_ca = create(
-        &serde_json::json!({ "url_file": "pg.url", "tls_ca_file": "ca.pem" }),
-        &context,
-    )
-    .unwrap();
-    let mut stream = with_ca.open(&source).unwrap();
-    let mut events = Vec::new();
-    while let Some(chunk) = stream.blocking_next_chunk() {
-        events.extend(chunk);
-    }
-    let without_ca = create(&serde_json::json!({ "url_file": "pg.url" }), &context).unwrap();
-    let refused = without_ca.schema(&source);
+    // whether the connection is encrypted, or why it was refused
+    let ssl_of = |url: &str, ca: bool| -> Result<bool, String> {
+        std::fs::write(dir.join("pg.url"), url).unwrap();
+        let settings = if ca {
+            serde_json::json!({ "url_file": "pg.url", "tls_ca_file": "ca.pem" })
+        } else {
+            serde_json::json!({ "url_file": "pg.url" })
+        };
+        let connector = create(&settings, &context).map_err(|e| e.to_string())?;
+        connector.schema(&source).map_err(|e| e.to_string())?;
+        let mut stream = connector.open(&source).map_err(|e| e.to_string())?;
+        let mut events = Vec::new();
+        while let Some(chunk) = stream.blocking_next_chunk() {
+            events.extend(chunk);
+        }
+        Ok(records(&events)[0].get("ssl") == Some(&Value::Bool(true)))
+    };
+    let mode = |m: &str| db.url.replace("sslmode=disable", &format!("sslmode={m}"));
+    let by_name = |m: &str| mode(m).replace("127.0.0.1", "localhost");
+    let results = [
+        (
+            "require, no CA (libpq: encrypted, not verified)",
+            ssl_of(&mode("require"), false),
+        ),
+        (
+            "prefer, the default",
+            ssl_of(
+                &db.url
+                    .replace("?sslmode=disable", "")
+                    .replace(" sslmode=disable", ""),
+                false,
+            ),
+        ),
+        (
+            "verify-full with the CA, 127.0.0.1",
+            ssl_of(&mode("verify-full"), true),
+        ),
+        (
+            "verify-full with the CA, localhost",
+            ssl_of(&by_name("verify-full"), true),
+        ),
+        ("verify-ca with the CA", ssl_of(&mode("verify-ca"), true)),
+        (
+            "verify-full without the CA",
+            ssl_of(&mode("verify-full"), false),
+        ),
+        (
+            "require with the CA (libpq: the chain is checked)",
+            ssl_of(&mode("require"), true),
+        ),
+    ];
+    let socket = socket_dir.as_ref().map(|d| {
+        let port = db
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .unwrap_or("5432")
+            .to_owned();
+        let user = db
+            .url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split('@').next())
+            .unwrap_or("postgres")
+            .to_owned();
+        let url = format!(
+            "host={d} port={port} user={user} dbname={} sslmode=require",
+            db.name
+        );
+        ssl_of(&url, false)
+    });
     // the shared server goes back to plain connections
     set("ALTER SYSTEM RESET ssl");
     set("SELECT pg_reload_conf()");
     let _ = std::fs::remove_dir_all(&certs);
 
-    let rows = records(&events);
-    assert_eq!(
-        rows[0].get("ssl"),
-        Some(&Value::Bool(true)),
-        "the server saw TLS"
-    );
-    let err = refused.err().expect("an unknown CA is refused").to_string();
+    for (what, result) in &results[..5] {
+        assert_eq!(result, &Ok(true), "{what}: the server saw TLS");
+    }
+    let err = results[5]
+        .1
+        .clone()
+        .expect_err("an unknown CA is refused under verify-full");
     assert!(
         err.contains("UnknownIssuer") || err.contains("certificate"),
         "{err}"
+    );
+    assert_eq!(results[6].1, Ok(true), "{}", results[6].0);
+    let socket =
+        socket.expect("the test server has a Unix socket (cargo xtask test starts it with one)");
+    assert_eq!(
+        socket,
+        Ok(false),
+        "a Unix socket never uses TLS, whatever sslmode says"
     );
 }
 

@@ -25,14 +25,14 @@
 //! | `url_env` | source | `FHIRLIFT_PG_URL` | environment variable holding the connection string |
 //! | `url_file` | source | — | file holding the connection string (relative to the migration file) |
 //! | `fetch` | source or stream | 1000 | rows per round trip |
-//!
 //! | `tls_ca_file` | source | — | PEM file of the CA that signed the server's certificate |
 //!
 //! The connection string (`postgres://user:pass@host:5432/db` or
 //! `host=… user=…`) never comes from the command line and is never printed.
-//! Its `sslmode` decides TLS: `disable` never, `prefer` (the default) when
-//! the server offers it, `require` always; the certificate is verified
-//! whenever TLS is used (see [`tls`]).
+//! Its `sslmode` is libpq's (`disable`, `allow`, `prefer` by default,
+//! `require`, `verify-ca`, `verify-full`; see [`tls`]); a Unix socket never
+//! uses TLS, and a connection off this machine that is not fully verified
+//! is warned about.
 //!
 //! Values keep their types: integers, exact numerics (as digits, never
 //! through `f64`), booleans, text, `date` (`YYYY-MM-DD`), `timestamp`
@@ -51,7 +51,6 @@ use fhirlift_core::{
     ConnectorContext, ConnectorError, Provenance, Record, RecordStream, Schema, SourceConnector,
     SourceEvent, StreamSource, Value,
 };
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
@@ -61,6 +60,14 @@ fhirlift_core::register_connector! {
     name: "postgres",
     description: "tables and SQL queries of a PostgreSQL database, streamed with a server-side cursor",
     create: create,
+}
+
+/// `localhost` or a loopback address: a connection that stays on this machine.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 const DEFAULT_URL_ENV: &str = "FHIRLIFT_PG_URL";
@@ -108,7 +115,20 @@ fn create(
             })?
         }
     };
-    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+    // libpq's six sslmodes: tokio-postgres parses three
+    let (url, sslmode) = tls::take_sslmode(&url);
+    let sslmode = match sslmode.as_deref() {
+        None => tls::SslMode::Prefer,
+        Some(m) => tls::SslMode::parse(m).ok_or_else(|| {
+            setting(
+                "source",
+                &format!(
+                    "sslmode={m} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                ),
+            )
+        })?,
+    };
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
         // the parser's message never quotes the password
         setting(
             "source",
@@ -121,10 +141,39 @@ fn create(
         Some(serde_json::Value::String(f)) => Some(context.base_dir.join(f)),
         Some(_) => return Err(setting("source.tls_ca_file", "must be a file path")),
     };
-    let tls = match config.get_ssl_mode() {
-        SslMode::Disable => None,
+    // a Unix socket never uses TLS (as libpq)
+    let hosts = config.get_hosts().to_vec();
+    let over_sockets = !hosts.is_empty()
+        && hosts
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    let sslmode = if over_sockets {
+        tls::SslMode::Disable
+    } else {
+        sslmode
+    };
+    config.ssl_mode(sslmode.negotiation());
+    let verify = sslmode.verify(ca_file.is_some());
+    if sslmode != tls::SslMode::Disable && verify != tls::Verify::Full {
+        let remote: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if !remote.is_empty() {
+            tracing::warn!(
+                hosts = %remote.join(", "),
+                sslmode = ?sslmode,
+                "the PostgreSQL server's certificate is not checked (or not its name): use sslmode=verify-full, with tls_ca_file for a private CA"
+            );
+        }
+    }
+    let tls = match sslmode {
+        tls::SslMode::Disable => None,
         _ => Some(
-            tls::MakeRustls::new(ca_file.as_deref())
+            tls::MakeRustls::new(ca_file.as_deref(), verify)
                 .map_err(|e| setting("source.tls_ca_file", &e))?,
         ),
     };

@@ -1,21 +1,25 @@
 //! "Did you mean": the known name nearest to a misspelled one.
 
-/// Levenshtein distance, for short names.
+/// Edit distance with adjacent transpositions (`fecth` is one edit from
+/// `fetch`), for short names.
 pub fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let current = row[j + 1];
-            row[j + 1] = (previous + usize::from(ca != cb))
-                .min(row[j] + 1)
-                .min(current + 1);
-            previous = current;
+    // rows i-2, i-1 and i of the table
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut last: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut row = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (last[j - 1] + cost).min(last[j] + 1).min(row[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(before[j - 2] + 1);
+            }
         }
+        before = std::mem::replace(&mut last, row);
     }
-    row[b.len()]
+    last[b.len()]
 }
 
 /// The candidate nearest to `name`, if it is close: at most a third of the
@@ -44,5 +48,7 @@ mod tests {
         assert_eq!(nearest("lookups", ["lookup", "after"]), Some("lookup"));
         assert_eq!(nearest("decimal", ["d", "e", "upper"]), None);
         assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(distance("fecth", "fetch"), 1);
+        assert_eq!(nearest("fecth", ["fetch"]), Some("fetch"));
     }
 }
