@@ -484,3 +484,67 @@ fn a_trust_check_answered_503_is_asked_again_and_the_run_goes_on() {
     }
     assert!(server.sandbox.stats().faults.load(Ordering::Relaxed) > 0);
 }
+
+/// Regression: Ctrl-C waited for every request to be settled, and a request
+/// waiting to be retried (a server answering 503) went on being retried for
+/// minutes, then its records were rejected. The requests waiting are
+/// dropped now (unsettled, so the next run sends them): the run ends within
+/// seconds, rejecting nothing.
+#[test]
+fn ctrl_c_against_a_failing_server_ends_within_seconds_rejecting_nothing() {
+    let server = TestServer::start(SandboxConfig {
+        faults: Faults {
+            rate_503: 1.0,
+            ..Faults::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let dir = scratch("ledger-ctrl-c-503");
+    datagen::write_example(&dir, 2_000, 3).unwrap();
+    let config = dir.join("migration.yaml");
+    let state = dir.join("fhirlift.state");
+    let mut run = child(&config, &server.url(), &state, &[])
+        .env("FHIRLIFT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (began, started) = std::sync::mpsc::channel();
+    let log = std::io::BufReader::new(run.stderr.take().unwrap());
+    let drain = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut sent = false;
+        for line in log.lines().map_while(Result::ok) {
+            if !sent && line.contains("stream started") {
+                let _ = began.send(());
+                sent = true;
+            }
+        }
+    });
+    started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run started a stream");
+    // let requests fail and wait for their retries
+    std::thread::sleep(Duration::from_secs(3));
+    let signalled = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &run.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = run.wait().unwrap();
+    let took = signalled.elapsed();
+    drain.join().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a stopped run says not everything ran"
+    );
+    assert!(took < Duration::from_secs(15), "Ctrl-C took {took:?}");
+    assert!(
+        !state.with_extension("rejects.ndjson").exists(),
+        "nothing is rejected for a stop"
+    );
+    eprintln!("Ctrl-C against a server answering 503: ended after {took:?}");
+}

@@ -594,6 +594,7 @@ impl Plan {
                 accounts.summaries[index].failed =
                     Some("stopped (Ctrl-C): the ledger resumes after what was acknowledged".into());
                 ended = true;
+                sink.stop();
                 break 'read;
             }
             for event in chunk {
@@ -1536,6 +1537,10 @@ pub trait RequestSink {
     fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
         Ok(())
     }
+    /// The run was stopped (Ctrl-C): send nothing more, retry nothing;
+    /// what is in flight is answered. What is dropped stays unsettled, so
+    /// the ledger's marks stay below it and the next run sends it.
+    fn stop(&mut self) {}
     /// The HTTP requests really sent, when the sink is a server.
     fn traffic(&self) -> Option<Traffic> {
         None

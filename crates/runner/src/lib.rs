@@ -775,6 +775,10 @@ fn send(
     config.strategy = plan.profile.strategy;
     config.resolve_references = plan.profile.resolves_references_itself();
     config.asynchronous = plan.profile.asynchronous;
+    // Ctrl-C: stop reading, settle what is in flight, keep the ledger; the
+    // sender drops what waits to be retried
+    let stop = Arc::new(AtomicBool::new(false));
+    config.interrupted = Some(stop.clone());
     tracing::info!(
         profile = %plan.profile.name,
         strategy = plan.profile.strategy.as_str(),
@@ -812,8 +816,6 @@ fn send(
     } else {
         streams_the_server_lost(plan, &sink, &ledger, out)?
     };
-    // Ctrl-C: stop reading, settle what is in flight, keep the ledger
-    let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(&runtime, stop.clone());
     let options = RunOptions {
         ledger: Some(&mut ledger),

@@ -67,6 +67,10 @@ pub struct SenderConfig {
     /// How long the server may go without answering any request before
     /// the run stops ([`breaker`]).
     pub give_up_after: Duration,
+    /// Set by Ctrl-C (the run's own flag): the dispatcher stops sending and
+    /// retrying within a quarter of a second, even while the pipeline is
+    /// blocked handing it a request.
+    pub interrupted: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl SenderConfig {
@@ -84,6 +88,7 @@ impl SenderConfig {
             asynchronous: false,
             async_timeout: Duration::from_secs(3600),
             give_up_after: Duration::from_secs(60),
+            interrupted: None,
         }
     }
 }
@@ -202,6 +207,9 @@ impl Answer {
 
 /// The pipeline's side of the sender: submit blocks while the window is full.
 pub struct SenderSink {
+    /// Ctrl-C, told to the dispatcher out of band (its request channel may
+    /// be full of work it is waiting to retry).
+    stop: Arc<Stop>,
     /// The dispatcher's HTTP side, for the questions asked before a run.
     http: Arc<Http>,
     fatal: Arc<std::sync::Mutex<Option<String>>>,
@@ -269,6 +277,7 @@ impl SenderSink {
             .build()
             .map_err(|e| SinkError(format!("cannot build the HTTP client: {e}")))?;
         let give_up_after = config.give_up_after;
+        let stop = Arc::new(Stop::default());
         let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
         let (settled_tx, settled) = std::sync::mpsc::channel();
         let stats = Arc::new(SenderStats::default());
@@ -305,9 +314,12 @@ impl SenderSink {
             largest: 1,
             breaker: breaker::Breaker::new(give_up_after),
             tripped: false,
+            stopping: false,
+            stop: stop.clone(),
         };
         let task = runtime.spawn(dispatcher.run(rx));
         Ok(SenderSink {
+            stop,
             http,
             fatal,
             tx: Some(tx),
@@ -388,6 +400,11 @@ impl RequestSink for SenderSink {
             self.stats.in_flight.load(Ordering::Relaxed),
             self.stats.retries.load(Ordering::Relaxed),
         ))
+    }
+
+    fn stop(&mut self) {
+        self.stop.requested.store(true, Ordering::Relaxed);
+        self.stop.wake.notify_one();
     }
 
     fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
@@ -556,6 +573,18 @@ struct Dispatcher {
     breaker: breaker::Breaker,
     /// The breaker tripped: what is held is dropped, not rejected.
     tripped: bool,
+    /// Stopped (Ctrl-C): nothing more is sent or retried; what is in flight
+    /// is answered. What is dropped stays unsettled, below the marks.
+    stopping: bool,
+    stop: Arc<Stop>,
+}
+
+/// A stop request: a flag, and a wake-up for a dispatcher asleep until
+/// its next retry.
+#[derive(Default)]
+struct Stop {
+    requested: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl Dispatcher {
@@ -572,6 +601,18 @@ impl Dispatcher {
             if self.tripped {
                 // the run stops: nothing more is sent, nothing is rejected
                 in_flight.abort_all();
+            }
+            if !self.stopping
+                && (self.stop.requested.load(Ordering::Relaxed)
+                    || self
+                        .config
+                        .interrupted
+                        .as_ref()
+                        .is_some_and(|i| i.load(Ordering::Relaxed)))
+            {
+                self.stopping = true;
+            }
+            if self.tripped || self.stopping {
                 waiting.clear();
                 held.clear();
                 self.busy.clear();
@@ -634,6 +675,12 @@ impl Dispatcher {
                     .min()
                     .unwrap_or(now + Duration::from_secs(3600))
             });
+            // look at the Ctrl-C flag at least four times a second
+            let wake = if self.config.interrupted.is_some() {
+                wake.min(now + Duration::from_millis(250))
+            } else {
+                wake
+            };
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Ok((job, answer, resolution)) = joined {
@@ -648,7 +695,7 @@ impl Dispatcher {
                     }
                 }
                 msg = rx.recv(), if room => match msg {
-                    Some(Msg::Request(_)) if self.tripped => {}
+                    Some(Msg::Request(_)) if self.tripped || self.stopping => {}
                     Some(Msg::Request(request)) => {
                         if held.is_empty() && !self.overlaps(&request) {
                             self.start(&mut in_flight, request);
@@ -660,6 +707,7 @@ impl Dispatcher {
                     None => input_open = false,
                 },
                 _ = tokio::time::sleep_until(wake.into()), if !waiting.is_empty() || paused => {}
+                _ = self.stop.wake.notified(), if !self.stopping => {}
             }
         }
     }
