@@ -427,3 +427,51 @@ fn search_answers_that_are_not_searchsets_never_create_a_duplicate() {
         });
     }
 }
+
+/// A bundle written but answered 200 with a page that is not a
+/// batch-response (a proxy in the way) was taken apart as if it were one.
+/// It is sent again now (idempotent under conditional, searched again under
+/// resolve): every resource lands once.
+#[test]
+fn a_written_bundle_answered_with_an_unreadable_page_is_sent_again_and_lands_once() {
+    for (strategy, seed) in [("conditional", 21), ("resolve", 22)] {
+        let server = TestServer::start(SandboxConfig {
+            faults: Faults {
+                rate_bad_answer: 0.3,
+                seed,
+                ..Faults::default()
+            },
+            ..SandboxConfig::default()
+        });
+        let dir = scratch(&format!("sandbox-bad-answer-{strategy}"));
+        let counts = datagen::write_example(&dir, 100, seed).unwrap();
+        let run = migrate(
+            &dir.join("migration.yaml"),
+            &server.url(),
+            &dir,
+            &["--strategy", strategy, "--max-attempts", "30"],
+        );
+        assert_eq!(run.code, 0, "{strategy}: {}\n{}", run.stdout, run.stderr);
+        assert!(
+            server
+                .sandbox
+                .stats()
+                .faults
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        server.sandbox.with_store(|store| {
+            assert_eq!(store.count("Patient") as u64, counts.patients, "{strategy}");
+            assert_eq!(
+                store.count("Condition") as u64,
+                counts.conditions,
+                "{strategy}"
+            );
+            assert_eq!(
+                store.count("Encounter") as u64,
+                counts.encounters,
+                "{strategy}"
+            );
+        });
+    }
+}

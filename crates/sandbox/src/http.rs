@@ -389,6 +389,21 @@ async fn bundle(State(shared): Shared_, headers: HeaderMap, body: Bytes) -> Resp
             Err(e) => return error_response(&e),
         };
         match process_bundle(&shared, &bundle, OnQuota::Refuse).await {
+            Ok(_)
+                if {
+                    let rate = shared.config.faults.rate_bad_answer;
+                    rate > 0.0 && shared.roll() < rate
+                } =>
+            {
+                // written, and answered with a page nobody can read
+                shared.stats.faults.fetch_add(1, Ordering::Relaxed);
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+                    "<html><body>Gateway says hello</body></html>",
+                )
+                    .into_response()
+            }
             Ok(response) => fhir_json(StatusCode::OK, &response),
             Err(e) => error_response(&e),
         }

@@ -81,6 +81,8 @@ pub struct Faults {
     /// (as a proxy's login page would be), and what.
     pub rate_bad_search: f64,
     pub bad_search: BadSearch,
+    /// A bundle processed (written) and answered 200 with an HTML page.
+    pub rate_bad_answer: f64,
     /// Seed for the fault dice (the same seed gives the same faults in order).
     pub seed: u64,
 }

@@ -947,6 +947,19 @@ impl Dispatcher {
                             waiting,
                         );
                     }
+                } else if (200..300).contains(&status)
+                    && resolution.as_ref().is_none_or(|r| r.write.is_some())
+                    && !is_response_bundle(&body)
+                {
+                    // an answer that is not what a bundle is answered with
+                    // (a proxy's page, an empty body): nothing can be taken
+                    // as written; sent again (idempotent, or searched again)
+                    self.window.shrink();
+                    let why = format!(
+                        "HTTP {status} with {}, not a batch-response or transaction-response Bundle",
+                        describe_body(&body)
+                    );
+                    self.retry(job, retry_after.or(pause), why, waiting);
                 } else if (200..300).contains(&status) {
                     match resolution {
                         Some(r) => self.answered_resolved(job, r, &body, sent_at_ms, waiting),
@@ -1586,10 +1599,41 @@ fn explain_412(reason: &str, searches: &[String]) -> String {
     )
 }
 
+/// Whether a body is what a batch or transaction is answered with.
+fn is_response_bundle(body: &Value) -> bool {
+    body["resourceType"] == "Bundle"
+        && matches!(
+            body["type"].as_str(),
+            Some("batch-response" | "transaction-response")
+        )
+}
+
+/// A body, said in a few words for an error (never its content).
+fn describe_body(body: &Value) -> String {
+    match body {
+        Value::Null => "an empty or non-JSON body".to_owned(),
+        Value::Object(o) => match o.get("resourceType").and_then(Value::as_str) {
+            Some("Bundle") => format!(
+                "a Bundle of type {}",
+                o.get("type").and_then(Value::as_str).unwrap_or("(none)")
+            ),
+            Some(t) => format!("a {t}"),
+            None => "JSON that is not a FHIR resource".to_owned(),
+        },
+        _ => "JSON that is not a FHIR resource".to_owned(),
+    }
+}
+
+/// Whether a write's answer leaves it unknown whether the write landed: a
+/// broken connection, a 500/502/504, or a 2xx that is not a response
+/// Bundle (only ever asked of an answer to a bundle that was sent).
 fn is_ambiguous(answer: &Answer) -> bool {
     match answer {
         Answer::Transport(_) => true,
-        Answer::Http { status, .. } => matches!(status, 500 | 502 | 504),
+        Answer::Http { status, body, .. } => {
+            matches!(status, 500 | 502 | 504)
+                || ((200..300).contains(status) && !is_response_bundle(body))
+        }
         Answer::AuthRefused(_) => false,
     }
 }

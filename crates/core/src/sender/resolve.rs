@@ -704,21 +704,10 @@ pub(super) fn not_a_searchset(resource_type: &str, body: &Value) -> Answer {
 
 /// Why [`not_a_searchset`].
 pub(super) fn not_a_searchset_reason(resource_type: &str, body: &Value) -> String {
-    let what = match body {
-        Value::Null => "an empty or non-JSON body".to_owned(),
-        Value::Object(o) => match o.get("resourceType").and_then(Value::as_str) {
-            Some("Bundle") => format!(
-                "a Bundle of type {}",
-                o.get("type").and_then(Value::as_str).unwrap_or("(none)")
-            ),
-            Some(t) => format!("a {t}"),
-            None => "JSON that is not a FHIR resource".to_owned(),
-        },
-        _ => "JSON that is not a FHIR resource".to_owned(),
-    };
     format!(
-        "a {resource_type} search was answered with {what}, not a searchset Bundle (a proxy \
-         or a broken server?): not read as \"nothing stored\""
+        "a {resource_type} search was answered with {}, not a searchset Bundle (a proxy \
+         or a broken server?): not read as \"nothing stored\"",
+        super::describe_body(body)
     )
 }
 
