@@ -370,6 +370,41 @@ fn a_used_up_quota_pauses_sending_and_the_429_tail_of_a_batch_is_resent() {
     }
 }
 
+/// Migrates 100 generated patients into a sandbox with `faults` once per
+/// entry of `runs` (each the extra arguments of a run), and checks every
+/// run ends clean, faults happened, and each resource landed once.
+fn lands_once_despite(faults: Faults, name: &str, seed: u64, runs: &[&[&str]]) {
+    let server = TestServer::start(SandboxConfig {
+        faults,
+        ..SandboxConfig::default()
+    });
+    let dir = scratch(name);
+    let counts = datagen::write_example(&dir, 100, seed).unwrap();
+    for extra in runs {
+        let mut args = vec!["--max-attempts", "30"];
+        args.extend_from_slice(extra);
+        let run = migrate(&dir.join("migration.yaml"), &server.url(), &dir, &args);
+        assert_eq!(
+            run.code, 0,
+            "{name} {extra:?}: {}\n{}",
+            run.stdout, run.stderr
+        );
+    }
+    assert!(
+        server
+            .sandbox
+            .stats()
+            .faults
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    server.sandbox.with_store(|store| {
+        assert_eq!(store.count("Patient") as u64, counts.patients, "{name}");
+        assert_eq!(store.count("Condition") as u64, counts.conditions, "{name}");
+        assert_eq!(store.count("Encounter") as u64, counts.encounters, "{name}");
+    });
+}
+
 /// Regression: under `resolve`, a search answered 2xx with an empty body,
 /// an HTML page (a proxy's login page) or JSON that is not a searchset was
 /// read as "nothing stored": a `--full` re-run through such a proxy doubled
@@ -383,48 +418,20 @@ fn search_answers_that_are_not_searchsets_never_create_a_duplicate() {
         (BadSearch::Html, 2),
         (BadSearch::NotSearchset, 3),
     ] {
-        let server = TestServer::start(SandboxConfig {
-            faults: Faults {
-                rate_bad_search: 0.3,
-                bad_search: bad,
-                seed,
-                ..Faults::default()
-            },
-            ..SandboxConfig::default()
-        });
-        let dir = scratch(&format!("sandbox-bad-search-{seed}"));
-        let counts = datagen::write_example(&dir, 100, seed).unwrap();
-        for extra in [&[][..], &["--full"][..]] {
-            let mut args = vec!["--strategy", "resolve", "--max-attempts", "30"];
-            args.extend_from_slice(extra);
-            let run = migrate(&dir.join("migration.yaml"), &server.url(), &dir, &args);
-            assert_eq!(
-                run.code, 0,
-                "{bad:?} {extra:?}: {}\n{}",
-                run.stdout, run.stderr
-            );
-        }
-        assert!(
-            server
-                .sandbox
-                .stats()
-                .faults
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
+        let faults = Faults {
+            rate_bad_search: 0.3,
+            bad_search: bad,
+            seed,
+            ..Faults::default()
+        };
+        let resolve: &[&str] = &["--strategy", "resolve"];
+        let full: &[&str] = &["--strategy", "resolve", "--full"];
+        lands_once_despite(
+            faults,
+            &format!("sandbox-bad-search-{seed}"),
+            seed,
+            &[resolve, full],
         );
-        server.sandbox.with_store(|store| {
-            assert_eq!(store.count("Patient") as u64, counts.patients, "{bad:?}");
-            assert_eq!(
-                store.count("Condition") as u64,
-                counts.conditions,
-                "{bad:?}"
-            );
-            assert_eq!(
-                store.count("Encounter") as u64,
-                counts.encounters,
-                "{bad:?}"
-            );
-        });
     }
 }
 
@@ -435,43 +442,12 @@ fn search_answers_that_are_not_searchsets_never_create_a_duplicate() {
 #[test]
 fn a_written_bundle_answered_with_an_unreadable_page_is_sent_again_and_lands_once() {
     for (strategy, seed) in [("conditional", 21), ("resolve", 22)] {
-        let server = TestServer::start(SandboxConfig {
-            faults: Faults {
-                rate_bad_answer: 0.3,
-                seed,
-                ..Faults::default()
-            },
-            ..SandboxConfig::default()
-        });
-        let dir = scratch(&format!("sandbox-bad-answer-{strategy}"));
-        let counts = datagen::write_example(&dir, 100, seed).unwrap();
-        let run = migrate(
-            &dir.join("migration.yaml"),
-            &server.url(),
-            &dir,
-            &["--strategy", strategy, "--max-attempts", "30"],
-        );
-        assert_eq!(run.code, 0, "{strategy}: {}\n{}", run.stdout, run.stderr);
-        assert!(
-            server
-                .sandbox
-                .stats()
-                .faults
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-        );
-        server.sandbox.with_store(|store| {
-            assert_eq!(store.count("Patient") as u64, counts.patients, "{strategy}");
-            assert_eq!(
-                store.count("Condition") as u64,
-                counts.conditions,
-                "{strategy}"
-            );
-            assert_eq!(
-                store.count("Encounter") as u64,
-                counts.encounters,
-                "{strategy}"
-            );
-        });
+        let faults = Faults {
+            rate_bad_answer: 0.3,
+            seed,
+            ..Faults::default()
+        };
+        let name = format!("sandbox-bad-answer-{strategy}");
+        lands_once_despite(faults, &name, seed, &[&["--strategy", strategy]]);
     }
 }

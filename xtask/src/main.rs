@@ -166,6 +166,21 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // a server below, not this process: what was started is stopped on the
     // way out (the guards `cluster` and `medplum` are dropped).
     interrupt::catch();
+    // Tidy first, before any server starts: formatting, and clippy with
+    // warnings as errors (the lint policy is [workspace.lints]).
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt).context("cargo fmt --check: code is not formatted; run `cargo fmt --all`")?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy).context("cargo clippy -D warnings failed: fix what it says above")?;
     // The PostgreSQL the connector's tests read from FHIRLIFT_TEST_PG_URL:
     // the one named there, or a throwaway cluster started first (so that a
     // missing PostgreSQL fails fast), stopped when `cluster` is dropped,

@@ -121,10 +121,7 @@ fn describe_cycle(
     let start = phase_of.iter().position(Option::is_none).unwrap_or(0);
     let mut path = vec![start];
     let mut at = start;
-    loop {
-        let Some((&next, _)) = deps[at].iter().find(|(j, _)| phase_of[**j].is_none()) else {
-            break;
-        };
+    while let Some((&next, _)) = deps[at].iter().find(|(j, _)| phase_of[**j].is_none()) {
         if let Some(pos) = path.iter().position(|&p| p == next) {
             path.drain(..pos);
             path.push(next);
