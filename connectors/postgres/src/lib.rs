@@ -62,14 +62,6 @@ fhirlift_core::register_connector! {
     create: create,
 }
 
-/// `localhost` or a loopback address: a connection that stays on this machine.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 const DEFAULT_URL_ENV: &str = "FHIRLIFT_PG_URL";
 const DEFAULT_FETCH: usize = 1000;
 
@@ -158,7 +150,11 @@ fn create(
         let remote: Vec<String> = hosts
             .iter()
             .filter_map(|h| match h {
-                tokio_postgres::config::Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+                tokio_postgres::config::Host::Tcp(name)
+                    if !fhirlift_core::sender::is_loopback_host(name) =>
+                {
+                    Some(name.clone())
+                }
                 _ => None,
             })
             .collect();

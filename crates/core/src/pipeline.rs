@@ -645,11 +645,7 @@ impl Plan {
                                     continue;
                                 }
                                 if !full {
-                                    let writer = crate::ledger::Writer {
-                                        stream: name.to_string(),
-                                        ordinal,
-                                    };
-                                    match accounts.delta(&group, &hashes, &writer)? {
+                                    match accounts.delta(&group, &hashes, (&name, ordinal))? {
                                         Delta::Unchanged => {
                                             accounts.unchanged(index, &group);
                                             // done before, as the ledger knows: only the
@@ -945,7 +941,7 @@ impl Accounts<'_> {
     ///
     /// An operation also counts as unchanged when the ledger's content for
     /// its identity was written by a later record of the same stream
-    /// (`writer`'s ordinal is lower): that record overwrites it again, so
+    /// (this record's `ordinal` is lower): that record overwrites it again, so
     /// re-sending the earlier content could only move the server back. If
     /// the record is sent anyway (another of its operations changed), the
     /// identity is marked overwritten, and its later writer is sent too.
@@ -953,7 +949,7 @@ impl Accounts<'_> {
         &mut self,
         group: &WriteGroup,
         hashes: &[u128],
-        writer: &crate::ledger::Writer,
+        (stream, ordinal): (&str, u64),
     ) -> Result<Delta, SinkError> {
         let Some(ledger) = self.ledger.as_deref() else {
             return Ok(Delta::Changed(Vec::new()));
@@ -978,7 +974,7 @@ impl Accounts<'_> {
                 && known.as_ref().is_none_or(|a| {
                     a.writer
                         .as_ref()
-                        .is_none_or(|w| w.stream != writer.stream || w.ordinal <= writer.ordinal)
+                        .is_none_or(|w| w.stream != stream || w.ordinal <= ordinal)
                 })
             {
                 restored.push(id.clone());
@@ -989,9 +985,9 @@ impl Accounts<'_> {
                 Some(a) if a.hash == hash && !overwritten => stored.push(None),
                 Some(a)
                     if !overwritten
-                        && a.writer.as_ref().is_some_and(|w| {
-                            w.stream == writer.stream && w.ordinal > writer.ordinal
-                        }) =>
+                        && a.writer
+                            .as_ref()
+                            .is_some_and(|w| w.stream == stream && w.ordinal > ordinal) =>
                 {
                     superseded.push(id);
                     stored.push(a.server_id.map(|id| crate::group::StoredAt {
@@ -1006,7 +1002,7 @@ impl Accounts<'_> {
                             identity = %id.search_url(),
                             overwritten,
                             writer = ?a.writer,
-                            ordinal = writer.ordinal,
+                            ordinal,
                             "changed since the ledger's acknowledgement"
                         );
                     }

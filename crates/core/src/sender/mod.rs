@@ -240,12 +240,17 @@ pub fn insecure_remote_host(url: &str) -> Option<String> {
         return None;
     }
     let host = url.host_str()?;
-    let loopback = host.eq_ignore_ascii_case("localhost")
+    (!is_loopback_host(host)).then(|| host.to_owned())
+}
+
+/// Whether a host name or address (`[::1]` bracketed or not) is this
+/// machine: `localhost` or a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
         || host
             .trim_matches(['[', ']'])
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    (!loopback).then(|| host.to_owned())
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why a run stops at a redirect.
