@@ -9,10 +9,11 @@
 use std::path::Path;
 
 use criterion::{Criterion, Throughput};
-use fhirlift_core::config::MigrationConfig;
-use fhirlift_core::pipeline::{DiscardSink, Plan};
 use fhirlift_core::registry::Registry;
-use fhirlift_core::rejects::RejectWriter;
+use fhirlift_core::transport::DiscardSink;
+use fhirlift_mapping::config::MigrationConfig;
+use fhirlift_pipeline::Plan;
+use fhirlift_pipeline::rejects::RejectWriter;
 use fhirlift_tests::{datagen, workspace};
 
 fn plan_for(dir: &Path) -> Plan {

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fhirlift_core::ledger::Ledger;
+use fhirlift_ledger::Ledger;
 use fhirlift_sandbox::{Faults, SandboxConfig, Store};
 use fhirlift_tests::{TestServer, datagen, fhirlift, fhirlift_binary, scratch};
 use serde_json::Value;

@@ -83,7 +83,7 @@ impl Default for MapOptions {
             zone: Zone::utc(),
             authorities: Authorities::new(
                 Vec::<(String, String)>::new(),
-                fhirlift_core::mapping::FALLBACK_AUTHORITY_BASE,
+                fhirlift_hl7v2::fhir::FALLBACK_AUTHORITY_BASE,
             ),
             default_authority: None,
         }

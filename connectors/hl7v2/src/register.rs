@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fhirlift_core::group::{Identity, Operation, ResourceJson, WriteGroup};
-use fhirlift_core::mapping::{BuiltinMapContext, MapError, Mapped, MapperShape};
+use fhirlift_core::mapper::{BuiltinMapContext, MapError, Mapped, MapperShape};
 use fhirlift_core::{Record, ResourceMapper, Value};
 use fhirlift_hl7v2::Zone;
 use fhirlift_hl7v2::fhir::Authorities;
@@ -39,7 +39,7 @@ fn create(context: &BuiltinMapContext<'_>) -> Result<Box<dyn ResourceMapper>, St
 pub fn read_options(settings: &serde_json::Value) -> Result<MapOptions, String> {
     let mut options = MapOptions::default();
     let mut table = Vec::new();
-    let mut base = fhirlift_core::mapping::FALLBACK_AUTHORITY_BASE.to_owned();
+    let mut base = fhirlift_hl7v2::fhir::FALLBACK_AUTHORITY_BASE.to_owned();
     let Some(obj) = settings.as_object() else {
         return Ok(options);
     };

@@ -151,7 +151,7 @@ fn create(
             .iter()
             .filter_map(|h| match h {
                 tokio_postgres::config::Host::Tcp(name)
-                    if !fhirlift_core::sender::is_loopback_host(name) =>
+                    if !fhirlift_core::transport::is_loopback_host(name) =>
                 {
                     Some(name.clone())
                 }

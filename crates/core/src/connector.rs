@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 
 use crate::record::{Provenance, Record, Schema};
 
@@ -134,7 +134,7 @@ impl RecordStream {
     where
         F: FnOnce(&mut RecordSender) + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CHUNKS);
         std::thread::Builder::new()
             .name(format!("source-{name}"))
             .spawn(move || {
@@ -153,20 +153,16 @@ impl RecordStream {
         Ok(RecordStream { rx })
     }
 
-    /// The next chunk of events; `None` at the end of the stream.
-    pub async fn next_chunk(&mut self) -> Option<Vec<SourceEvent>> {
-        self.rx.recv().await
-    }
-
-    /// The same, for consumers running on a blocking thread.
+    /// The next chunk of events, waiting for the producer; `None` at the
+    /// end of the stream.
     pub fn blocking_next_chunk(&mut self) -> Option<Vec<SourceEvent>> {
-        self.rx.blocking_recv()
+        self.rx.recv().ok()
     }
 }
 
 /// The producer's end of a stream, used inside [`RecordStream::from_blocking`].
 pub struct RecordSender {
-    tx: mpsc::Sender<Vec<SourceEvent>>,
+    tx: mpsc::SyncSender<Vec<SourceEvent>>,
     buf: Vec<SourceEvent>,
     closed: bool,
 }
@@ -190,7 +186,7 @@ impl RecordSender {
             return;
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        if self.tx.blocking_send(chunk).is_err() {
+        if self.tx.send(chunk).is_err() {
             self.closed = true;
         }
     }

@@ -49,8 +49,10 @@ impl Identity {
 pub struct ResourceJson(String);
 
 impl ResourceJson {
-    /// Wraps text the caller guarantees is one JSON object.
-    pub(crate) fn from_rendered(json: String) -> ResourceJson {
+    /// Wraps text the caller guarantees is one compact JSON object (the
+    /// template renderer's output); nothing checks it again downstream.
+    #[doc(hidden)]
+    pub fn from_rendered(json: String) -> ResourceJson {
         ResourceJson(json)
     }
 

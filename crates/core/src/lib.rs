@@ -1,36 +1,38 @@
-//! fhirlift-core: the parts every fhirlift run is made of.
+//! fhirlift-core: the contracts every fhirlift run is made of, and the
+//! bundle layer.
 //!
 //! Data flows one way:
 //!
 //! ```text
-//! SourceConnector ──Record──▶ ResourceMapper ──WriteGroup──▶ Planner ──Request──▶ sink
+//! SourceConnector ──Record──▶ ResourceMapper ──WriteGroup──▶ Planner ──Request──▶ RequestSink
 //! ```
 //!
-//! - [`record`]: what a connector yields; [`connector`]: the trait connectors implement;
-//!   [`registry`]: connectors by name, filled through `inventory`.
-//! - [`config`] and [`yaml`]: the migration file, with positions for errors.
-//! - [`mapping`]: FHIR-shaped templates compiled once, records to [`group::WriteGroup`]s.
-//! - [`planner`]: phases from references, groups packed into bundles within a
-//!   [`profile::ServerProfile`]'s limits.
-//! - [`pipeline`]: drives a migration plan to a [`pipeline::RequestSink`];
-//!   [`rejects`]: the NDJSON file of records that could not go.
+//! - [`record`]: what a connector yields; [`connector`]: the trait connectors
+//!   implement; [`registry`]: connectors and built-in maps by name, filled
+//!   through `inventory`.
+//! - [`mapper`]: the trait that turns a record into a [`group::WriteGroup`].
+//! - [`planner`]: phases from references, groups packed into bundles within
+//!   a [`profile::ServerProfile`]'s limits.
+//! - [`transport`]: where requests go ([`transport::RequestSink`]) and what
+//!   comes back ([`transport::Settled`]).
+//!
+//! API boundary: connectors, the plugin SDK and the plugin ABI depend on
+//! this crate alone. Architecture invariant: it does no I/O and depends on
+//! serde, serde_json, inventory and thiserror only; the implementations
+//! (migration file and templates, pipeline, HTTP sender, ledger) live in
+//! crates beside it and meet here.
 
 pub mod civil;
-pub mod claims;
-pub mod config;
 pub mod connector;
 pub mod group;
-pub mod ledger;
-pub mod mapping;
-pub mod pipeline;
+pub mod mapper;
 pub mod planner;
+pub mod pos;
 pub mod profile;
 pub mod record;
 pub mod registry;
-pub mod rejects;
-pub mod sender;
 pub mod spelling;
-pub mod yaml;
+pub mod transport;
 
 #[doc(hidden)]
 pub use inventory;
@@ -38,8 +40,10 @@ pub use inventory;
 pub use connector::{
     ConnectorContext, ConnectorError, RecordStream, SourceConnector, SourceEvent, StreamSource,
 };
-pub use mapping::ResourceMapper;
+pub use mapper::{BuiltinMapContext, MapError, Mapped, MapperShape, ResourceMapper};
+pub use pos::Pos;
 pub use record::{Provenance, Record, Schema, Value};
+pub use transport::{RequestSink, Settled, SinkError};
 
 /// The README's Rust examples (writing a connector) compile and run as doc tests.
 #[cfg(doctest)]

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::group::{Identity, Method, Operation, WriteGroup, stable_hash128};
+use crate::pos::Pos;
 use crate::profile::ServerProfile;
 use crate::record::Provenance;
-use crate::yaml::Pos;
 
 /// What the planner knows of a stream to order it.
 #[derive(Debug, Clone)]

@@ -1,8 +1,6 @@
 //! Server profiles: what differs between FHIR servers that the planner must
 //! respect, and how fhirlift writes to each (the write strategy).
 
-use crate::config::TargetConfig;
-
 /// How resources are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,45 +139,6 @@ impl ServerProfile {
         } else {
             "generic"
         }
-    }
-
-    /// The profile a target names, narrowed by the target's own limits.
-    pub fn for_target(target: &TargetConfig) -> Result<ServerProfile, String> {
-        let mut p = ServerProfile::named(&target.profile).ok_or_else(|| {
-            if target.profile == "auto" {
-                format!(
-                    "{}: profile auto reads the server's /metadata: give --server URL, or name a profile ({})",
-                    target.pos,
-                    PROFILES.join(", ")
-                )
-            } else {
-                format!(
-                    "{}: unknown server profile {:?}; known profiles: {}, or auto",
-                    target.pos,
-                    target.profile,
-                    PROFILES.join(", ")
-                )
-            }
-        })?;
-        if let Some(name) = &target.strategy {
-            p.strategy = WriteStrategy::parse(name).ok_or_else(|| {
-                format!(
-                    "{}: unknown write strategy {name:?}: conditional or resolve",
-                    target.pos
-                )
-            })?;
-        }
-        if target.asynchronous {
-            p.asynchronous = true;
-            p.max_body_bytes = p.max_async_body_bytes;
-        }
-        if let Some(n) = target.batch_entries {
-            p.max_batch_entries = n;
-        }
-        if let Some(n) = target.body_bytes {
-            p.max_body_bytes = n;
-        }
-        Ok(p)
     }
 
     /// Whether the sender must resolve conditional references itself

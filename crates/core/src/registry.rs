@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::connector::{ConnectorContext, ConnectorError, SourceConnector};
-use crate::mapping::{BuiltinMapContext, ResourceMapper};
+use crate::mapper::{BuiltinMapContext, ResourceMapper};
 
 /// Builds a built-in map from the stream's `map:` settings.
 pub type CreateMap = fn(&BuiltinMapContext<'_>) -> Result<Box<dyn ResourceMapper>, String>;

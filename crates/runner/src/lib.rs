@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use fhirlift_core::config::MigrationConfig;
-use fhirlift_core::ledger::Ledger;
-use fhirlift_core::pipeline::{
-    DiscardSink, DryRunSink, LogProgress, Plan, ProgressObserver, RunOptions, RunSummary,
-};
 use fhirlift_core::registry::Registry;
-use fhirlift_core::rejects::RejectWriter;
-use fhirlift_core::sender::{Auth, SenderConfig, SenderSink};
+use fhirlift_core::transport::DiscardSink;
+use fhirlift_http::{Auth, SenderConfig, SenderSink};
+use fhirlift_ledger::Ledger;
+use fhirlift_mapping::config::MigrationConfig;
+use fhirlift_pipeline::rejects::RejectWriter;
+use fhirlift_pipeline::{DryRunSink, LogProgress, Plan, ProgressObserver, RunOptions, RunSummary};
 
 mod progress;
 mod report;
@@ -453,7 +452,7 @@ fn detect_profile(
         .build()
         .context("cannot start the async runtime")?;
     let metadata = runtime
-        .block_on(fhirlift_core::sender::fetch_capability(url, auth.auth()?))
+        .block_on(fhirlift_http::fetch_capability(url, auth.auth()?))
         .map_err(|e| anyhow!("profile auto: {e}; name a profile with --profile instead"))?;
     Ok(Some(
         fhirlift_core::profile::ServerProfile::name_for_capability(&metadata).to_owned(),
@@ -613,7 +612,7 @@ fn migrate(
             .into_iter()
             .flatten()
         {
-            if let Some(host) = fhirlift_core::sender::insecure_remote_host(url) {
+            if let Some(host) = fhirlift_http::insecure_remote_host(url) {
                 anyhow::bail!(
                     "refusing to send credentials and patient data over plain http:// to {host}, \
                      which is not this machine: use https://, or --allow-insecure-http if the \

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fhirlift_core::pipeline::{ProgressObserver, StreamSummary};
+use fhirlift_pipeline::{ProgressObserver, StreamSummary};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// Live bars, one per stream, redrawn at most ten times a second.

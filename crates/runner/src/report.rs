@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use fhirlift_core::pipeline::{Plan, RunSummary};
+use fhirlift_pipeline::{Plan, RunSummary};
 
 /// The phases and streams of a plan.
 pub fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
@@ -196,7 +196,7 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
 pub fn write_status(
     out: &mut dyn Write,
     target: &str,
-    streams: &[fhirlift_core::ledger::StreamStatus],
+    streams: &[fhirlift_ledger::StreamStatus],
 ) -> std::io::Result<()> {
     writeln!(out, "\ntarget {target}")?;
     if streams.is_empty() {

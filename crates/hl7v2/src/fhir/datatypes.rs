@@ -67,6 +67,10 @@ fn period(start: Option<String>, end: Option<String>) -> Option<Value> {
     (!m.is_empty()).then_some(Value::Object(m))
 }
 
+/// The system prefix of identifiers whose assigning authority is not in
+/// the table (`hl7_authorities`): the authority's name follows it.
+pub const FALLBACK_AUTHORITY_BASE: &str = "urn:fhirlift:hl7v2:authority:";
+
 /// Identifier systems for assigning authorities: the configurable table of
 /// §3 "HD → system URI".
 #[derive(Debug, Clone, PartialEq, Eq)]

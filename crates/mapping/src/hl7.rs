@@ -31,8 +31,7 @@ use minijinja::{Error, ErrorKind, State};
 /// The name under which the record's message is visible to the functions.
 pub(crate) const HL7_KEY: &str = "__fhirlift_hl7";
 
-/// The system prefix of identifiers whose authority is not in `hl7_authorities`.
-pub const FALLBACK_AUTHORITY_BASE: &str = "urn:fhirlift:hl7v2:authority:";
+pub use fhirlift_hl7v2::fhir::FALLBACK_AUTHORITY_BASE;
 
 /// Names of the HL7 functions, for the column check.
 pub(crate) const HL7_FUNCTIONS: &[&str] = &[

@@ -2,7 +2,7 @@
 //! positions so that every complaint points at `file:line`.
 //!
 //! This module only checks the file's shape; expressions are compiled by
-//! [`crate::mapping`], and columns are checked against the source there.
+//! [`crate::stream`], and columns are checked against the source there.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -109,6 +109,47 @@ pub struct LookupConfig {
     /// A record with no matching row goes on without it instead of being rejected.
     pub optional: bool,
     pub options: serde_json::Value,
+}
+
+impl TargetConfig {
+    /// The profile a target names, narrowed by the target's own limits.
+    pub fn server_profile(&self) -> Result<fhirlift_core::profile::ServerProfile, String> {
+        let mut p = fhirlift_core::profile::ServerProfile::named(&self.profile).ok_or_else(|| {
+            if self.profile == "auto" {
+                format!(
+                    "{}: profile auto reads the server's /metadata: give --server URL, or name a profile ({})",
+                    self.pos,
+                    fhirlift_core::profile::PROFILES.join(", ")
+                )
+            } else {
+                format!(
+                    "{}: unknown server profile {:?}; known profiles: {}, or auto",
+                    self.pos,
+                    self.profile,
+                    fhirlift_core::profile::PROFILES.join(", ")
+                )
+            }
+        })?;
+        if let Some(name) = &self.strategy {
+            p.strategy = fhirlift_core::profile::WriteStrategy::parse(name).ok_or_else(|| {
+                format!(
+                    "{}: unknown write strategy {name:?}: conditional or resolve",
+                    self.pos
+                )
+            })?;
+        }
+        if self.asynchronous {
+            p.asynchronous = true;
+            p.max_body_bytes = p.max_async_body_bytes;
+        }
+        if let Some(n) = self.batch_entries {
+            p.max_batch_entries = n;
+        }
+        if let Some(n) = self.body_bytes {
+            p.max_body_bytes = n;
+        }
+        Ok(p)
+    }
 }
 
 /// One thing wrong with a migration file.
@@ -470,7 +511,9 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
                 // the connector's own settings (encoding, delimiter, ...);
                 // a near miss of a stream key is a typo, not a setting
                 let key = k.key_text();
-                if let Some(meant) = crate::spelling::nearest(&key, STREAM_KEYS.iter().copied()) {
+                if let Some(meant) =
+                    fhirlift_core::spelling::nearest(&key, STREAM_KEYS.iter().copied())
+                {
                     errors.push(ConfigError::at(
                         &k.pos,
                         format!(

@@ -1,7 +1,7 @@
 //! Reading the server's clock: HTTP dates and FHIR instants, to tell an
 //! unchanged resource (last modified before this request) from an update.
 
-use crate::civil::days_from_civil;
+use fhirlift_core::civil::days_from_civil;
 
 fn num(s: &str) -> Option<i64> {
     s.parse().ok()

@@ -15,7 +15,7 @@
 //! 3. rewrites references to `Type/id` from what it found or created.
 //!
 //! An identity the ledger places (a changed record whose id and version
-//! the ledger holds: [`crate::group::Operation::stored`]) skips step 1 on
+//! the ledger holds: [`fhirlift_core::group::Operation::stored`]) skips step 1 on
 //! a request's first try and is written by that id (without `If-Match`:
 //! the source wins, as it does after a search, and the dispatcher already
 //! orders this run's writes to one identity); a refusal sends it again,
@@ -33,11 +33,11 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
-use super::{Answer, Http, Quota};
-use crate::group::{
+use crate::{Answer, Http, Quota};
+use fhirlift_core::group::{
     Identity, StoredAt, encode_query_part, escape_search_value, parse_conditional_url,
 };
-use crate::planner::{Request, RequestKind};
+use fhirlift_core::planner::{Request, RequestKind};
 
 /// The most ids the cache keeps (about 40 bytes each): past it, references
 /// are searched instead of remembered and the empty-system shortcut stops.
@@ -94,7 +94,7 @@ fn parse_uuid(id: &str) -> Option<u128> {
 }
 
 fn identity_key(id: &Identity) -> u128 {
-    crate::group::stable_hash128(&[&id.resource_type, &id.system, &id.value])
+    fhirlift_core::group::stable_hash128(&[&id.resource_type, &id.system, &id.value])
 }
 
 /// Whether an identifier system held resources when the run began writing it.
@@ -212,7 +212,7 @@ impl Resolver {
 
     /// Resolves a planned request: searches, then decides each write.
     /// With `use_ledger` (a first try), an identity the ledger places (a
-    /// changed record: [`crate::group::Operation::stored`]) is written by
+    /// changed record: [`fhirlift_core::group::Operation::stored`]) is written by
     /// that id and not searched; a retry searches
     /// everything. An `Err` is the answer of a search that failed (retry
     /// the request).
@@ -707,7 +707,7 @@ pub(super) fn not_a_searchset_reason(resource_type: &str, body: &Value) -> Strin
     format!(
         "a {resource_type} search was answered with {}, not a searchset Bundle (a proxy \
          or a broken server?): not read as \"nothing stored\"",
-        super::describe_body(body)
+        crate::describe_body(body)
     )
 }
 

@@ -12,13 +12,13 @@ use std::sync::{Arc, OnceLock};
 use minijinja::value::{Object, Value as Mj};
 use minijinja::{Environment, Expression};
 
-use super::functions::{GLOBAL_NAMES, LOCALS_KEY};
-use super::hl7::{HL7_FUNCTIONS, HL7_KEY, Hl7Context, Hl7Settings};
-use super::{LookupTable, dates, functions};
 use crate::config::ConfigError;
-use crate::group::conditional_url;
-use crate::record::{Record, Schema, Value};
+use crate::functions::{GLOBAL_NAMES, LOCALS_KEY};
+use crate::hl7::{HL7_FUNCTIONS, HL7_KEY, Hl7Context, Hl7Settings};
 use crate::yaml::{Node, NodeKind, Pos};
+use crate::{LookupTable, dates, functions};
+use fhirlift_core::group::conditional_url;
+use fhirlift_core::record::{Record, Schema, Value};
 
 /// Where a leaf was written: for errors.
 #[derive(Debug, Clone)]
@@ -372,10 +372,10 @@ impl<'a> Compiler<'a> {
             }
         };
         let mut ok = true;
-        for (name, nearest) in super::filters::unknown_filters(self.names.env, expr) {
+        for (name, nearest) in crate::filters::unknown_filters(self.names.env, expr) {
             self.errors.push(ConfigError::at(
                 &node.pos,
-                super::filters::unknown_filter_message(&name, nearest),
+                crate::filters::unknown_filter_message(&name, nearest),
             ));
             ok = false;
         }

@@ -70,10 +70,13 @@
 //!   one run writing the same identity compare against what was last
 //!   acknowledged, committed or not. Every other read sees committed state.
 
+pub mod claims;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fhirlift_core::transport::SampledIdentity;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 /// The schema version this fhirlift writes and reads.
@@ -189,7 +192,7 @@ pub struct Writer {
 }
 
 /// A stream's resume point: the provenance (as the JSON of
-/// [`crate::record::Provenance`]) of the last record of the acknowledged
+/// [`fhirlift_core::record::Provenance`]) of the last record of the acknowledged
 /// prefix, and how many records of the stream are at or before it.
 #[derive(Debug, Clone)]
 pub struct Mark {
@@ -225,7 +228,7 @@ pub struct RejectedRecord {
 /// The hash of a resource's content as sent (the JSON text fhirlift renders,
 /// which is deterministic).
 pub fn content_hash(json: &str) -> u128 {
-    crate::group::stable_hash128(&[json])
+    fhirlift_core::group::stable_hash128(&[json])
 }
 
 /// A time as RFC 3339 in UTC, to the second: `2024-05-01T12:34:56Z`.
@@ -235,7 +238,7 @@ pub fn rfc3339_utc(time: SystemTime) -> String {
         Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
     };
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = crate::civil::civil_from_days(days);
+    let (year, month, day) = fhirlift_core::civil::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3_600,
@@ -996,15 +999,6 @@ impl Ledger {
     }
 }
 
-/// One identity of [`Ledger::sample`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SampledIdentity {
-    pub resource_type: String,
-    pub system: String,
-    pub value: String,
-    pub server_id: Option<String>,
-}
-
 /// Creates the file (and its folder) if missing, readable by its owner only:
 /// it holds identifiers and the servers' reasons for rejects. SQLite gives
 /// its WAL file the same permissions.
@@ -1223,7 +1217,7 @@ mod tests {
         let file = TempFile::new("kill9");
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
-                "ledger::tests::kill_9_child",
+                "tests::kill_9_child",
                 "--exact",
                 "--ignored",
                 "--nocapture",

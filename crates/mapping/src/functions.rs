@@ -15,8 +15,8 @@
 use minijinja::value::{Kwargs, Rest, Value as Mj, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 
-use super::dates;
-use crate::group::conditional_url;
+use crate::dates;
+use fhirlift_core::group::conditional_url;
 
 /// The name under which a record's local urn:uuids are visible to `local()`.
 pub(crate) const LOCALS_KEY: &str = "__fhirlift_locals";
@@ -153,7 +153,7 @@ pub fn environment() -> Environment<'static> {
     env.add_filter("fhir_datetime", fhir_datetime);
     env.add_function("ref", reference);
     env.add_function("local", local);
-    super::hl7::register(&mut env);
+    crate::hl7::register(&mut env);
     env
 }
 

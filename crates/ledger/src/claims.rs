@@ -126,7 +126,7 @@ impl Claims {
     /// time (later wins), otherwise the first claim stays.
     pub fn identity(
         &mut self,
-        identity: &crate::group::Identity,
+        identity: &fhirlift_core::group::Identity,
         claim: Claim,
         replace: bool,
     ) -> Result<Option<Claim>, ClaimsError> {
@@ -179,7 +179,7 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::Identity;
+    use fhirlift_core::group::Identity;
 
     fn claim(key: &str, hash: u128) -> Claim {
         Claim {

@@ -136,7 +136,7 @@ fn filter_names(expr: &str) -> Vec<&str> {
 
 /// The known filter nearest to `name`, if it is close.
 fn nearest(env: &Environment<'static>, name: &str) -> Option<&'static str> {
-    crate::spelling::nearest(name, CANDIDATES.iter().copied().filter(|c| knows(env, c)))
+    fhirlift_core::spelling::nearest(name, CANDIDATES.iter().copied().filter(|c| knows(env, c)))
 }
 
 /// Each filter `expr` uses that `env` does not know, with the nearest
@@ -171,7 +171,7 @@ mod tests {
 
     fn env() -> &'static Environment<'static> {
         static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
-        ENV.get_or_init(super::super::functions::environment)
+        ENV.get_or_init(crate::functions::environment)
     }
 
     #[test]

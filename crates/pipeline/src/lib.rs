@@ -10,6 +10,8 @@
 //! ([`MappingStage`]: filter, map, hash) and the main loop (ledger delta
 //! check, packing, accounting); requests go out on the sender's runtime.
 
+pub mod rejects;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -18,20 +20,20 @@ use std::time::{Duration, Instant};
 use minijinja::Environment;
 use serde::Serialize;
 
-use crate::config::{CollisionPolicy, ConfigError, ConfigErrors, MigrationConfig, StreamConfig};
-use crate::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
-use crate::group::WriteGroup;
-use crate::ledger::Ledger;
-use crate::mapping::{
-    self, BuiltinMapContext, LookupTable, MapError, Mapped, MapperShape, ResourceMapper,
-    StreamMapper, WithOverrides,
-};
-use crate::planner::{self, Packer, Phase, Request, StreamDeps};
-use crate::profile::ServerProfile;
-use crate::record::{Provenance, Schema};
-use crate::registry::Registry;
 use crate::rejects::{Reject, RejectWriter, Stage};
-use crate::sender::{Outcome, Settled};
+use fhirlift_core::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
+use fhirlift_core::group::WriteGroup;
+use fhirlift_core::mapper::{BuiltinMapContext, MapError, Mapped, MapperShape, ResourceMapper};
+use fhirlift_core::planner::{self, Packer, Phase, Request, StreamDeps};
+use fhirlift_core::profile::ServerProfile;
+use fhirlift_core::record::{Provenance, Schema};
+use fhirlift_core::registry::Registry;
+use fhirlift_core::transport::{Outcome, RequestSink, Settled, SinkError, Traffic};
+use fhirlift_ledger::Ledger;
+use fhirlift_mapping::config::{
+    CollisionPolicy, ConfigError, ConfigErrors, MigrationConfig, StreamConfig,
+};
+use fhirlift_mapping::{LookupTable, StreamMapper, WithOverrides};
 
 /// Rejects logged per stream before the log only counts them.
 const LOGGED_REJECTS: u64 = 10;
@@ -39,7 +41,7 @@ const LOGGED_REJECTS: u64 = 10;
 /// The expression environment: one per process, shared by every mapping.
 pub fn expression_env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(mapping::environment)
+    ENV.get_or_init(fhirlift_mapping::environment)
 }
 
 /// A stream ready to run.
@@ -146,7 +148,7 @@ impl Plan {
     /// Nothing is sent anywhere.
     pub fn prepare(config: MigrationConfig, registry: &Registry) -> Result<Plan, ConfigErrors> {
         let mut errors = Vec::new();
-        let profile = ServerProfile::for_target(&config.target).map_err(|m| ConfigError {
+        let profile = config.target.server_profile().map_err(|m| ConfigError {
             pos: None,
             message: m,
         })?;
@@ -444,7 +446,8 @@ impl Plan {
             last_commit: Instant::now(),
             marks: !only_rejected,
             overwritten: Default::default(),
-            claims: crate::claims::Claims::open().map_err(|e| SinkError(e.to_string()))?,
+            claims: fhirlift_ledger::claims::Claims::open()
+                .map_err(|e| SinkError(e.to_string()))?,
             condemned: HashMap::new(),
         };
         if let Some(ledger) = accounts.ledger.as_deref_mut() {
@@ -790,16 +793,19 @@ impl Plan {
     }
 }
 
-fn claims_error(e: crate::claims::ClaimsError) -> SinkError {
+fn claims_error(e: fhirlift_ledger::claims::ClaimsError) -> SinkError {
     SinkError(e.to_string())
 }
 
 /// The claim a record makes with content `hash`.
-fn claim_of(stream: &str, group: &WriteGroup) -> impl Fn(u128) -> crate::claims::Claim + use<> {
+fn claim_of(
+    stream: &str,
+    group: &WriteGroup,
+) -> impl Fn(u128) -> fhirlift_ledger::claims::Claim + use<> {
     let stream = stream.to_owned();
     let key = group.key.clone();
     let at = serde_json::to_string(&group.provenance).unwrap_or_default();
-    move |hash| crate::claims::Claim {
+    move |hash| fhirlift_ledger::claims::Claim {
         stream: stream.clone(),
         key: key.clone(),
         at: at.clone(),
@@ -831,7 +837,7 @@ enum Delta {
     /// Every resource acknowledged with this content: nothing to send.
     Unchanged,
     /// To send; per operation, where the target stores it, if known.
-    Changed(Vec<Option<crate::group::StoredAt>>),
+    Changed(Vec<Option<fhirlift_core::group::StoredAt>>),
 }
 
 /// Where outcomes are counted, rejects written and the ledger kept.
@@ -847,9 +853,9 @@ struct Accounts<'a> {
     /// Identities an earlier record overwrote in this run although a later
     /// record of its stream wrote them last ([`Accounts::delta`]): sent
     /// again by the next record that writes them, whatever the ledger says.
-    overwritten: std::collections::HashSet<crate::group::Identity>,
+    overwritten: std::collections::HashSet<fhirlift_core::group::Identity>,
     /// Which record of this run used each key and wrote each identity.
-    claims: crate::claims::Claims,
+    claims: fhirlift_ledger::claims::Claims,
     /// Records still in flight (stream index, sequence number) that a later
     /// record's collision rejected: they settle rejected, with this reason.
     condemned: HashMap<(usize, u64), String>,
@@ -880,10 +886,10 @@ impl RecordFilter {
 
 /// The shard (of `n`) a record belongs to: a stable hash of its stream and key.
 pub fn shard_of(stream: &str, key: &str, n: u64) -> u64 {
-    (crate::group::stable_hash128(&[stream, key]) % u128::from(n.max(1))) as u64
+    (fhirlift_core::group::stable_hash128(&[stream, key]) % u128::from(n.max(1))) as u64
 }
 
-fn ledger_error(e: crate::ledger::LedgerError) -> SinkError {
+fn ledger_error(e: fhirlift_ledger::LedgerError) -> SinkError {
     SinkError(e.to_string())
 }
 
@@ -902,7 +908,7 @@ struct StreamTrack {
     open: BTreeMap<u64, OpenRecord>,
     /// Settled records above the mark, with their provenance and ordinal.
     settled: BTreeMap<u64, (Provenance, u64)>,
-    /// Key, provenance and ordinal ([`crate::ledger::Writer`]) of the
+    /// Key, provenance and ordinal ([`fhirlift_ledger::Writer`]) of the
     /// records not yet settled (read, being mapped, or with operations in
     /// flight).
     names: BTreeMap<u64, (String, Provenance, u64)>,
@@ -990,7 +996,7 @@ impl Accounts<'_> {
                             .is_some_and(|w| w.stream == stream && w.ordinal > ordinal) =>
                 {
                     superseded.push(id);
-                    stored.push(a.server_id.map(|id| crate::group::StoredAt {
+                    stored.push(a.server_id.map(|id| fhirlift_core::group::StoredAt {
                         id,
                         version: a.version,
                     }));
@@ -1007,7 +1013,7 @@ impl Accounts<'_> {
                         );
                     }
                     same = false;
-                    stored.push(a.server_id.map(|id| crate::group::StoredAt {
+                    stored.push(a.server_id.map(|id| fhirlift_core::group::StoredAt {
                         id,
                         version: a.version,
                     }));
@@ -1095,7 +1101,7 @@ impl Accounts<'_> {
             };
             self.summaries[index].collisions += 1;
             let search = id.search_url();
-            let side = |c: &crate::claims::Claim| {
+            let side = |c: &fhirlift_ledger::claims::Claim| {
                 serde_json::json!({
                     "stream": c.stream,
                     "key": c.key,
@@ -1136,7 +1142,11 @@ impl Accounts<'_> {
 
     /// Rejects the earlier record of a collision: settled now if it was,
     /// or when it settles.
-    fn condemn(&mut self, first: &crate::claims::Claim, reason: String) -> Result<(), SinkError> {
+    fn condemn(
+        &mut self,
+        first: &fhirlift_ledger::claims::Claim,
+        reason: String,
+    ) -> Result<(), SinkError> {
         let Some(index) = self.summaries.iter().position(|s| s.stream == first.stream) else {
             return Ok(());
         };
@@ -1363,12 +1373,12 @@ impl Accounts<'_> {
                     &id.resource_type,
                     &id.system,
                     &id.value,
-                    crate::ledger::Acknowledged {
+                    fhirlift_ledger::Acknowledged {
                         server_id: s.server_id.clone(),
                         version: s.version.clone(),
                         hash: s.hash,
                         writer: self.tracks[index].names.get(&s.seq).map(|(_, _, ordinal)| {
-                            crate::ledger::Writer {
+                            fhirlift_ledger::Writer {
                                 stream: s.stream.to_string(),
                                 ordinal: *ordinal,
                             }
@@ -1510,62 +1520,6 @@ fn count(counts: &mut BTreeMap<String, u64>, resource_type: &str, delta: i64) {
         None => {
             counts.insert(resource_type.to_owned(), delta.max(0) as u64);
         }
-    }
-}
-
-/// A sink that cannot take more requests: the run stops.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
-
-/// Where planned requests go: a server (the sender), files, or nowhere.
-pub trait RequestSink {
-    fn submit(&mut self, request: Request) -> Result<(), SinkError>;
-    /// What the server has answered for since the last call (never blocks).
-    fn settled(&mut self) -> Vec<crate::sender::Settled> {
-        Vec::new()
-    }
-    /// Requests in flight and retries so far, for progress lines.
-    fn activity(&self) -> Option<(u64, u64)> {
-        None
-    }
-    /// Every request of `phase` has been submitted.
-    fn end_phase(&mut self, _phase: usize) -> Result<(), SinkError> {
-        Ok(())
-    }
-    /// The run was stopped (Ctrl-C): send nothing more, retry nothing;
-    /// what is in flight is answered. What is dropped stays unsettled, so
-    /// the ledger's marks stay below it and the next run sends it.
-    fn stop(&mut self) {}
-    /// The HTTP requests really sent, when the sink is a server.
-    fn traffic(&self) -> Option<Traffic> {
-        None
-    }
-}
-
-/// What went over the wire: bundles written (retries included) and
-/// searches made (the resolve strategy's lookups, counts and pages).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Traffic {
-    pub writes: u64,
-    pub searches: u64,
-    /// Requests that waited for the server's quota window (429s, or held
-    /// back because the quota left could not pay for them).
-    pub quota_waits: u64,
-}
-
-/// Counts requests and drops them: `check` and benchmarks.
-#[derive(Debug, Default)]
-pub struct DiscardSink {
-    pub requests: u64,
-    pub bytes: u64,
-}
-
-impl RequestSink for DiscardSink {
-    fn submit(&mut self, request: Request) -> Result<(), SinkError> {
-        self.requests += 1;
-        self.bytes += request.body.len() as u64;
-        Ok(())
     }
 }
 
@@ -1744,14 +1698,14 @@ enum Prepared {
     Record {
         key: String,
         provenance: Provenance,
-        /// Its place in the stream ([`crate::ledger::Writer::ordinal`]).
+        /// Its place in the stream ([`fhirlift_ledger::Writer::ordinal`]).
         ordinal: u64,
-        /// [`crate::group::content_hash`] of each operation, for the delta.
+        /// [`fhirlift_core::group::content_hash`] of each operation, for the delta.
         hashes: Vec<u128>,
         mapped: Result<Mapped, MapError>,
     },
     /// A record the connector could not read, and its ordinal.
-    Rejected(crate::connector::RecordError, u64),
+    Rejected(fhirlift_core::connector::RecordError, u64),
     /// The stream cannot go on.
     Failed(String),
     /// The stream was read to its end (or failed): the last event sent.
@@ -1822,7 +1776,7 @@ impl MappingStage {
     /// dropped; it ends with [`Prepared::End`] unless it panicked.
     fn spawn(
         self,
-        mut open: crate::connector::RecordStream,
+        mut open: fhirlift_core::connector::RecordStream,
     ) -> Result<std::sync::mpsc::Receiver<Vec<Prepared>>, SinkError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(MAPPED_CHUNKS_AHEAD);
         std::thread::Builder::new()
@@ -1848,7 +1802,9 @@ impl MappingStage {
                                     Ok(Mapped::Group(g)) => g
                                         .operations
                                         .iter()
-                                        .map(|o| crate::group::content_hash(o.resource.as_str()))
+                                        .map(|o| {
+                                            fhirlift_core::group::content_hash(o.resource.as_str())
+                                        })
                                         .collect(),
                                     _ => Vec::new(),
                                 };
@@ -1892,8 +1848,8 @@ impl MappingStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connector::RecordStream;
-    use crate::record::{Record, Schema, Value};
+    use fhirlift_core::connector::RecordStream;
+    use fhirlift_core::record::{Record, Schema, Value};
 
     /// Maps every record to nothing, and panics on the key "boom".
     struct PanicsOnBoom;

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::auth::{Auth, AuthState};
-use super::{Answer, Http, is_transient, transport_reason};
-use crate::group::{encode_query_part, escape_search_value};
-use crate::ledger::SampledIdentity;
+use crate::auth::{Auth, AuthState};
+use crate::{Answer, Http, is_transient, transport_reason};
+use fhirlift_core::group::{encode_query_part, escape_search_value};
+use fhirlift_core::transport::SampledIdentity;
 
 /// A client and the credentials, for a few one-off requests.
 struct OneOff {
@@ -25,7 +25,7 @@ struct OneOff {
 
 impl OneOff {
     fn new(base_url: &str, auth: Auth) -> Result<OneOff, String> {
-        let client = super::client_builder()
+        let client = crate::client_builder()
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -43,7 +43,7 @@ impl OneOff {
         let mut request = self
             .client
             .get(url)
-            .header(reqwest::header::ACCEPT, super::FHIR_JSON);
+            .header(reqwest::header::ACCEPT, crate::FHIR_JSON);
         if let Some(h) = self
             .auth
             .header(&self.client)
@@ -182,16 +182,16 @@ pub(super) async fn missing_from_server(
                 status: 200..=299,
                 body,
                 ..
-            } if super::resolve::is_searchset(&body) => body,
+            } if crate::resolve::is_searchset(&body) => body,
             Answer::Http {
                 status: 200..=299,
                 body,
                 ..
-            } => return Err(super::resolve::not_a_searchset_reason(resource_type, &body)),
+            } => return Err(crate::resolve::not_a_searchset_reason(resource_type, &body)),
             Answer::Http { status, body, .. } => {
                 return Err(format!(
                     "a search of {resource_type} by identifier answered {status} ({})",
-                    super::outcome_text(&body)
+                    crate::outcome_text(&body)
                 ));
             }
             Answer::AuthRefused(why) | Answer::Transport(why) => return Err(why),

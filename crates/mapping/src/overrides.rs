@@ -10,11 +10,12 @@
 
 use std::collections::BTreeSet;
 
-use super::{MapError, Mapped, MapperShape, ResourceMapper, StreamMapper};
-use crate::group::ResourceJson;
-use crate::record::Record;
+use crate::StreamMapper;
+use fhirlift_core::group::ResourceJson;
+use fhirlift_core::mapper::{MapError, Mapped, MapperShape, ResourceMapper};
+use fhirlift_core::record::Record;
 
-pub(crate) struct WithOverrides {
+pub struct WithOverrides {
     builtin: Box<dyn ResourceMapper>,
     user: StreamMapper,
     user_types: BTreeSet<String>,
@@ -22,7 +23,7 @@ pub(crate) struct WithOverrides {
 }
 
 impl WithOverrides {
-    pub(crate) fn new(builtin: Box<dyn ResourceMapper>, user: StreamMapper) -> WithOverrides {
+    pub fn new(builtin: Box<dyn ResourceMapper>, user: StreamMapper) -> WithOverrides {
         WithOverrides {
             transaction: builtin.shape().transaction,
             user_types: user.emitted_types.clone(),
@@ -63,7 +64,7 @@ impl ResourceMapper for WithOverrides {
                     if !self.user_types.contains(&op.resource_type) {
                         return true;
                     }
-                    let same: Vec<&crate::group::Operation> = user
+                    let same: Vec<&fhirlift_core::group::Operation> = user
                         .operations
                         .iter()
                         .filter(|u| u.resource_type == op.resource_type)

@@ -35,9 +35,9 @@ use auth::AuthState;
 pub use probe::fetch_capability;
 use quota::{Pacer, Quota, parse_ratelimit};
 
-use crate::pipeline::{RequestSink, SinkError};
-use crate::planner::{Request, RequestKind};
-use crate::profile::WriteStrategy;
+use fhirlift_core::planner::{Request, RequestKind};
+use fhirlift_core::profile::WriteStrategy;
+use fhirlift_core::transport::{Outcome, RequestSink, Settled, SinkError, is_loopback_host};
 use resolve::{Resolution, Resolver};
 
 /// How to reach the server.
@@ -91,46 +91,6 @@ impl SenderConfig {
             interrupted: None,
         }
     }
-}
-
-/// What became of one operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Created,
-    Updated,
-    /// The server kept the stored version: the content was the same.
-    Unchanged,
-    Rejected,
-}
-
-/// One operation the server has answered for (or that was given up on).
-#[derive(Debug, Clone)]
-pub struct Settled {
-    pub stream: Arc<str>,
-    pub key: String,
-    pub provenance: crate::record::Provenance,
-    pub resource_type: String,
-    pub outcome: Outcome,
-    /// Attempts it took beyond the first.
-    pub retries: u32,
-    /// For rejects: true on the first operation of the rejected entry, so
-    /// a record is written to the rejects file once.
-    pub reject_line: bool,
-    pub status: Option<u16>,
-    pub reason: String,
-    /// The request entry (JSON) and the server's OperationOutcome, for the rejects file.
-    pub entry: Option<String>,
-    pub server_outcome: Option<Value>,
-    /// The record's place in its stream, the operation's index in its
-    /// group, its identity and content hash, and what the server said it
-    /// is (id, version): for the ledger.
-    pub seq: u64,
-    pub op: usize,
-    pub identity: Option<crate::group::Identity>,
-    pub hash: u128,
-    pub server_id: Option<String>,
-    pub version: Option<String>,
 }
 
 /// Live counters, for progress lines.
@@ -243,16 +203,6 @@ pub fn insecure_remote_host(url: &str) -> Option<String> {
     (!is_loopback_host(host)).then(|| host.to_owned())
 }
 
-/// Whether a host name or address (`[::1]` bracketed or not) is this
-/// machine: `localhost` or a loopback address.
-pub fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Why a run stops at a redirect.
 fn redirect_refused(status: u16, body: &Value) -> String {
     let mut why = format!(
@@ -347,7 +297,7 @@ impl SenderSink {
     /// per type, counted with the run's searches.
     pub fn missing_from_server(
         &self,
-        sample: &[crate::ledger::SampledIdentity],
+        sample: &[fhirlift_core::transport::SampledIdentity],
     ) -> Result<std::collections::BTreeMap<String, (usize, usize)>, String> {
         self.runtime
             .block_on(probe::missing_from_server(&self.http, sample))
@@ -392,8 +342,8 @@ impl RequestSink for SenderSink {
         self.settled.try_iter().collect()
     }
 
-    fn traffic(&self) -> Option<crate::pipeline::Traffic> {
-        Some(crate::pipeline::Traffic {
+    fn traffic(&self) -> Option<fhirlift_core::transport::Traffic> {
+        Some(fhirlift_core::transport::Traffic {
             quota_waits: self.stats.quota_waits.load(Ordering::Relaxed),
             writes: self.stats.writes.load(Ordering::Relaxed),
             searches: self.stats.searches.load(Ordering::Relaxed),
@@ -1490,7 +1440,7 @@ impl Dispatcher {
     fn reject_op(
         &self,
         job: &Job,
-        group: &crate::planner::GroupRef,
+        group: &fhirlift_core::planner::GroupRef,
         op: usize,
         first: bool,
         status: Option<u16>,

@@ -8,22 +8,10 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use fhirlift_core::Pos;
+
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
-
-/// A place in a mapping file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pos {
-    pub file: Arc<str>,
-    pub line: u32,
-    pub column: u32,
-}
-
-impl fmt::Display for Pos {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.column)
-    }
-}
 
 /// A YAML value with the position of every node.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::record::Provenance;
+use fhirlift_core::record::Provenance;
 
 /// Which step refused a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,7 +60,7 @@ pub struct Collision<'a> {
     /// The record that wrote it again.
     pub then: &'a serde_json::Value,
     /// What was done: `later-wins` or `reject`.
-    pub policy: crate::config::CollisionPolicy,
+    pub policy: fhirlift_mapping::config::CollisionPolicy,
 }
 
 /// How many reasons `check` keeps to show.

@@ -1,0 +1,30 @@
+//! fhirlift-mapping: the migration file and the templates that turn records
+//! into FHIR.
+//!
+//! - [`yaml`] and [`config`]: the migration file, with a position for every
+//!   node so that every complaint names its `file:line`.
+//! - [`stream`]: a stream's compiled mapping, [`StreamMapper`], which
+//!   implements core's [`ResourceMapper`](fhirlift_core::ResourceMapper);
+//!   `template` compiles FHIR-shaped YAML once, `functions` and `filters`
+//!   are what expressions may call, `dates` the date conversions.
+//!
+//! API boundary: the pipeline compiles streams here and sees only core's
+//! mapper contract afterwards. Architecture invariant: nothing here does
+//! I/O past reading the migration file; a mapper is pure.
+
+pub mod config;
+mod dates;
+mod filters;
+mod functions;
+mod hl7;
+mod overrides;
+pub mod stream;
+mod template;
+pub mod yaml;
+
+pub use config::{ConfigError, ConfigErrors, MigrationConfig};
+pub use dates::{DateError, to_fhir_date, to_fhir_datetime};
+pub use functions::environment;
+pub use hl7::FALLBACK_AUTHORITY_BASE;
+pub use overrides::WithOverrides;
+pub use stream::{LookupTable, StreamMapper};
