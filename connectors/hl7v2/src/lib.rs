@@ -22,7 +22,11 @@
 //! parsing them. When the mark's file is gone, reading resumes at the first
 //! file that sorts after it.
 
+mod expressions;
 pub mod maps;
+
+pub use expressions::ParsedMessage;
+use fhirlift_core::functions::Opaque;
 mod read;
 mod register;
 
@@ -222,9 +226,7 @@ impl Reading<'_> {
                     key,
                     schema: self.schema.clone(),
                     values: vec![
-                        Value::Message(fhirlift_core::record::Hl7Message(Arc::new(
-                            message.into_owned(),
-                        ))),
+                        Value::Opaque(Opaque::new(ParsedMessage(message.into_owned()))),
                         Value::Text(message_type),
                         if control_id.is_empty() {
                             Value::Null

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use fhirlift_core::group::{Identity, Operation, ResourceJson, WriteGroup};
 use fhirlift_core::mapper::{BuiltinMapContext, MapError, Mapped, MapperShape};
 use fhirlift_core::{Record, ResourceMapper, Value};
+
+use crate::ParsedMessage;
 use fhirlift_hl7v2::Zone;
 use fhirlift_hl7v2::fhir::Authorities;
 
@@ -123,16 +125,17 @@ impl ResourceMapper for Hl7Mapper {
     }
 
     fn map(&self, record: Record) -> Result<Mapped, MapError> {
-        let Some(message) = record.values.iter().find_map(|v| match v {
-            Value::Message(m) => Some(m.0.clone()),
+        let opaque = record.values.iter().find_map(|v| match v {
+            Value::Opaque(o) => Some(o.clone()),
             _ => None,
-        }) else {
+        });
+        let Some(ParsedMessage(message)) = opaque.as_ref().and_then(|o| o.downcast()) else {
             return Err(self.error(
                 &record,
                 "the hl7v2 map reads HL7 v2 messages: use it with the hl7v2 connector".into(),
             ));
         };
-        let resources = match maps::map_message(&message, &self.options) {
+        let resources = match maps::map_message(message, &self.options) {
             Ok(MessageMap::Mapped(resources)) => resources,
             Ok(MessageMap::Unmapped { message_type }) => {
                 return Ok(Mapped::Skipped(Some(format!(

@@ -10,7 +10,9 @@
 //! - [`record`]: what a connector yields; [`connector`]: the trait connectors
 //!   implement; [`registry`]: connectors and built-in maps by name, filled
 //!   through `inventory`.
-//! - [`mapper`]: the trait that turns a record into a [`group::WriteGroup`].
+//! - [`mapper`]: the trait that turns a record into a [`group::WriteGroup`];
+//!   [`functions`]: expression functions a connector adds for the opaque
+//!   values its records carry (the engine knows no source format).
 //! - [`planner`]: phases from references, groups packed into bundles within
 //!   a [`profile::ServerProfile`]'s limits.
 //! - [`transport`]: where requests go ([`transport::RequestSink`]) and what
@@ -24,6 +26,7 @@
 
 pub mod civil;
 pub mod connector;
+pub mod functions;
 pub mod group;
 pub mod mapper;
 pub mod planner;

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::functions::Opaque;
+
 /// One field value, typed as the source knew it.
 ///
 /// Text stays text (ZIP codes keep their leading zeros); a connector converts
@@ -21,18 +23,9 @@ pub enum Value {
     Bool(bool),
     Json(serde_json::Value),
     List(Vec<Value>),
-    /// A parsed HL7 v2 message, read through HL7 paths in expressions.
-    Message(Hl7Message),
-}
-
-/// A parsed HL7 v2 message shared by a record and the expressions reading it.
-#[derive(Debug, Clone)]
-pub struct Hl7Message(pub Arc<fhirlift_hl7v2::Message<'static>>);
-
-impl PartialEq for Hl7Message {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.text() == other.0.text()
-    }
+    /// A source-format value kept whole (the hl7v2 connector's parsed
+    /// message), read by its connector's expression functions.
+    Opaque(Opaque),
 }
 
 impl Value {
@@ -70,7 +63,7 @@ impl Value {
                     item.write_text(out);
                 }
             }
-            Value::Message(m) => out.push_str(m.0.text()),
+            Value::Opaque(o) => out.push_str(o.0.text()),
         }
     }
 
@@ -87,7 +80,7 @@ impl Value {
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Json(j) => j.clone(),
             Value::List(items) => items.iter().map(Value::to_json).collect(),
-            Value::Message(m) => serde_json::Value::String(m.0.text().to_owned()),
+            Value::Opaque(o) => serde_json::Value::String(o.0.text().to_owned()),
         }
     }
 }

@@ -12,7 +12,10 @@
 //!
 //! Empty input gives nothing (the field is dropped), never an error.
 
-use minijinja::value::{Kwargs, Rest, Value as Mj, ValueKind};
+use std::sync::Arc;
+
+use fhirlift_core::functions::{ExpressionFunctions, FunctionCall, FunctionSettings, Opaque};
+use minijinja::value::{Kwargs, Object, Rest, Value as Mj, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 
 use crate::dates;
@@ -153,8 +156,98 @@ pub fn environment() -> Environment<'static> {
     env.add_filter("fhir_datetime", fhir_datetime);
     env.add_function("ref", reference);
     env.add_function("local", local);
-    crate::hl7::register(&mut env);
+    for registration in fhirlift_core::functions::registered() {
+        let family = registration.family;
+        let functions = registration.functions;
+        for &name in functions.names() {
+            env.add_function(name, move |state: &State, args: Rest<Mj>| {
+                call_registered(state, family, functions, name, &args)
+            });
+        }
+    }
     env
+}
+
+/// The name under which a record's opaque value and the stream's function
+/// settings are visible to registered functions.
+pub(crate) const OPAQUE_KEY: &str = "__fhirlift_opaque";
+
+/// What a registered function's call sees: the record's opaque value, the
+/// `for_each` part it stands on, and every family's settings.
+#[derive(Debug)]
+pub(crate) struct CallContext {
+    pub value: Option<Opaque>,
+    pub part: Option<usize>,
+    pub settings: Arc<Vec<(&'static str, FunctionSettings)>>,
+}
+
+impl Object for CallContext {}
+
+/// Whether a name is a function a connector registered (not a column).
+pub(crate) fn is_registered(name: &str) -> bool {
+    fhirlift_core::functions::registered().any(|r| r.functions.names().contains(&name))
+}
+
+/// Every family's settings for a stream, from its vars; the errors name the var.
+pub(crate) fn family_settings(
+    vars: &[(String, serde_json::Value)],
+) -> Result<Vec<(&'static str, FunctionSettings)>, Vec<String>> {
+    let mut settings = Vec::new();
+    let mut errors = Vec::new();
+    for registration in fhirlift_core::functions::registered() {
+        match registration.functions.settings(vars) {
+            Ok(s) => settings.push((registration.family, s)),
+            Err(e) => errors.push(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Calls a registered function: arguments and result cross as JSON.
+fn call_registered(
+    state: &State,
+    family: &str,
+    functions: &dyn ExpressionFunctions,
+    name: &str,
+    args: &[Mj],
+) -> Result<Mj, Error> {
+    let context = state
+        .lookup(OPAQUE_KEY)
+        .and_then(|v| v.downcast_object::<CallContext>())
+        .ok_or_else(|| invalid(format!("{name}() reads a record: it has none here")))?;
+    let settings = context
+        .settings
+        .iter()
+        .find(|(f, _)| *f == family)
+        .map(|(_, s)| s)
+        .ok_or_else(|| invalid(format!("{name}(): the {family} functions have no settings")))?;
+    let args = args
+        .iter()
+        .map(|a| {
+            if a.is_undefined() || a.is_none() {
+                Ok(serde_json::Value::Null)
+            } else {
+                serde_json::to_value(a).map_err(|e| invalid(format!("{name}(): {e}")))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let call = FunctionCall {
+        value: context.value.as_ref(),
+        part: context.part,
+        settings,
+    };
+    match functions
+        .call(name, &call, &args)
+        .map_err(|e| invalid(e.0))?
+    {
+        serde_json::Value::Null => Ok(Mj::from(())),
+        serde_json::Value::String(s) => Ok(Mj::from(s)),
+        other => Ok(Mj::from(minijinja::value::Serde(other))),
+    }
 }
 
 #[cfg(test)]

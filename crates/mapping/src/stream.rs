@@ -207,11 +207,13 @@ impl StreamMapper {
             }
         }
         errors.append(&mut compiler.errors);
-        let hl7 = match crate::hl7::Hl7Settings::from_vars(vars) {
-            Ok(h) => h,
-            Err(message) => {
-                errors.push(ConfigError::at(&stream.pos, message));
-                crate::hl7::Hl7Settings::from_vars(&[]).expect("no vars is a valid setting")
+        let function_settings = match crate::functions::family_settings(vars) {
+            Ok(settings) => settings,
+            Err(messages) => {
+                for message in messages {
+                    errors.push(ConfigError::at(&stream.pos, message));
+                }
+                Vec::new()
             }
         };
         let referenced_types = std::mem::take(&mut compiler.referenced_types);
@@ -236,7 +238,7 @@ impl StreamMapper {
                     .collect(),
                 lookups,
                 local_names,
-                hl7: Arc::new(hl7),
+                function_settings: Arc::new(function_settings),
             }),
             emitted_types,
             referenced_types,
@@ -519,8 +521,8 @@ impl ResourceMapper for StreamMapper {
                 )?;
                 continue;
             };
-            let Some(message) = record.values.iter().find_map(|v| match v {
-                Value::Message(m) => Some(m.0.clone()),
+            let Some(parts) = record.values.iter().find_map(|v| match v {
+                Value::Opaque(o) => Some(o.0.parts(segment_name)),
                 _ => None,
             }) else {
                 return Err(self.error(
@@ -530,15 +532,15 @@ impl ResourceMapper for StreamMapper {
                         .into(),
                 ));
             };
-            for segment in message.segments().filter(|s| s.name() == segment_name) {
+            for part in parts {
                 let mut scope = Scope::new(&record, &hits, &locals, &self.shared);
-                scope.segment = Some(segment.index());
+                scope.segment = Some(part);
                 self.emit(
                     &record,
                     &scope,
                     entry,
                     index,
-                    Some(segment.index()),
+                    Some(part),
                     &where_from,
                     &locals,
                     &mut operations,

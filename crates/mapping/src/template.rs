@@ -13,8 +13,8 @@ use minijinja::value::{Object, Value as Mj};
 use minijinja::{Environment, Expression};
 
 use crate::config::ConfigError;
+use crate::functions::{CallContext, OPAQUE_KEY};
 use crate::functions::{GLOBAL_NAMES, LOCALS_KEY};
-use crate::hl7::{HL7_FUNCTIONS, HL7_KEY, Hl7Context, Hl7Settings};
 use crate::yaml::{Node, NodeKind, Pos};
 use crate::{LookupTable, dates, functions};
 use fhirlift_core::group::conditional_url;
@@ -558,7 +558,7 @@ impl<'a> Compiler<'a> {
             None => (name, None),
         };
         if GLOBAL_NAMES.contains(&root)
-            || HL7_FUNCTIONS.contains(&root)
+            || crate::functions::is_registered(root)
             || self.names.columns.index_of(root).is_some()
             || self.names.vars.iter().any(|(v, _)| v == root)
         {
@@ -600,7 +600,8 @@ pub(crate) struct ScopeShared {
     /// The stream's `as:` names, in the order of a record's local urn:uuids.
     pub local_names: Vec<String>,
     /// The HL7 functions' zone and authorities (from the vars).
-    pub hl7: Arc<Hl7Settings>,
+    /// Each registered function family's settings for this stream.
+    pub function_settings: Arc<Vec<(&'static str, fhirlift_core::functions::FunctionSettings)>>,
 }
 
 impl<'a> Scope<'a> {
@@ -645,8 +646,8 @@ pub(crate) fn value_to_mj(v: &Value) -> Mj {
         Value::Bool(b) => Mj::from(*b),
         Value::Json(j) => Mj::from(minijinja::value::Serde(j)),
         Value::List(items) => items.iter().map(value_to_mj).collect(),
-        // a message as a plain value: paths are read through `hl7(...)`
-        Value::Message(m) => Mj::from(m.0.text()),
+        // an opaque value as text: its connector's functions read inside it
+        Value::Opaque(o) => Mj::from(o.0.text()),
     }
 }
 
@@ -683,15 +684,16 @@ impl Object for RecordObject {
                 None => Mj::from(()),
             });
         }
-        if key == HL7_KEY {
-            return self.record.values.iter().find_map(|v| match v {
-                Value::Message(m) => Some(Mj::from_object(Hl7Context {
-                    message: m.0.clone(),
-                    segment: self.segment,
-                    settings: self.shared.hl7.clone(),
-                })),
+        if key == OPAQUE_KEY {
+            let value = self.record.values.iter().find_map(|v| match v {
+                Value::Opaque(o) => Some(o.clone()),
                 _ => None,
             });
+            return Some(Mj::from_object(CallContext {
+                value,
+                part: self.segment,
+                settings: self.shared.function_settings.clone(),
+            }));
         }
         if key == LOCALS_KEY {
             return Some(

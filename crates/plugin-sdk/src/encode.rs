@@ -19,7 +19,7 @@ pub fn value(v: &Value) -> Json {
         Value::Json(j) => json!({ "json": j }),
         Value::List(items) => Json::Array(items.iter().map(value).collect()),
         // a parsed message cannot cross: its text does
-        Value::Message(m) => Json::String(m.0.text().to_owned()),
+        Value::Opaque(o) => Json::String(o.0.text().to_owned()),
     }
 }
 
