@@ -12,9 +12,22 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::auth::{Auth, AuthState};
-use crate::{Answer, Http, is_transient, transport_reason};
+use crate::client::{Answer, Http, transport_reason};
+use crate::outcomes::is_transient;
 use fhirlift_core::group::{encode_query_part, escape_search_value};
 use fhirlift_core::transport::SampledIdentity;
+
+/// A question asked before a run could not be answered: the reason (a
+/// status, a transport failure), never patient data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProbeError(pub String);
+
+impl From<String> for ProbeError {
+    fn from(message: String) -> Self {
+        ProbeError(message)
+    }
+}
 
 /// A client and the credentials, for a few one-off requests.
 struct OneOff {
@@ -24,8 +37,8 @@ struct OneOff {
 }
 
 impl OneOff {
-    fn new(base_url: &str, auth: Auth) -> Result<OneOff, String> {
-        let client = crate::client_builder()
+    fn new(base_url: &str, auth: Auth) -> Result<OneOff, ProbeError> {
+        let client = crate::client::client_builder()
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -39,11 +52,11 @@ impl OneOff {
 
     /// GETs `url` as FHIR JSON: the status and the body (`Null` when the
     /// body is not JSON).
-    async fn get(&self, url: &str) -> Result<(u16, Value), String> {
+    async fn get(&self, url: &str) -> Result<(u16, Value), ProbeError> {
         let mut request = self
             .client
             .get(url)
-            .header(reqwest::header::ACCEPT, crate::FHIR_JSON);
+            .header(reqwest::header::ACCEPT, crate::client::FHIR_JSON);
         if let Some(h) = self
             .auth
             .header(&self.client)
@@ -66,13 +79,13 @@ impl OneOff {
 }
 
 /// The server's capability statement (`GET {base}/metadata`).
-pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, String> {
+pub async fn fetch_capability(base_url: &str, auth: Auth) -> Result<Value, ProbeError> {
     let server = OneOff::new(base_url, auth)?;
     let url = format!("{}/metadata", server.base);
     match server.get(&url).await? {
         (200..=299, body) if body.is_object() => Ok(body),
-        (200..=299, _) => Err(format!("{url} is not JSON")),
-        (status, _) => Err(format!("{url} answered {status}")),
+        (200..=299, _) => Err(format!("{url} is not JSON").into()),
+        (status, _) => Err(format!("{url} answered {status}").into()),
     }
 }
 
@@ -115,7 +128,7 @@ async fn patiently(http: &Http, url: &str, search: bool) -> Answer {
 /// elsewhere the client id, the Basic user, or a bearer token's `sub`
 /// claim. `None` without credentials, or for an opaque bearer token.
 /// Asked with the sender's own client and token.
-pub(super) async fn principal(http: &Http) -> Result<Option<String>, String> {
+pub(super) async fn principal(http: &Http) -> Result<Option<String>, ProbeError> {
     let from_credentials = match http.auth.auth() {
         Auth::None => return Ok(None),
         Auth::ClientCredentials { client_id, .. } => Some(format!("client {client_id}")),
@@ -133,8 +146,8 @@ pub(super) async fn principal(http: &Http) -> Result<Option<String>, String> {
                     return Ok(Some(format!("project {project}")));
                 }
             }
-            Answer::AuthRefused(why) => return Err(why),
-            Answer::Transport(why) => return Err(format!("cannot reach {url}: {why}")),
+            Answer::AuthRefused(why) => return Err(why.into()),
+            Answer::Transport(why) => return Err(format!("cannot reach {url}: {why}").into()),
             Answer::Http { .. } => {}
         }
     }
@@ -160,7 +173,7 @@ fn token_subject(token: &str) -> Option<String> {
 pub(super) async fn missing_from_server(
     http: &Http,
     sample: &[SampledIdentity],
-) -> Result<BTreeMap<String, (usize, usize)>, String> {
+) -> Result<BTreeMap<String, (usize, usize)>, ProbeError> {
     let mut by_type: BTreeMap<&str, Vec<&SampledIdentity>> = BTreeMap::new();
     for s in sample {
         by_type.entry(&s.resource_type).or_default().push(s);
@@ -187,14 +200,15 @@ pub(super) async fn missing_from_server(
                 status: 200..=299,
                 body,
                 ..
-            } => return Err(crate::resolve::not_a_searchset_reason(resource_type, &body)),
+            } => return Err(crate::resolve::not_a_searchset_reason(resource_type, &body).into()),
             Answer::Http { status, body, .. } => {
                 return Err(format!(
                     "a search of {resource_type} by identifier answered {status} ({})",
-                    crate::outcome_text(&body)
-                ));
+                    crate::outcomes::outcome_text(&body)
+                )
+                .into());
             }
-            Answer::AuthRefused(why) | Answer::Transport(why) => return Err(why),
+            Answer::AuthRefused(why) | Answer::Transport(why) => return Err(why.into()),
         };
         let held: std::collections::HashSet<(&str, &str)> = bundle["entry"]
             .as_array()

@@ -33,7 +33,8 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
-use crate::{Answer, Http, Quota};
+use crate::client::{Answer, Http};
+use crate::quota::Quota;
 use fhirlift_core::group::{
     Identity, StoredAt, encode_query_part, escape_search_value, parse_conditional_url,
 };
@@ -707,7 +708,7 @@ pub(super) fn not_a_searchset_reason(resource_type: &str, body: &Value) -> Strin
     format!(
         "a {resource_type} search was answered with {}, not a searchset Bundle (a proxy \
          or a broken server?): not read as \"nothing stored\"",
-        crate::describe_body(body)
+        crate::outcomes::describe_body(body)
     )
 }
 
