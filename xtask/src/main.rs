@@ -39,6 +39,7 @@ mod bench;
 mod bench_medplum;
 mod medplum;
 mod pg;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             run(command)
         }
         "bench" => bench(&rest),
+        "tidy" => tidy::tidy(&rest),
         "medplum" => medplum::task(&rest),
         _ => {
             eprintln!(
@@ -91,7 +93,9 @@ fn main() -> anyhow::Result<()> {
                  the same against the real Medplum kit, next to its ceiling\n  \
                  bench postgres           PostgreSQL rows through the connector to a sink\n  \
                  bench hl7v2 [N]          parse + map N generated ORU^R01 messages\n  \
-                 bench ledger             a first run and an unchanged re-run of 1M records"
+                 bench ledger             a first run and an unchanged re-run of 1M records\n  \
+                 tidy [--report]          module docs, file budgets, no new Result<_, String>;\n                           \
+                 --report: the largest files and functions"
             );
             if task.is_empty() || task == "help" || task == "--help" {
                 Ok(())
@@ -173,6 +177,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         fmt.args(["fmt", "--all", "--check"]);
         run(fmt).context("cargo fmt --check: code is not formatted; run `cargo fmt --all`")?;
     }
+    tidy::tidy(&[]).context("cargo xtask tidy: fix what it says above")?;
     if tool_available("clippy", "clippy") {
         let mut clippy = cargo();
         clippy.args([
