@@ -1,0 +1,511 @@
+//! Preparing a migration ([`Plan::prepare`]: connector, lookups, compiled
+//! mappings, phases; everything `check` validates) and running it phase by
+//! phase ([`Plan::run_observed`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::accounts::{Accounts, StreamTrack, ledger_error};
+use crate::mapping_stage::RecordFilter;
+use crate::progress::{LogProgress, ProgressObserver};
+use crate::rejects::RejectWriter;
+use crate::summary::{RunOptions, RunSummary, StreamSummary};
+use fhirlift_core::connector::{ConnectorContext, SourceConnector, SourceEvent, StreamSource};
+use fhirlift_core::mapper::{BuiltinMapContext, MapError, Mapped, MapperShape, ResourceMapper};
+use fhirlift_core::planner::{self, Phase, StreamDeps};
+use fhirlift_core::profile::ServerProfile;
+use fhirlift_core::record::Schema;
+use fhirlift_core::registry::Registry;
+use fhirlift_core::transport::{RequestSink, SinkError};
+use fhirlift_mapping::config::{
+    CollisionPolicy, ConfigError, ConfigErrors, MigrationConfig, StreamConfig,
+};
+use fhirlift_mapping::{LookupTable, StreamMapper, WithOverrides};
+
+/// A stream ready to run.
+pub struct PlannedStream {
+    pub source: StreamSource,
+    pub columns: Arc<Schema>,
+    pub mapper: Arc<dyn ResourceMapper>,
+    /// What the mapper writes, read once.
+    pub shape: MapperShape,
+    /// The built-in map in use, when the stream names one.
+    pub builtin: Option<String>,
+    /// Lookup names with their row counts.
+    pub lookups: Vec<(String, usize)>,
+    /// What two records writing one identity do: the stream's
+    /// `collisions:`, else later-wins for message archives (the hl7v2
+    /// connector: an update feed) and reject for everything else (tables).
+    pub collisions: CollisionPolicy,
+}
+
+/// Why `preview` could not show a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("no stream {stream:?}; streams: {known}")]
+    UnknownStream { stream: String, known: String },
+    #[error(transparent)]
+    Source(#[from] fhirlift_core::ConnectorError),
+}
+
+/// A validated migration: everything checked, nothing read yet.
+pub struct Plan {
+    pub config: MigrationConfig,
+    pub profile: ServerProfile,
+    pub connector_name: String,
+    pub(crate) connector: Box<dyn SourceConnector>,
+    pub streams: Vec<PlannedStream>,
+    pub phases: Vec<Phase>,
+}
+
+pub(crate) fn stream_source(
+    name: &str,
+    from: &str,
+    key: &[String],
+    options: &serde_json::Value,
+) -> StreamSource {
+    StreamSource {
+        stream: Arc::from(name),
+        from: from.to_owned(),
+        key: key.to_vec(),
+        options: options.clone(),
+        resume_after: None,
+    }
+}
+
+pub(crate) fn load_lookups(
+    connector: &dyn SourceConnector,
+    stream: &StreamConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Arc<LookupTable>> {
+    let mut tables = Vec::new();
+    for lookup in &stream.lookups {
+        let source = stream_source(
+            &format!("{}.{}", stream.name, lookup.name),
+            &lookup.from,
+            &[],
+            &lookup.options,
+        );
+        let result = connector.schema(&source).and_then(|schema| {
+            let mut records = Vec::new();
+            let mut bad = None;
+            let mut open = connector.open(&source)?;
+            while let Some(chunk) = open.blocking_next_chunk() {
+                for event in chunk {
+                    match event {
+                        SourceEvent::Record(r) => records.push(r),
+                        SourceEvent::Rejected(e) => {
+                            bad.get_or_insert(format!(
+                                "{}: {} ({})",
+                                e.provenance, e.reason, e.hint
+                            ));
+                        }
+                        SourceEvent::Failed(e) => return Err(e),
+                    }
+                }
+            }
+            Ok((schema, records, bad))
+        });
+        match result {
+            Ok((_, _, Some(bad))) => errors.push(ConfigError::at(
+                &lookup.pos,
+                format!(
+                    "lookup {}: a row of {} is unreadable: {bad}",
+                    lookup.name, lookup.from
+                ),
+            )),
+            Ok((schema, records, None)) => {
+                match LookupTable::build(&lookup.name, &lookup.from, schema, &lookup.key, records) {
+                    Ok(t) => tables.push(Arc::new(t)),
+                    Err(message) => errors.push(ConfigError::at(&lookup.pos, message)),
+                }
+            }
+            Err(e) => errors.push(ConfigError::at(
+                &lookup.pos,
+                format!("lookup {}: {e}", lookup.name),
+            )),
+        }
+    }
+    tables
+}
+
+impl Plan {
+    /// Checks a migration against its source: the connector exists, every
+    /// stream opens, every column an expression uses exists, phases order.
+    /// Nothing is sent anywhere.
+    pub fn prepare(config: MigrationConfig, registry: &Registry) -> Result<Plan, ConfigErrors> {
+        let mut errors = Vec::new();
+        let profile = config.target.server_profile().map_err(|m| ConfigError {
+            pos: None,
+            message: m,
+        })?;
+        let registration = registry
+            .get(&config.source.connector)
+            .map_err(|e| ConfigError::at(&config.source.pos, e.to_string()))?;
+        let context = ConnectorContext {
+            base_dir: config.base_dir.clone(),
+        };
+        let connector = (registration.create)(&config.source.settings, &context)
+            .map_err(|e| ConfigError::at(&config.source.pos, format!("source: {e}")))?;
+        let mut streams = Vec::new();
+        for stream in &config.streams {
+            let source = stream_source(&stream.name, &stream.from, &stream.key, &stream.options);
+            let columns = match connector.schema(&source) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(ConfigError::at(
+                        &stream.pos,
+                        format!("stream {}: {e}", stream.name),
+                    ));
+                    continue;
+                }
+            };
+            let lookups = load_lookups(connector.as_ref(), stream, &mut errors);
+            if lookups.len() != stream.lookups.len() {
+                continue;
+            }
+            let counts = lookups.iter().map(|l| (l.name.clone(), l.len())).collect();
+            let builtin = match &stream.map {
+                None => None,
+                Some(map) => {
+                    let created =
+                        registry
+                            .map(&map.name)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| {
+                                (r.create)(&BuiltinMapContext {
+                                    stream: &stream.name,
+                                    options: &map.options,
+                                })
+                            });
+                    match created {
+                        Ok(m) => Some(m),
+                        Err(message) => {
+                            errors.push(ConfigError::at(
+                                &map.pos,
+                                format!("stream {}: map {}: {message}", stream.name, map.name),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mapper: Arc<dyn ResourceMapper> = match builtin {
+                Some(b) if stream.emit.is_empty() => Arc::from(b),
+                Some(b) => {
+                    // the user's entries join the built-in map's transaction
+                    let mut user_stream = stream.clone();
+                    user_stream.transaction = b.shape().transaction;
+                    match StreamMapper::compile(
+                        crate::expression_env(),
+                        &user_stream,
+                        &config.vars,
+                        &columns,
+                        lookups,
+                    ) {
+                        Ok(user) => Arc::new(WithOverrides::new(b, user)),
+                        Err(mut e) => {
+                            errors.append(&mut e);
+                            continue;
+                        }
+                    }
+                }
+                None => match StreamMapper::compile(
+                    crate::expression_env(),
+                    stream,
+                    &config.vars,
+                    &columns,
+                    lookups,
+                ) {
+                    Ok(m) => Arc::new(m),
+                    Err(mut e) => {
+                        errors.append(&mut e);
+                        continue;
+                    }
+                },
+            };
+            streams.push(PlannedStream {
+                source,
+                columns,
+                shape: mapper.shape(),
+                mapper,
+                builtin: stream.map.as_ref().map(|m| m.name.clone()),
+                lookups: counts,
+                collisions: stream
+                    .collisions
+                    .unwrap_or(if config.source.connector == "hl7v2" {
+                        CollisionPolicy::LaterWins
+                    } else {
+                        CollisionPolicy::Reject
+                    }),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let deps: Vec<StreamDeps> = streams
+            .iter()
+            .zip(&config.streams)
+            .map(|(s, c)| StreamDeps {
+                name: c.name.clone(),
+                emitted_types: s.shape.emitted_types.clone(),
+                referenced_types: s.shape.referenced_types.clone(),
+                after: c.after.clone(),
+                pos: Some(c.pos.clone()),
+            })
+            .collect();
+        // a ref() to a type nothing writes points at nothing, on every record
+        let mut unwritten = Vec::new();
+        for (d, c) in deps.iter().zip(&config.streams) {
+            for t in &d.referenced_types {
+                let written = deps.iter().any(|o| o.emitted_types.contains(t));
+                if !written && !config.target.holds.contains(t) {
+                    unwritten.push(ConfigError::at(
+                        &c.pos,
+                        format!(
+                            "stream {} refers to {t} (ref('{t}', ...)), but no stream writes {t}: \
+                             add a stream that does, or, if the server already holds them, say so \
+                             with `target: {{ holds: [{t}] }}`",
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if !unwritten.is_empty() {
+            return Err(ConfigErrors(unwritten));
+        }
+        let phases = planner::phases(&deps).map_err(|m| ConfigError {
+            pos: None,
+            message: m,
+        })?;
+        Ok(Plan {
+            connector_name: config.source.connector.clone(),
+            config,
+            profile,
+            connector,
+            streams,
+            phases,
+        })
+    }
+
+    /// What the server profile will refuse in this mapping, found without
+    /// reading a record: transaction streams that can emit more resources
+    /// than the profile's transactions hold. Each names the stream, the
+    /// limit and what to do.
+    pub fn warnings(&self) -> Vec<String> {
+        let p = &self.profile;
+        let mut out = Vec::new();
+        for s in &self.streams {
+            if !s.shape.transaction {
+                continue;
+            }
+            let name = &s.source.stream;
+            // how much a record emits depends on the record (one resource
+            // per repeated segment): the planner judges each one
+            let Some((most, puts)) = s.shape.most_emitted else {
+                continue;
+            };
+            if most > p.max_transaction_entries {
+                out.push(format!(
+                    "stream {name}: a record can emit {most} resources in one transaction; the {} profile allows {}: records that emit more are rejected",
+                    p.name, p.max_transaction_entries
+                ));
+            } else if p.transactions_are_conditional()
+                && puts > 0
+                && most > p.max_conditional_transaction_entries
+            {
+                out.push(format!(
+                    "stream {name}: a record can emit {most} resources in one transaction of conditional writes; the {} profile allows {} (the server runs such transactions in strict isolation): records that emit more are rejected; the resolve strategy writes by id and lifts this limit",
+                    p.name, p.max_conditional_transaction_entries
+                ));
+            }
+            if puts > p.max_transaction_updates {
+                out.push(format!(
+                    "stream {name}: a record's transaction can hold {puts} updates; the {} profile allows {}: records with more are rejected",
+                    p.name, p.max_transaction_updates
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&PlannedStream> {
+        self.streams.iter().find(|s| &*s.source.stream == name)
+    }
+
+    /// The first `limit` records of a stream, mapped: for `preview`.
+    pub fn preview(
+        &self,
+        stream: &str,
+        limit: usize,
+    ) -> Result<Vec<Result<serde_json::Value, MapError>>, PreviewError> {
+        let planned = self
+            .stream(stream)
+            .ok_or_else(|| PreviewError::UnknownStream {
+                stream: stream.to_owned(),
+                known: self
+                    .streams
+                    .iter()
+                    .map(|s| &*s.source.stream)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let mut open = self.connector.open(&planned.source)?;
+        let mut out = Vec::new();
+        'read: while let Some(chunk) = open.blocking_next_chunk() {
+            for event in chunk {
+                if out.len() >= limit {
+                    break 'read;
+                }
+                match event {
+                    SourceEvent::Record(record) => {
+                        let provenance = record.provenance.to_string();
+                        out.push(planned.mapper.map(record).map(|mapped| {
+                            let group = match mapped {
+                                Mapped::Group(g) => Some(g),
+                                Mapped::Skipped(_) => None,
+                            };
+                            let resources: Vec<serde_json::Value> = group
+                                .into_iter()
+                                .flat_map(|g| g.operations)
+                                .map(|op| {
+                                    serde_json::json!({
+                                        "request": { "method": op.method.as_str(), "url": op.url },
+                                        "resource": op.resource.to_value(),
+                                    })
+                                })
+                                .collect();
+                            serde_json::json!({ "record": provenance, "writes": resources })
+                        }));
+                    }
+                    SourceEvent::Rejected(e) => out.push(Ok(serde_json::json!({
+                        "record": e.provenance.to_string(),
+                        "unreadable": e.reason,
+                    }))),
+                    SourceEvent::Failed(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs every phase in order into `sink`. A phase starts only when the
+    /// sink has answered for every request of the phase before it.
+    pub fn run(
+        &self,
+        sink: &mut dyn RequestSink,
+        rejects: &mut RejectWriter,
+    ) -> Result<RunSummary, SinkError> {
+        self.run_observed(
+            sink,
+            rejects,
+            &mut LogProgress::new(),
+            RunOptions::default(),
+        )
+    }
+
+    /// [`Plan::run`], reporting progress to `progress`, with a ledger.
+    pub fn run_observed(
+        &self,
+        sink: &mut dyn RequestSink,
+        rejects: &mut RejectWriter,
+        progress: &mut dyn ProgressObserver,
+        options: RunOptions<'_>,
+    ) -> Result<RunSummary, SinkError> {
+        let started = Instant::now();
+        let RunOptions {
+            ledger,
+            full,
+            shard,
+            only_rejected,
+            stop,
+            phase: only_phase,
+            full_streams,
+        } = options;
+        let mut accounts = Accounts {
+            summaries: Vec::new(),
+            rejects,
+            ledger,
+            tracks: Vec::new(),
+            last_commit: Instant::now(),
+            marks: !only_rejected,
+            overwritten: Default::default(),
+            claims: fhirlift_ledger::claims::Claims::open()
+                .map_err(|e| SinkError(e.to_string()))?,
+            condemned: HashMap::new(),
+        };
+        if let Some(ledger) = accounts.ledger.as_deref_mut() {
+            if full {
+                ledger.clear_marks().map_err(ledger_error)?;
+            }
+            ledger.run_started().map_err(ledger_error)?;
+        }
+        let filter = RecordFilter {
+            full,
+            full_streams,
+            shard,
+            only_rejected,
+            stop,
+        };
+        for phase in &self.phases {
+            for name in &phase.streams {
+                accounts.summaries.push(StreamSummary {
+                    stream: name.clone(),
+                    phase: phase.number,
+                    ..StreamSummary::default()
+                });
+                accounts.tracks.push(StreamTrack::default());
+            }
+        }
+        let mut index = 0;
+        for phase in &self.phases {
+            if only_phase.is_some_and(|p| p != phase.number) {
+                index += phase.streams.len();
+                continue;
+            }
+            for name in &phase.streams {
+                let planned = self.stream(name).expect("phases name planned streams");
+                if filter.stopped() {
+                    accounts.summaries[index].failed =
+                        Some("not started: stopped (Ctrl-C); the next run starts it".into());
+                } else {
+                    self.run_stream(index, planned, sink, &mut accounts, progress, &filter)?;
+                }
+                index += 1;
+            }
+            sink.end_phase(phase.number)?;
+            accounts.absorb(sink.settled())?;
+            accounts.phase_settled(phase.number)?;
+            for summary in accounts
+                .summaries
+                .iter()
+                .filter(|s| s.phase == phase.number)
+            {
+                progress.stream_done(summary);
+            }
+        }
+        if let Some(ledger) = accounts.ledger.as_deref_mut() {
+            ledger.commit().map_err(ledger_error)?;
+        }
+        let rejects = accounts.rejects;
+        rejects
+            .flush()
+            .map_err(|e| SinkError(format!("rejects file: {e}")))?;
+        Ok(RunSummary {
+            streams: accounts.summaries,
+            traffic: sink.traffic(),
+            elapsed: started.elapsed(),
+            rejects_file: rejects
+                .path()
+                .filter(|_| rejects.count() > 0)
+                .map(Path::to_path_buf),
+            collisions_file: rejects
+                .collisions_path()
+                .filter(|_| rejects.collision_count() > 0),
+            first_rejects: rejects.first_reasons().to_vec(),
+        })
+    }
+}
