@@ -1,0 +1,120 @@
+//! The built-in maps, message by message.
+
+use super::*;
+
+fn patient_of(text: &str) -> Value {
+    let message = Message::parse(text.as_bytes(), 0).expect("the test message parses");
+    let MessageMap::Mapped(resources) = map_message(&message, &MapOptions::default()).unwrap()
+    else {
+        panic!("mapped");
+    };
+    resources
+        .into_iter()
+        .find(|r| r.resource_type == "Patient")
+        .unwrap()
+        .resource
+}
+
+/// Regression: OBRs of one ORU sharing an order number were one
+/// DiagnosticReport, and their OBX the same Observations (on real
+/// files 537 OBR became 195 reports and 3,912 OBX 3,116 results).
+#[test]
+fn three_obrs_sharing_an_order_number_are_three_reports_with_six_results() {
+    let text = "MSH|^~\\&|LAB|FAC|||202401011200||ORU^R01|MSG9|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         OBR|1|PL77^LIS|FL77^LAB|CBC^Blood count^L\r\
+         OBX|1|NM|HGB^Hemoglobin^L||13.5|g/dL\r\
+         OBX|2|NM|WBC^Leukocytes^L||6.1|10*3/uL\r\
+         OBR|2|PL77^LIS|FL77^LAB|BMP^Basic panel^L\r\
+         OBX|1|NM|NA^Sodium^L||140|mmol/L\r\
+         OBX|2|NM|K^Potassium^L||4.1|mmol/L\r\
+         OBR|3|PL77^LIS|FL77^LAB|LIP^Lipids^L\r\
+         OBX|1|NM|CHOL^Cholesterol^L||190|mg/dL\r\
+         OBX|2|NM|TRIG^Triglycerides^L||120|mg/dL\r";
+    let message = Message::parse(text.as_bytes(), 0).expect("the test message parses");
+    let MessageMap::Mapped(resources) = map_message(&message, &MapOptions::default()).unwrap()
+    else {
+        panic!("mapped");
+    };
+    let of = |t: &str| -> Vec<&MappedResource> {
+        resources.iter().filter(|r| r.resource_type == t).collect()
+    };
+    let reports = of("DiagnosticReport");
+    let results = of("Observation");
+    assert_eq!(reports.len(), 3);
+    assert_eq!(results.len(), 6);
+    let identities: std::collections::HashSet<_> = resources
+        .iter()
+        .map(|r| (r.resource_type, &r.identity))
+        .collect();
+    assert_eq!(identities.len(), resources.len(), "no identity twice");
+    // each report keeps the order numbers as typed identifiers, and
+    // lists its own two results
+    for (report, code) in reports.iter().zip(["CBC", "BMP", "LIP"]) {
+        assert_eq!(report.resource["code"]["coding"][0]["code"], code);
+        let typed: Vec<&Value> = report.resource["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["type"].is_object())
+            .collect();
+        assert_eq!(typed.len(), 2, "{:?}", report.resource["identifier"]);
+        assert_eq!(report.resource["result"].as_array().unwrap().len(), 2);
+    }
+    assert_eq!(reports[0].identity.1, "FL77");
+    assert_eq!(reports[1].identity.1, "FL77-OBR-2");
+    assert_eq!(reports[2].identity.1, "FL77-OBR-3");
+}
+
+#[test]
+fn pd1_names_the_general_practitioners_as_logical_references() {
+    let patient = patient_of(
+        "MSH|^~\\&|APP|FAC|||202401011200||ADT^A08|MSG1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         PD1|||Clinic B^^^^^HOSP&1.2.3&ISO^^^^ORG77|1111111111^Smith^Ann^^^^^^NPI\r",
+    );
+    let carers = patient["generalPractitioner"].as_array().unwrap();
+    assert_eq!(carers.len(), 2, "{carers:?}");
+    assert_eq!(carers[0]["type"], "Organization");
+    assert_eq!(carers[0]["display"], "Clinic B");
+    assert_eq!(carers[0]["identifier"]["value"], "ORG77");
+    assert_eq!(carers[0]["identifier"]["system"], "urn:oid:1.2.3");
+    assert_eq!(carers[1]["type"], "Practitioner");
+    assert_eq!(carers[1]["display"], "Ann Smith");
+    assert_eq!(carers[1]["identifier"]["value"], "1111111111");
+}
+
+#[test]
+fn race_and_ethnicity_become_us_core_extensions_and_local_codes_stay_text() {
+    let patient = patient_of(
+        "MSH|^~\\&|APP|FAC|||202401011200||ADT^A08|MSG1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F||2106-3^WHITE^HL7000~2131-1^Other Race^CDCREC~W^Wheat||||||||||||H^Hispanic^HL70189\r",
+    );
+    let ext = |url: &str| {
+        patient["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["url"] == url)
+            .cloned()
+            .unwrap()
+    };
+    let race = ext(US_CORE_RACE);
+    assert_eq!(race["extension"][0]["url"], "ombCategory");
+    assert_eq!(race["extension"][0]["valueCoding"]["code"], "2106-3");
+    assert_eq!(race["extension"][0]["valueCoding"]["display"], "White");
+    assert_eq!(race["extension"][1]["url"], "detailed");
+    assert_eq!(race["extension"][1]["valueCoding"]["code"], "2131-1");
+    assert_eq!(race["extension"][2]["url"], "text");
+    assert_eq!(
+        race["extension"][2]["valueString"],
+        "White+Other Race+Wheat"
+    );
+    assert_eq!(race["extension"].as_array().unwrap().len(), 3);
+    let ethnicity = ext(US_CORE_ETHNICITY);
+    assert_eq!(ethnicity["extension"][0]["valueCoding"]["code"], "2135-2");
+    assert_eq!(
+        ethnicity["extension"][1]["valueString"],
+        "Hispanic or Latino"
+    );
+}
