@@ -12,9 +12,9 @@ use fhirlift_core::planner::RequestKind;
 
 use crate::auth::AuthState;
 use crate::clock;
-use crate::outcomes::outcome_text;
+use crate::outcomes::{is_response_bundle, outcome_text};
 use crate::quota::{Quota, parse_ratelimit};
-use crate::sink::SenderStats;
+use crate::stats::SenderStats;
 
 /// What one HTTP attempt gave.
 pub(crate) enum Answer {
@@ -363,5 +363,19 @@ pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
         kind.to_owned()
     } else {
         format!("{kind} ({detail})")
+    }
+}
+
+/// Whether a write's answer leaves it unknown whether the write landed: a
+/// broken connection, a 500/502/504, or a 2xx that is not a response
+/// Bundle (only ever asked of an answer to a bundle that was sent).
+pub(crate) fn is_ambiguous(answer: &Answer) -> bool {
+    match answer {
+        Answer::Transport(_) => true,
+        Answer::Http { status, body, .. } => {
+            matches!(status, 500 | 502 | 504)
+                || ((200..300).contains(status) && !is_response_bundle(body))
+        }
+        Answer::AuthRefused(_) => false,
     }
 }

@@ -25,9 +25,11 @@ mod probe;
 mod quota;
 mod resolve;
 mod sink;
+mod stats;
 mod window;
 
 pub use auth::Auth;
 pub use config::{SenderConfig, insecure_remote_host};
 pub use probe::{ProbeError, fetch_capability};
-pub use sink::{SenderSink, SenderStats};
+pub use sink::SenderSink;
+pub use stats::SenderStats;

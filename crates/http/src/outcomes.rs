@@ -6,7 +6,6 @@ use serde_json::Value;
 
 use fhirlift_core::transport::Outcome;
 
-use crate::client::Answer;
 use crate::clock;
 
 pub(crate) fn is_transient(status: u16) -> bool {
@@ -194,20 +193,6 @@ pub(crate) fn describe_body(body: &Value) -> String {
             None => "JSON that is not a FHIR resource".to_owned(),
         },
         _ => "JSON that is not a FHIR resource".to_owned(),
-    }
-}
-
-/// Whether a write's answer leaves it unknown whether the write landed: a
-/// broken connection, a 500/502/504, or a 2xx that is not a response
-/// Bundle (only ever asked of an answer to a bundle that was sent).
-pub(crate) fn is_ambiguous(answer: &Answer) -> bool {
-    match answer {
-        Answer::Transport(_) => true,
-        Answer::Http { status, body, .. } => {
-            matches!(status, 500 | 502 | 504)
-                || ((200..300).contains(status) && !is_response_bundle(body))
-        }
-        Answer::AuthRefused(_) => false,
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`SenderSink`]: the (synchronous) pipeline's face to the dispatcher
-//! running on a tokio runtime, and the live counters ([`SenderStats`]).
+//! running on a tokio runtime.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -14,33 +14,13 @@ use fhirlift_core::transport::{RequestSink, Settled, SinkError};
 use crate::auth::AuthState;
 use crate::client::{Http, client_builder};
 use crate::config::SenderConfig;
-use crate::dispatcher::{Dispatcher, Stop};
+use crate::dispatcher::{Dispatcher, Msg, Stop};
 use crate::probe::ProbeError;
 use crate::quota::Pacer;
 use crate::resolve::Resolver;
+use crate::stats::SenderStats;
 use crate::window::Window;
 use crate::{breaker, probe};
-
-/// Live counters, for progress lines.
-#[derive(Debug, Default)]
-pub struct SenderStats {
-    pub requests: AtomicU64,
-    /// Bundles posted (retries included).
-    pub writes: AtomicU64,
-    /// Searches made by the resolver (counts and pages included).
-    pub searches: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub retries: AtomicU64,
-    pub window: AtomicU64,
-    /// Requests that waited for a server quota's window (429s).
-    pub quota_waits: AtomicU64,
-}
-
-pub(crate) enum Msg {
-    Request(Request),
-    /// Answer when everything before it is settled.
-    Barrier(oneshot::Sender<()>),
-}
 
 /// The pipeline's side of the sender: submit blocks while the window is full.
 pub struct SenderSink {

@@ -17,13 +17,22 @@ use fhirlift_core::planner::Request;
 use fhirlift_core::transport::{Outcome, Settled};
 
 use crate::breaker;
-use crate::client::{Answer, Http, redirect_refused};
+use crate::client::{Answer, Http, is_ambiguous, redirect_refused};
 use crate::config::SenderConfig;
-use crate::outcomes::*;
+use crate::outcomes::{
+    describe_body, is_response_bundle, is_transient, outcome_text, stale_ledger_id,
+};
 use crate::quota::{Pacer, Quota};
 use crate::resolve::{Resolution, Resolver};
-use crate::sink::{Msg, SenderStats};
+use crate::stats::SenderStats;
 use crate::window::Window;
+
+/// What the sink sends the dispatcher.
+pub(crate) enum Msg {
+    Request(Request),
+    /// Answer when everything before it is settled.
+    Barrier(oneshot::Sender<()>),
+}
 
 /// A request on its way, with its history.
 pub(crate) struct Job {

@@ -9,7 +9,10 @@ use serde_json::Value;
 use fhirlift_core::transport::{Outcome, Settled};
 
 use super::{Dispatcher, Job};
-use crate::outcomes::*;
+use crate::outcomes::{
+    Resend, Verdict, entry_outcome, entry_resent, entry_status, explain_412, is_transient,
+    outcome_text, strongest, transaction_verdict,
+};
 use crate::resolve::{self, Resolution};
 use fhirlift_core::planner::RequestKind;
 
