@@ -246,20 +246,20 @@ fn parse_instant(s: &str) -> Option<(i64, u32)> {
         return None;
     }
     Some((
-        days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset,
+        days_from_civil(y, mo, d)? * 86_400 + h * 3600 + mi * 60 + sec - offset,
         nanos,
     ))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Days since 1970-01-01 of a date (`None` when there is no such date).
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    let date = jiff::civil::Date::new(
+        i16::try_from(y).ok()?,
+        i8::try_from(m).ok()?,
+        i8::try_from(d).ok()?,
+    )
+    .ok()?;
+    Some(date.duration_since(jiff::civil::date(1970, 1, 1)).as_secs() / 86_400)
 }
 
 // ---------------------------------------------------------------- JSON

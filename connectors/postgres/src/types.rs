@@ -6,8 +6,10 @@
 //! need no date library, and an unsupported type is found when the query is
 //! prepared (`check`), not halfway through a run.
 
+use base64::Engine as _;
 use fhirlift_core::Value;
-use fhirlift_core::civil::civil_from_days as civil;
+use jiff::civil::{Date, DateTime};
+use jiff::{SignedDuration, Span};
 use tokio_postgres::types::{FromSql, Kind, Type};
 
 /// A column value as the server sent it, whatever its type.
@@ -218,19 +220,36 @@ fn numeric(raw: &[u8]) -> Result<Value, String> {
     Ok(Value::Decimal(out))
 }
 
-/// Days since 2000-01-01 as `YYYY-MM-DD`.
+/// PostgreSQL's epoch for dates and timestamps.
+const PG_EPOCH: Date = jiff::civil::date(2000, 1, 1);
+
+/// Days since 2000-01-01 as `YYYY-MM-DD`. A date beyond the years a
+/// calendar library holds (±9999, and FHIR holds 1-9999) is said as days
+/// from the epoch, which no FHIR date accepts: the server names the record.
 fn date(days: i32) -> String {
     match days {
         i32::MAX => "infinity".into(),
         i32::MIN => "-infinity".into(),
-        d => {
-            let (y, m, day) = civil(d as i64 + 10_957);
-            format!("{}-{m:02}-{day:02}", year(y))
-        }
+        d => match Span::new()
+            .try_days(i64::from(d))
+            .and_then(|span| PG_EPOCH.checked_add(span))
+        {
+            Ok(date) => format!(
+                "{}-{:02}-{:02}",
+                year(date.year()),
+                date.month(),
+                date.day()
+            ),
+            Err(_) => out_of_range(i64::from(d), "days"),
+        },
     }
 }
 
-fn year(y: i64) -> String {
+fn out_of_range(n: i64, unit: &str) -> String {
+    format!("{n} {unit} from 2000-01-01 (beyond years -9999..9999)")
+}
+
+fn year(y: i16) -> String {
     if (0..=9999).contains(&y) {
         format!("{y:04}")
     } else {
@@ -268,19 +287,20 @@ fn timestamp(micros: i64, zone: &str) -> String {
         i64::MIN => return "-infinity".into(),
         _ => {}
     }
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let in_day = secs.rem_euclid(86_400);
-    let (y, m, d) = civil(days + 10_957);
+    let epoch = DateTime::from(PG_EPOCH);
+    let Ok(at) = epoch.checked_add(SignedDuration::from_micros(micros)) else {
+        return out_of_range(micros, "microseconds");
+    };
     let mut out = format!(
-        "{}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        year(y),
-        in_day / 3600,
-        (in_day / 60) % 60,
-        in_day % 60
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        year(at.year()),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
     );
-    fraction(&mut out, frac);
+    fraction(&mut out, i64::from(at.subsec_nanosecond() / 1_000));
     out.push_str(zone);
     out
 }
@@ -298,19 +318,7 @@ fn uuid(b: &[u8; 16]) -> String {
 }
 
 fn base64(raw: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(raw.len().div_ceil(3) * 4);
-    for chunk in raw.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
 /// A one- or many-dimensional array as (nested) lists; NULL elements stay null.
@@ -418,11 +426,17 @@ mod tests {
     }
 
     #[test]
-    fn dates_and_times_need_no_library() {
+    fn dates_and_times_read_like_postgres_prints_them() {
         assert_eq!(date(0), "2000-01-01");
         assert_eq!(date(-1), "1999-12-31");
         assert_eq!(date(60), "2000-03-01");
         assert_eq!(date(i32::MAX), "infinity");
+        assert_eq!(date(-730_485), "0000-01-01");
+        assert!(
+            date(3_000_000).contains("beyond years"),
+            "{}",
+            date(3_000_000)
+        );
         assert_eq!(timestamp(0, "Z"), "2000-01-01T00:00:00Z");
         assert_eq!(timestamp(-1, ""), "1999-12-31T23:59:59.999999");
         assert_eq!(

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
 use crate::record::Provenance;
 
 /// How an operation writes its resource.
@@ -204,40 +206,26 @@ pub fn escape_search_value(value: &str) -> std::borrow::Cow<'_, str> {
 /// is encoded; the one between system and value is added raw by
 /// [`conditional_url`].
 pub fn encode_query_part(part: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let bytes = part.as_bytes();
-    let mut raw_from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let raw = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b':'
-                    | b'/'
-                    | b'@'
-                    | b'!'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b';'
-                    | b'?'
-            );
-        if !raw {
-            // a run of raw bytes is ASCII, so both ends are char boundaries
-            if raw_from < i {
-                out.push_str(&part[raw_from..i]);
-            }
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-            raw_from = i + 1;
-        }
-    }
-    out.push_str(&part[raw_from..]);
+    out.extend(utf8_percent_encode(part, QUERY_PART));
 }
+
+/// What [`encode_query_part`] encodes: everything but unreserved
+/// characters and `:/@!'()*;?`.
+const QUERY_PART: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'/')
+    .remove(b'@')
+    .remove(b'!')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b';')
+    .remove(b'?');
 
 /// `Type?identifier=system|value`, with the value escaped for search and
 /// both parts URL-encoded.
@@ -288,26 +276,10 @@ pub fn parse_conditional_url(url: &str) -> Option<Identity> {
 
 /// Percent-decodes a URL part; `None` when the bytes are not UTF-8.
 fn percent_decode(part: &str) -> Option<String> {
-    if !part.contains('%') {
-        return Some(part.to_owned());
-    }
-    let bytes = part.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_decode_str(part)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }
 
 /// A stable 128-bit hash (FNV-1a, finalised twice with splitmix64).

@@ -24,7 +24,6 @@
 //! (migration file and templates, pipeline, HTTP sender, ledger) live in
 //! crates beside it and meet here.
 
-pub mod civil;
 pub mod connector;
 pub mod functions;
 pub mod group;

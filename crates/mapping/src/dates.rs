@@ -24,14 +24,12 @@ struct Parts {
     offset: Option<i32>,
 }
 
+/// Days in a month of the proleptic Gregorian calendar; 0 for a month
+/// or year no calendar holds.
 fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
-            29
-        }
-        _ => 28,
+    match (i16::try_from(year), i8::try_from(month)) {
+        (Ok(y), Ok(m)) => jiff::civil::Date::new(y, m, 1).map_or(0, |d| d.days_in_month() as u32),
+        _ => 0,
     }
 }
 

@@ -2,28 +2,12 @@
 //! and FHIR's backslash escapes, `_count`, `_offset` and `_summary=count`;
 //! form-encoded bodies of `POST Type/_search`.
 
-/// Percent-decodes a query component (`+` stays `+`).
+/// Percent-decodes a query component (`+` stays `+`; bytes that are not
+/// UTF-8 become U+FFFD).
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: Option<&u8>) -> Option<u8> {
-    let b = *b?;
-    (b as char).to_digit(16).map(|d| d as u8)
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Splits at `sep` where it is not escaped by a backslash.

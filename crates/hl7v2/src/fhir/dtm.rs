@@ -239,16 +239,11 @@ fn check_time(h: u32, mi: u32, s: u32) -> Result<(), DateError> {
     Ok(())
 }
 
-fn is_leap(y: u32) -> bool {
-    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
-}
-
+/// Days in a month of the proleptic Gregorian calendar; 0 for a month
+/// or year no calendar holds.
 fn days_in_month(y: u32, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
+    match (i16::try_from(y), i8::try_from(m)) {
+        (Ok(y), Ok(m)) => jiff::civil::Date::new(y, m, 1).map_or(0, |d| d.days_in_month() as u32),
         _ => 0,
     }
 }
