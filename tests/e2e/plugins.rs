@@ -474,7 +474,7 @@ fn source_settings_that_do_not_fit_the_plugins_config_schema_fail_check_by_name(
     assert_ne!(check.code, 0, "{said}");
     for wrong in [
         "plugin fixed-width: the settings do not fit its config_schema",
-        "source.pth is not a setting this connector knows (it knows: columns, path)",
+        "source.pth is not a setting of this plugin: did you mean `path`? its settings are columns, path",
         "source.columns[0].start must be at least 1",
         "source.columns[0].width must be an integer, not text",
     ] {

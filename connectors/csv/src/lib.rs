@@ -80,15 +80,38 @@ impl Default for Options {
     }
 }
 
-fn one_ascii_char(v: &serde_json::Value, what: &str) -> Result<u8, ConnectorError> {
-    match v.as_str().map(|s| if s == "\\t" { "\t" } else { s }) {
-        Some(s) if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
-        _ => Err(setting(
+fn one_ascii_char(v: &str, what: &str) -> Result<u8, ConnectorError> {
+    let s = if v == "\\t" { "\t" } else { v };
+    if s.len() == 1 && s.is_ascii() {
+        Ok(s.as_bytes()[0])
+    } else {
+        Err(setting(
             what,
             "must be one ASCII character, e.g. ',' or ';' or '\\t'",
-        )),
+        ))
     }
 }
+
+/// The settings as written, under `source:` (where they are the defaults)
+/// or a stream (where they override them).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CsvSettings {
+    delimiter: Option<String>,
+    quote: Option<String>,
+    header: Option<bool>,
+    columns: Option<Vec<String>>,
+    encoding: Option<String>,
+    /// `source:` only: the folder (read by the connector context) and the
+    /// connector's name.
+    #[allow(dead_code)]
+    path: Option<serde_json::Value>,
+    #[allow(dead_code)]
+    connector: Option<serde_json::Value>,
+}
+
+/// What `source:` takes besides [`SETTINGS`].
+const SOURCE_ONLY: &[&str] = &["connector", "path"];
 
 impl Options {
     fn read(
@@ -96,54 +119,26 @@ impl Options {
         base: &Options,
         scope: &str,
     ) -> Result<Options, ConnectorError> {
-        // `source:` also holds the connector's name and folder
-        let allowed: &[&str] = if scope == "source" {
-            &["connector", "path"]
+        let known: Vec<&str> = if scope == "source" {
+            SETTINGS.iter().chain(SOURCE_ONLY).copied().collect()
         } else {
-            &[]
+            SETTINGS.to_vec()
         };
-        if let Some(map) = settings.as_object() {
-            for key in map.keys() {
-                if SETTINGS.contains(&key.as_str()) || allowed.contains(&key.as_str()) {
-                    continue;
-                }
-                let hint = fhirlift_core::spelling::nearest(key, SETTINGS.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
-                return Err(setting(
-                    &format!("{scope}.{key}"),
-                    &format!(
-                        "is not a CSV setting: {hint}the CSV settings are {}",
-                        SETTINGS.join(", ")
-                    ),
-                ));
-            }
-        }
+        let written: CsvSettings = fhirlift_core::settings::read("CSV", scope, settings, &known)?;
         let mut o = base.clone();
-        if let Some(v) = settings.get("delimiter") {
+        if let Some(v) = &written.delimiter {
             o.delimiter = one_ascii_char(v, &format!("{scope}.delimiter"))?;
         }
-        if let Some(v) = settings.get("quote") {
+        if let Some(v) = &written.quote {
             o.quote = one_ascii_char(v, &format!("{scope}.quote"))?;
         }
-        if let Some(v) = settings.get("header") {
-            o.header = v
-                .as_bool()
-                .ok_or_else(|| setting(&format!("{scope}.header"), "must be true or false"))?;
+        if let Some(header) = written.header {
+            o.header = header;
         }
-        if let Some(v) = settings.get("columns") {
-            let cols: Option<Vec<String>> = v.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|c| c.as_str().map(str::to_owned))
-                    .collect()
-            });
-            o.columns =
-                Some(cols.ok_or_else(|| {
-                    setting(&format!("{scope}.columns"), "must be a list of names")
-                })?);
+        if let Some(columns) = written.columns {
+            o.columns = Some(columns);
         }
-        if let Some(v) = settings.get("encoding") {
-            let label = v.as_str().unwrap_or("");
+        if let Some(label) = &written.encoding {
             let label = if label.eq_ignore_ascii_case("latin1") {
                 "iso-8859-1"
             } else {

@@ -59,17 +59,35 @@ fn create(
     context: &ConnectorContext,
 ) -> Result<Box<dyn SourceConnector>, ConnectorError> {
     let dir = context.source_folder(settings)?;
-    if let Some(obj) = settings.as_object() {
-        for key in obj.keys() {
-            if key != "path" {
-                return Err(ConnectorError::Setting {
-                    what: format!("source.{key}"),
-                    message: "is not an hl7v2 setting (settings: path); mapping settings (zone, authorities) go under the stream's map:".into(),
-                });
-            }
-        }
-    }
+    let _: SourceSettings = fhirlift_core::settings::read("hl7v2", "source", settings, &["path"])
+        .map_err(map_settings_go_under_map)?;
     Ok(Box::new(Hl7Connector { dir }))
+}
+
+/// `source:` as written: the archive's folder only.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSettings {
+    #[allow(dead_code)]
+    path: Option<serde_json::Value>,
+}
+
+/// A stream takes no settings of the connector's.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamSettings {}
+
+/// An unknown setting, with where the map's settings go.
+fn map_settings_go_under_map(e: ConnectorError) -> ConnectorError {
+    match e {
+        ConnectorError::Setting { what, message } => ConnectorError::Setting {
+            what,
+            message: format!(
+                "{message}; the map's settings (zone, authorities) go under map: in the stream"
+            ),
+        },
+        other => other,
+    }
 }
 
 struct Hl7Connector {
@@ -87,14 +105,13 @@ impl Hl7Connector {
 
 impl SourceConnector for Hl7Connector {
     fn schema(&self, source: &StreamSource) -> Result<Arc<Schema>, ConnectorError> {
-        if let Some(key) = source.options.as_object().and_then(|m| m.keys().next()) {
-            return Err(ConnectorError::Setting {
-                what: format!("stream {}.{key}", source.stream),
-                message: "is not an hl7v2 stream setting (a stream takes from and map: the \
-                          map's settings, zone and authorities, go under map:)"
-                    .into(),
-            });
-        }
+        let _: StreamSettings = fhirlift_core::settings::read(
+            "hl7v2 stream",
+            &format!("stream {}", source.stream),
+            &source.options,
+            &[],
+        )
+        .map_err(map_settings_go_under_map)?;
         self.files(source)?;
         if !source.key.is_empty() {
             return Err(ConnectorError::Setting {

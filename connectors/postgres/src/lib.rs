@@ -69,11 +69,13 @@ fn create(
     settings: &serde_json::Value,
     context: &ConnectorContext,
 ) -> Result<Box<dyn SourceConnector>, ConnectorError> {
-    let url = match (settings.get("url_env"), settings.get("url_file")) {
+    let settings: SourceSettings =
+        fhirlift_core::settings::read("PostgreSQL", "source", settings, SOURCE_SETTINGS)?;
+    let url = match (&settings.url_env, &settings.url_file) {
         (Some(_), Some(_)) => {
             return Err(setting("source", "give url_env or url_file, not both"));
         }
-        (_, Some(serde_json::Value::String(file))) => {
+        (_, Some(file)) => {
             let path = context.base_dir.join(file);
             std::fs::read_to_string(&path)
                 .map_err(|e| {
@@ -85,18 +87,8 @@ fn create(
                 .trim()
                 .to_owned()
         }
-        (_, Some(_)) => return Err(setting("source.url_file", "must be a file path")),
         (env, None) => {
-            let var = match env {
-                None => DEFAULT_URL_ENV,
-                Some(serde_json::Value::String(v)) => v.as_str(),
-                Some(_) => {
-                    return Err(setting(
-                        "source.url_env",
-                        "must name an environment variable",
-                    ));
-                }
-            };
+            let var = env.as_deref().unwrap_or(DEFAULT_URL_ENV);
             std::env::var(var).map_err(|_| {
                 setting(
                     "source.url_env",
@@ -127,12 +119,8 @@ fn create(
             &format!("the connection string is not valid: {e}"),
         )
     })?;
-    let fetch = fetch_size(settings, "source.fetch")?.unwrap_or(DEFAULT_FETCH);
-    let ca_file = match settings.get("tls_ca_file") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(f)) => Some(context.base_dir.join(f)),
-        Some(_) => return Err(setting("source.tls_ca_file", "must be a file path")),
-    };
+    let fetch = fetch_size(settings.fetch, "source.fetch")?.unwrap_or(DEFAULT_FETCH);
+    let ca_file = settings.tls_ca_file.map(|f| context.base_dir.join(f));
     // a Unix socket never uses TLS (as libpq)
     let hosts = config.get_hosts().to_vec();
     let over_sockets = !hosts.is_empty()
@@ -183,16 +171,41 @@ fn setting(what: &str, message: &str) -> ConnectorError {
     }
 }
 
-fn fetch_size(settings: &serde_json::Value, what: &str) -> Result<Option<usize>, ConnectorError> {
-    match settings.get("fetch") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=1_000_000).contains(&n) => Ok(Some(n as usize)),
-            _ => Err(setting(
-                what,
-                "must be a number of rows between 1 and 1000000",
-            )),
-        },
+/// `source:` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSettings {
+    /// The environment variable holding the connection string.
+    url_env: Option<String>,
+    /// A file holding it (relative to the migration file).
+    url_file: Option<String>,
+    /// Rows per round trip.
+    fetch: Option<u64>,
+    /// A CA certificate file for a private CA.
+    tls_ca_file: Option<String>,
+    #[allow(dead_code)]
+    connector: Option<serde_json::Value>,
+}
+
+const SOURCE_SETTINGS: &[&str] = &["url_env", "url_file", "fetch", "tls_ca_file", "connector"];
+
+/// A stream's settings as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamSettings {
+    fetch: Option<u64>,
+}
+
+const STREAM_SETTINGS: &[&str] = &["fetch"];
+
+fn fetch_size(fetch: Option<u64>, what: &str) -> Result<Option<usize>, ConnectorError> {
+    match fetch {
+        None => Ok(None),
+        Some(n) if (1..=1_000_000).contains(&n) => Ok(Some(n as usize)),
+        Some(_) => Err(setting(
+            what,
+            "must be a number of rows between 1 and 1000000",
+        )),
     }
 }
 
@@ -336,6 +349,18 @@ fn quote_name(name: &str) -> String {
 }
 
 impl PostgresConnector {
+    /// A stream's own `fetch`, if it sets one; any other key is refused.
+    fn stream_settings(&self, source: &StreamSource) -> Result<Option<usize>, ConnectorError> {
+        let scope = format!("stream {}", source.stream);
+        let settings: StreamSettings = fhirlift_core::settings::read(
+            "PostgreSQL stream",
+            &scope,
+            &source.options,
+            STREAM_SETTINGS,
+        )?;
+        fetch_size(settings.fetch, &format!("{scope}.fetch"))
+    }
+
     fn query(&self, source: &StreamSource) -> Result<StreamQuery, ConnectorError> {
         let from = source.from.trim();
         if from.is_empty() {
@@ -401,8 +426,7 @@ impl PostgresConnector {
             order,
             table,
             resume_after,
-            fetch: fetch_size(&source.options, &format!("stream {}.fetch", source.stream))?
-                .unwrap_or(self.fetch),
+            fetch: self.stream_settings(source)?.unwrap_or(self.fetch),
         })
     }
 
@@ -531,21 +555,7 @@ fn redact_quoted(message: &str) -> String {
 
 impl SourceConnector for PostgresConnector {
     fn schema(&self, source: &StreamSource) -> Result<Arc<Schema>, ConnectorError> {
-        if let Some(map) = source.options.as_object()
-            && let Some(key) = map.keys().find(|k| *k != "fetch")
-        {
-            let hint = if fhirlift_core::spelling::nearest(key, ["fetch"]).is_some() {
-                "did you mean `fetch`? "
-            } else {
-                ""
-            };
-            return Err(setting(
-                &format!("stream {}.{key}", source.stream),
-                &format!(
-                    "is not a PostgreSQL stream setting: {hint}a stream takes fetch (rows per round trip)"
-                ),
-            ));
-        }
+        self.stream_settings(source)?;
         let query = self.query(source)?;
         let stream = source.stream.to_string();
         let key = source.key.clone();

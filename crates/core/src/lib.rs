@@ -15,6 +15,7 @@
 //!   values its records carry (the engine knows no source format).
 //! - [`planner`]: phases from references, groups packed into bundles within
 //!   a [`profile::ServerProfile`]'s limits.
+//! - [`settings`]: one rule for connector settings, built in or plugin.
 //! - [`transport`]: where requests go ([`transport::RequestSink`]) and what
 //!   comes back ([`transport::Settled`]).
 //!
@@ -33,6 +34,7 @@ pub mod pos;
 pub mod profile;
 pub mod record;
 pub mod registry;
+pub mod settings;
 pub mod spelling;
 pub mod transport;
 

@@ -130,9 +130,10 @@ fn check(schema: &Json, value: &Json, at: &str, out: &mut Vec<String>) {
                             .map(|p| p.keys().map(String::as_str).collect())
                             .unwrap_or_default();
                         known.sort_unstable();
+                        // the rule built-in connectors follow, word for word
                         out.push(format!(
-                            "{place} is not a setting this connector knows (it knows: {})",
-                            known.join(", ")
+                            "{place} {}",
+                            fhirlift_core::settings::unknown_setting("this plugin", name, &known)
                         ));
                     }
                     Some(rule) => check(rule, v, &place, out),
@@ -253,7 +254,7 @@ mod tests {
             [
                 // in the order the settings were written
                 "source.path is required",
-                "source.pth is not a setting this connector knows (it knows: columns, encoding, path)",
+                "source.pth is not a setting of this plugin: did you mean `path`? its settings are columns, encoding, path",
                 "source.encoding must be one of \"utf-8\", \"windows-1252\"",
                 "source.columns[1].start must be at least 1",
                 "source.columns[1].width must be an integer, not text",
