@@ -14,6 +14,8 @@
 
 pub mod config;
 mod dates;
+#[cfg(test)]
+mod differential;
 mod filters;
 mod functions;
 mod overrides;

@@ -226,20 +226,12 @@ impl StreamMapper {
             transaction: stream.transaction,
             entries,
             lookups: bound,
-            shared: Arc::new(ScopeShared {
-                vars: vars
-                    .iter()
-                    .map(|(n, v)| {
-                        (
-                            n.clone(),
-                            minijinja::Value::from(minijinja::value::Serde(v)),
-                        )
-                    })
-                    .collect(),
+            shared: Arc::new(ScopeShared::new(
+                vars,
                 lookups,
                 local_names,
-                function_settings: Arc::new(function_settings),
-            }),
+                function_settings,
+            )),
             emitted_types,
             referenced_types,
         })

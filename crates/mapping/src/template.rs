@@ -117,6 +117,9 @@ pub(crate) struct Compiler<'a> {
     pub errors: Vec<ConfigError>,
     /// Resource types named in `ref(...)` calls: phase ordering uses them.
     pub referenced_types: BTreeSet<String>,
+    /// Every expression through minijinja, none natively: the differential
+    /// tests compare the two paths (`differential.rs`).
+    pub engine_only: bool,
 }
 
 fn is_ident(s: &str) -> bool {
@@ -198,6 +201,7 @@ impl<'a> Compiler<'a> {
             names,
             errors: Vec::new(),
             referenced_types: BTreeSet::new(),
+            engine_only: false,
         }
     }
 
@@ -358,7 +362,9 @@ impl<'a> Compiler<'a> {
 
     fn compile_expr(&mut self, expr: &str, node: &Node) -> Option<Eval> {
         self.note_refs(expr);
-        if let Some(eval) = self.native(expr) {
+        if !self.engine_only
+            && let Some(eval) = self.native(expr)
+        {
             return Some(eval);
         }
         let compiled = match self.names.env.compile_expression_owned(expr.to_owned()) {
@@ -599,9 +605,29 @@ pub(crate) struct ScopeShared {
     pub lookups: Vec<Arc<LookupTable>>,
     /// The stream's `as:` names, in the order of a record's local urn:uuids.
     pub local_names: Vec<String>,
-    /// The HL7 functions' zone and authorities (from the vars).
     /// Each registered function family's settings for this stream.
     pub function_settings: Arc<Vec<(&'static str, fhirlift_core::functions::FunctionSettings)>>,
+}
+
+impl ScopeShared {
+    /// From the mapping's vars (made minijinja values once), the stream's
+    /// lookups, its `as:` names and its function families' settings.
+    pub fn new(
+        vars: &[(String, serde_json::Value)],
+        lookups: Vec<Arc<LookupTable>>,
+        local_names: Vec<String>,
+        function_settings: Vec<(&'static str, fhirlift_core::functions::FunctionSettings)>,
+    ) -> ScopeShared {
+        ScopeShared {
+            vars: vars
+                .iter()
+                .map(|(n, v)| (n.clone(), Mj::from(minijinja::value::Serde(v))))
+                .collect(),
+            lookups,
+            local_names,
+            function_settings: Arc::new(function_settings),
+        }
+    }
 }
 
 impl<'a> Scope<'a> {
