@@ -27,11 +27,10 @@ const FILE_BUDGET: usize = 800;
 /// Split them, then take them off.
 const OVER_BUDGET: &[(&str, usize)] = &[
     ("connectors/hl7v2/tests/fhir_converter.rs", 1297),
-    ("connectors/postgres/src/lib.rs", 962),
+    ("connectors/postgres/src/lib.rs", 908),
     ("crates/core/src/planner.rs", 1007),
     ("crates/hl7v2/src/fhir/datatypes.rs", 1301),
     ("crates/http/src/resolve.rs", 990),
-    ("crates/mapping/src/template.rs", 1056),
     ("crates/runner/src/lib.rs", 941),
     ("crates/sandbox/src/bundle.rs", 852),
     ("crates/sandbox/tests/fhir.rs", 962),
@@ -54,7 +53,8 @@ const STRING_ERRORS: &[(&str, usize)] = &[
     ("crates/http/src/resolve.rs", 1),
     ("crates/mapping/src/config.rs", 1),
     ("crates/mapping/src/stream.rs", 1),
-    ("crates/mapping/src/template.rs", 2),
+    ("crates/mapping/src/template/mod.rs", 1),
+    ("crates/mapping/src/template/render.rs", 1),
     ("crates/plugin-host/src/batch.rs", 4),
 ];
 

@@ -41,6 +41,7 @@
 //! json/jsonb, bytea (base64), arrays of these; NULL drops the field. Any
 //! other type is a `check` error naming the column: cast it in the query.
 
+mod settings;
 mod tls;
 mod types;
 
@@ -54,6 +55,9 @@ use fhirlift_core::{
 use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
+use settings::{
+    DEFAULT_FETCH, SOURCE_SETTINGS, STREAM_SETTINGS, SourceSettings, StreamSettings, fetch_size,
+};
 use types::Raw;
 
 fhirlift_core::register_connector! {
@@ -62,43 +66,13 @@ fhirlift_core::register_connector! {
     create: create,
 }
 
-const DEFAULT_URL_ENV: &str = "FHIRLIFT_PG_URL";
-const DEFAULT_FETCH: usize = 1000;
-
 fn create(
     settings: &serde_json::Value,
     context: &ConnectorContext,
 ) -> Result<Box<dyn SourceConnector>, ConnectorError> {
     let settings: SourceSettings =
         fhirlift_core::settings::read("PostgreSQL", "source", settings, SOURCE_SETTINGS)?;
-    let url = match (&settings.url_env, &settings.url_file) {
-        (Some(_), Some(_)) => {
-            return Err(setting("source", "give url_env or url_file, not both"));
-        }
-        (_, Some(file)) => {
-            let path = context.base_dir.join(file);
-            std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    setting(
-                        "source.url_file",
-                        &format!("cannot read {}: {e}", path.display()),
-                    )
-                })?
-                .trim()
-                .to_owned()
-        }
-        (env, None) => {
-            let var = env.as_deref().unwrap_or(DEFAULT_URL_ENV);
-            std::env::var(var).map_err(|_| {
-                setting(
-                    "source.url_env",
-                    &format!(
-                        "the environment variable {var} is not set: put the connection string (postgres://user@host/db) in it, or name a file with url_file"
-                    ),
-                )
-            })?
-        }
-    };
+    let url = settings.connection_string(context)?;
     // libpq's six sslmodes: tokio-postgres parses three
     let (url, sslmode) = tls::take_sslmode(&url);
     let sslmode = match sslmode.as_deref() {
@@ -168,44 +142,6 @@ fn setting(what: &str, message: &str) -> ConnectorError {
     ConnectorError::Setting {
         what: what.to_owned(),
         message: message.to_owned(),
-    }
-}
-
-/// `source:` as written.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SourceSettings {
-    /// The environment variable holding the connection string.
-    url_env: Option<String>,
-    /// A file holding it (relative to the migration file).
-    url_file: Option<String>,
-    /// Rows per round trip.
-    fetch: Option<u64>,
-    /// A CA certificate file for a private CA.
-    tls_ca_file: Option<String>,
-    #[allow(dead_code)]
-    connector: Option<serde_json::Value>,
-}
-
-const SOURCE_SETTINGS: &[&str] = &["url_env", "url_file", "fetch", "tls_ca_file", "connector"];
-
-/// A stream's settings as written.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StreamSettings {
-    fetch: Option<u64>,
-}
-
-const STREAM_SETTINGS: &[&str] = &["fetch"];
-
-fn fetch_size(fetch: Option<u64>, what: &str) -> Result<Option<usize>, ConnectorError> {
-    match fetch {
-        None => Ok(None),
-        Some(n) if (1..=1_000_000).contains(&n) => Ok(Some(n as usize)),
-        Some(_) => Err(setting(
-            what,
-            "must be a number of rows between 1 and 1000000",
-        )),
     }
 }
 

@@ -1,0 +1,90 @@
+//! The connector's settings, as written under `source:` and under a
+//! stream, read with core's one rule for settings.
+
+use fhirlift_core::ConnectorContext;
+use fhirlift_core::connector::ConnectorError;
+
+use crate::setting;
+
+/// Where the connection string is when `source:` does not say.
+pub(crate) const DEFAULT_URL_ENV: &str = "FHIRLIFT_PG_URL";
+/// Rows per round trip when neither `source:` nor the stream says.
+pub(crate) const DEFAULT_FETCH: usize = 1000;
+
+/// `source:` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceSettings {
+    /// The environment variable holding the connection string.
+    pub(crate) url_env: Option<String>,
+    /// A file holding it (relative to the migration file).
+    pub(crate) url_file: Option<String>,
+    /// Rows per round trip.
+    pub(crate) fetch: Option<u64>,
+    /// A CA certificate file for a private CA.
+    pub(crate) tls_ca_file: Option<String>,
+    #[allow(dead_code)]
+    connector: Option<serde_json::Value>,
+}
+
+pub(crate) const SOURCE_SETTINGS: &[&str] =
+    &["url_env", "url_file", "fetch", "tls_ca_file", "connector"];
+
+/// A stream's settings as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamSettings {
+    pub(crate) fetch: Option<u64>,
+}
+
+pub(crate) const STREAM_SETTINGS: &[&str] = &["fetch"];
+
+pub(crate) fn fetch_size(fetch: Option<u64>, what: &str) -> Result<Option<usize>, ConnectorError> {
+    match fetch {
+        None => Ok(None),
+        Some(n) if (1..=1_000_000).contains(&n) => Ok(Some(n as usize)),
+        Some(_) => Err(setting(
+            what,
+            "must be a number of rows between 1 and 1000000",
+        )),
+    }
+}
+
+impl SourceSettings {
+    /// The connection string: from the file `url_file` names (relative to
+    /// the migration file), else from the environment variable `url_env`
+    /// names (`FHIRLIFT_PG_URL` by default). Never printed.
+    pub(crate) fn connection_string(
+        &self,
+        context: &ConnectorContext,
+    ) -> Result<String, ConnectorError> {
+        Ok(match (&self.url_env, &self.url_file) {
+            (Some(_), Some(_)) => {
+                return Err(setting("source", "give url_env or url_file, not both"));
+            }
+            (_, Some(file)) => {
+                let path = context.base_dir.join(file);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        setting(
+                            "source.url_file",
+                            &format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+            (env, None) => {
+                let var = env.as_deref().unwrap_or(DEFAULT_URL_ENV);
+                std::env::var(var).map_err(|_| {
+                    setting(
+                        "source.url_env",
+                        &format!(
+                            "the environment variable {var} is not set: put the connection string (postgres://user@host/db) in it, or name a file with url_file"
+                        ),
+                    )
+                })?
+            }
+        })
+    }
+}
