@@ -12,10 +12,47 @@ use serde_json::Value;
 
 use crate::planner::Request;
 
-/// A sink that cannot take more requests: the run stops.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+/// Why a run cannot go on (the sink cannot take more requests, the ledger
+/// or the rejects file failed): the run stops. It keeps its cause, so
+/// `{:#}` prints the whole chain.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Said in words only.
+    #[error("{0}")]
+    Stopped(String),
+    /// What failed, and the error that made it fail.
+    #[error("{context}")]
+    Caused {
+        context: String,
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Another library's error, as it says it.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl SinkError {
+    pub fn new(message: impl Into<String>) -> SinkError {
+        SinkError::Stopped(message.into())
+    }
+
+    /// `context`, caused by `cause`.
+    pub fn caused(
+        context: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SinkError {
+        SinkError::Caused {
+            context: context.into(),
+            cause: Box::new(cause),
+        }
+    }
+
+    /// An error of another library, kept whole.
+    pub fn from_error(cause: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+        SinkError::Failed(Box::new(cause))
+    }
+}
 
 /// Where planned requests go: a server (the sender), files, or nowhere.
 pub trait RequestSink {

@@ -51,7 +51,7 @@ impl SenderSink {
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(config.max_in_flight.max(1))
             .build()
-            .map_err(|e| SinkError(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| SinkError::caused("cannot build the HTTP client", e))?;
         let give_up_after = config.give_up_after;
         let stop = Arc::new(Stop::default());
         let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
@@ -142,7 +142,7 @@ impl SenderSink {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            Some(why) => Err(SinkError(format!("the run stopped: {why}"))),
+            Some(why) => Err(SinkError::new(format!("the run stopped: {why}"))),
             None => Ok(()),
         }
     }
@@ -154,9 +154,9 @@ impl RequestSink for SenderSink {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| SinkError("the sender has stopped".into()))?;
+            .ok_or_else(|| SinkError::new("the sender has stopped"))?;
         tx.blocking_send(Msg::Request(request))
-            .map_err(|_| SinkError("the sender stopped unexpectedly".into()))
+            .map_err(|_| SinkError::new("the sender stopped unexpectedly"))
     }
 
     fn settled(&mut self) -> Vec<Settled> {
@@ -187,12 +187,12 @@ impl RequestSink for SenderSink {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| SinkError("the sender has stopped".into()))?;
+            .ok_or_else(|| SinkError::new("the sender has stopped"))?;
         let (done, wait) = oneshot::channel();
         tx.blocking_send(Msg::Barrier(done))
-            .map_err(|_| SinkError("the sender stopped unexpectedly".into()))?;
+            .map_err(|_| SinkError::new("the sender stopped unexpectedly"))?;
         wait.blocking_recv()
-            .map_err(|_| SinkError("the sender stopped before the phase was answered".into()))?;
+            .map_err(|_| SinkError::new("the sender stopped before the phase was answered"))?;
         self.check_fatal()
     }
 }

@@ -17,7 +17,7 @@ use fhirlift_mapping::config::CollisionPolicy;
 pub(crate) const LOGGED_REJECTS: u64 = 10;
 
 pub(crate) fn claims_error(e: fhirlift_ledger::claims::ClaimsError) -> SinkError {
-    SinkError(e.to_string())
+    SinkError::from_error(e)
 }
 
 /// The claim a record makes with content `hash`.
@@ -85,7 +85,7 @@ pub(crate) struct Accounts<'a> {
 }
 
 pub(crate) fn ledger_error(e: fhirlift_ledger::LedgerError) -> SinkError {
-    SinkError(e.to_string())
+    SinkError::from_error(e)
 }
 
 /// The records of one stream between its low-water mark and what was read.
@@ -310,7 +310,7 @@ impl Accounts<'_> {
                     then: &side(&me(hash)),
                     policy,
                 })
-                .map_err(|e| SinkError(format!("collisions file: {e}")))?;
+                .map_err(|e| SinkError::caused("collisions file", e))?;
             if policy == CollisionPolicy::LaterWins {
                 continue;
             }
@@ -552,7 +552,7 @@ impl Accounts<'_> {
         }
         self.rejects
             .write(&r)
-            .map_err(|e| SinkError(format!("rejects file: {e}")))
+            .map_err(|e| SinkError::caused("rejects file", e))
     }
 
     /// Counts what the server answered for, and writes its rejects.

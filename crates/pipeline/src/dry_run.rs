@@ -17,7 +17,7 @@ pub struct DryRunSink {
 impl DryRunSink {
     /// Empties (or creates) `dir` for a fresh set of bundles.
     pub fn create(dir: &Path) -> Result<DryRunSink, SinkError> {
-        let io = |e: std::io::Error| SinkError(format!("{}: {e}", dir.display()));
+        let io = |e: std::io::Error| SinkError::caused(dir.display().to_string(), e);
         if dir.exists() {
             for entry in std::fs::read_dir(dir).map_err(io)? {
                 let path = entry.map_err(io)?.path();
@@ -48,6 +48,6 @@ impl RequestSink for DryRunSink {
             file.write_all(&request.body)?;
             file.flush()
         };
-        write().map_err(|e| SinkError(format!("{}: {e}", path.display())))
+        write().map_err(|e| SinkError::caused(path.display().to_string(), e))
     }
 }

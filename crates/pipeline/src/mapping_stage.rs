@@ -188,7 +188,7 @@ impl MappingStage {
                 }
                 let _ = tx.send(vec![Prepared::End]);
             })
-            .map_err(|e| SinkError(format!("cannot start the mapping thread: {e}")))?;
+            .map_err(|e| SinkError::caused("cannot start the mapping thread", e))?;
         Ok(rx)
     }
 }

@@ -158,7 +158,7 @@ impl<'p> StreamRun<'p> {
             && let Some(mark) = ledger.mark(name).map_err(ledger_error)?
         {
             let after = serde_json::from_value::<Provenance>(mark.after).map_err(|e| {
-                SinkError(format!(
+                SinkError::new(format!(
                     "ledger: stream {name}'s resume point does not read ({e}); run with --full"
                 ))
             })?;
