@@ -131,12 +131,131 @@ pub(crate) fn load_lookups(
     tables
 }
 
+/// One stream checked against its source: its columns, lookups, built-in
+/// map and compiled mapping. `None`, with the errors pushed, when any of
+/// them fails: the other streams are still checked.
+fn prepare_stream(
+    config: &MigrationConfig,
+    stream: &StreamConfig,
+    connector: &dyn SourceConnector,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PlannedStream> {
+    let source = stream_source(&stream.name, &stream.from, &stream.key, &stream.options);
+    let columns = match connector.schema(&source) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(ConfigError::at(
+                &stream.pos,
+                format!("stream {}: {e}", stream.name),
+            ));
+            return None;
+        }
+    };
+    let lookups = load_lookups(connector, stream, errors);
+    if lookups.len() != stream.lookups.len() {
+        return None;
+    }
+    let counts = lookups.iter().map(|l| (l.name.clone(), l.len())).collect();
+    let mapper = stream_mapper(config, stream, &columns, lookups, registry, errors)?;
+    Some(PlannedStream {
+        source,
+        columns,
+        shape: mapper.shape(),
+        mapper,
+        builtin: stream.map.as_ref().map(|m| m.name.clone()),
+        lookups: counts,
+        collisions: stream
+            .collisions
+            .unwrap_or(if config.source.connector == "hl7v2" {
+                CollisionPolicy::LaterWins
+            } else {
+                CollisionPolicy::Reject
+            }),
+    })
+}
+
+/// A stream's mapper: its compiled `emit:` entries, a built-in map, or a
+/// built-in map with the stream's own entries laid over it (they join the
+/// built-in map's transaction).
+fn stream_mapper(
+    config: &MigrationConfig,
+    stream: &StreamConfig,
+    columns: &Schema,
+    lookups: Vec<Arc<LookupTable>>,
+    registry: &Registry,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<dyn ResourceMapper>> {
+    let compile = |stream: &StreamConfig, errors: &mut Vec<ConfigError>| {
+        StreamMapper::compile(
+            crate::expression_env(),
+            stream,
+            &config.vars,
+            columns,
+            lookups,
+        )
+        .map_err(|mut e| errors.append(&mut e))
+        .ok()
+    };
+    let Some(map) = &stream.map else {
+        return compile(stream, errors).map(|m| Arc::new(m) as Arc<dyn ResourceMapper>);
+    };
+    let created = registry
+        .map(&map.name)
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            (r.create)(&BuiltinMapContext {
+                stream: &stream.name,
+                options: &map.options,
+            })
+        });
+    let builtin = match created {
+        Ok(m) => m,
+        Err(message) => {
+            errors.push(ConfigError::at(
+                &map.pos,
+                format!("stream {}: map {}: {message}", stream.name, map.name),
+            ));
+            return None;
+        }
+    };
+    if stream.emit.is_empty() {
+        return Some(Arc::from(builtin));
+    }
+    let mut user_stream = stream.clone();
+    user_stream.transaction = builtin.shape().transaction;
+    let user = compile(&user_stream, errors)?;
+    Some(Arc::new(WithOverrides::new(builtin, user)))
+}
+
+/// A `ref()` to a type no stream writes points at nothing, on every
+/// record: an error unless the target says it holds that type.
+fn unwritten_references(deps: &[StreamDeps], config: &MigrationConfig) -> Vec<ConfigError> {
+    let mut unwritten = Vec::new();
+    for (d, c) in deps.iter().zip(&config.streams) {
+        for t in &d.referenced_types {
+            let written = deps.iter().any(|o| o.emitted_types.contains(t));
+            if !written && !config.target.holds.contains(t) {
+                unwritten.push(ConfigError::at(
+                    &c.pos,
+                    format!(
+                        "stream {} refers to {t} (ref('{t}', ...)), but no stream writes {t}: \
+                         add a stream that does, or, if the server already holds them, say so \
+                         with `target: {{ holds: [{t}] }}`",
+                        c.name
+                    ),
+                ));
+            }
+        }
+    }
+    unwritten
+}
+
 impl Plan {
     /// Checks a migration against its source: the connector exists, every
     /// stream opens, every column an expression uses exists, phases order.
     /// Nothing is sent anywhere.
     pub fn prepare(config: MigrationConfig, registry: &Registry) -> Result<Plan, ConfigErrors> {
-        let mut errors = Vec::new();
         let profile = config.target.server_profile().map_err(|m| ConfigError {
             pos: None,
             message: m,
@@ -149,99 +268,14 @@ impl Plan {
         };
         let connector = (registration.create)(&config.source.settings, &context)
             .map_err(|e| ConfigError::at(&config.source.pos, format!("source: {e}")))?;
-        let mut streams = Vec::new();
-        for stream in &config.streams {
-            let source = stream_source(&stream.name, &stream.from, &stream.key, &stream.options);
-            let columns = match connector.schema(&source) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(ConfigError::at(
-                        &stream.pos,
-                        format!("stream {}: {e}", stream.name),
-                    ));
-                    continue;
-                }
-            };
-            let lookups = load_lookups(connector.as_ref(), stream, &mut errors);
-            if lookups.len() != stream.lookups.len() {
-                continue;
-            }
-            let counts = lookups.iter().map(|l| (l.name.clone(), l.len())).collect();
-            let builtin = match &stream.map {
-                None => None,
-                Some(map) => {
-                    let created =
-                        registry
-                            .map(&map.name)
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| {
-                                (r.create)(&BuiltinMapContext {
-                                    stream: &stream.name,
-                                    options: &map.options,
-                                })
-                            });
-                    match created {
-                        Ok(m) => Some(m),
-                        Err(message) => {
-                            errors.push(ConfigError::at(
-                                &map.pos,
-                                format!("stream {}: map {}: {message}", stream.name, map.name),
-                            ));
-                            continue;
-                        }
-                    }
-                }
-            };
-            let mapper: Arc<dyn ResourceMapper> = match builtin {
-                Some(b) if stream.emit.is_empty() => Arc::from(b),
-                Some(b) => {
-                    // the user's entries join the built-in map's transaction
-                    let mut user_stream = stream.clone();
-                    user_stream.transaction = b.shape().transaction;
-                    match StreamMapper::compile(
-                        crate::expression_env(),
-                        &user_stream,
-                        &config.vars,
-                        &columns,
-                        lookups,
-                    ) {
-                        Ok(user) => Arc::new(WithOverrides::new(b, user)),
-                        Err(mut e) => {
-                            errors.append(&mut e);
-                            continue;
-                        }
-                    }
-                }
-                None => match StreamMapper::compile(
-                    crate::expression_env(),
-                    stream,
-                    &config.vars,
-                    &columns,
-                    lookups,
-                ) {
-                    Ok(m) => Arc::new(m),
-                    Err(mut e) => {
-                        errors.append(&mut e);
-                        continue;
-                    }
-                },
-            };
-            streams.push(PlannedStream {
-                source,
-                columns,
-                shape: mapper.shape(),
-                mapper,
-                builtin: stream.map.as_ref().map(|m| m.name.clone()),
-                lookups: counts,
-                collisions: stream
-                    .collisions
-                    .unwrap_or(if config.source.connector == "hl7v2" {
-                        CollisionPolicy::LaterWins
-                    } else {
-                        CollisionPolicy::Reject
-                    }),
-            });
-        }
+        let mut errors = Vec::new();
+        let streams: Vec<PlannedStream> = config
+            .streams
+            .iter()
+            .filter_map(|stream| {
+                prepare_stream(&config, stream, connector.as_ref(), registry, &mut errors)
+            })
+            .collect();
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -256,24 +290,7 @@ impl Plan {
                 pos: Some(c.pos.clone()),
             })
             .collect();
-        // a ref() to a type nothing writes points at nothing, on every record
-        let mut unwritten = Vec::new();
-        for (d, c) in deps.iter().zip(&config.streams) {
-            for t in &d.referenced_types {
-                let written = deps.iter().any(|o| o.emitted_types.contains(t));
-                if !written && !config.target.holds.contains(t) {
-                    unwritten.push(ConfigError::at(
-                        &c.pos,
-                        format!(
-                            "stream {} refers to {t} (ref('{t}', ...)), but no stream writes {t}: \
-                             add a stream that does, or, if the server already holds them, say so \
-                             with `target: {{ holds: [{t}] }}`",
-                            c.name
-                        ),
-                    ));
-                }
-            }
-        }
+        let unwritten = unwritten_references(&deps, &config);
         if !unwritten.is_empty() {
             return Err(ConfigErrors(unwritten));
         }
@@ -433,8 +450,7 @@ impl Plan {
             last_commit: Instant::now(),
             marks: !only_rejected,
             overwritten: Default::default(),
-            claims: fhirlift_ledger::claims::Claims::open()
-                .map_err(|e| SinkError(e.to_string()))?,
+            claims: fhirlift_ledger::claims::Claims::open().map_err(SinkError::from_error)?,
             condemned: HashMap::new(),
         };
         if let Some(ledger) = accounts.ledger.as_deref_mut() {
@@ -493,7 +509,7 @@ impl Plan {
         let rejects = accounts.rejects;
         rejects
             .flush()
-            .map_err(|e| SinkError(format!("rejects file: {e}")))?;
+            .map_err(|e| SinkError::caused("rejects file", e))?;
         Ok(RunSummary {
             streams: accounts.summaries,
             traffic: sink.traffic(),
