@@ -61,7 +61,30 @@ impl Mapper<'_, '_> {
         Ok(())
     }
 
+    /// PID → Patient: identity from PID-3 (PID-2 and PID-4 stand in), then
+    /// the demographics, languages and US Core extensions, in that order.
     pub(super) fn patient(&mut self, pid: &Segment<'_>) -> Result<Local, MapFailure> {
+        let (identifiers, identity) = self.patient_identifiers(pid)?;
+        let mut p = resource("Patient");
+        p.insert("identifier".into(), Value::Array(identifiers));
+        self.demographics(pid, &mut p);
+        let languages = self.languages(pid);
+        if !languages.is_empty() {
+            p.insert("communication".into(), Value::Array(languages));
+        }
+        let extensions = self.patient_extensions(pid);
+        if !extensions.is_empty() {
+            p.insert("extension".into(), Value::Array(extensions));
+        }
+        Ok(self.push("Patient", identity.0, identity.1, Value::Object(p)))
+    }
+
+    /// The Patient's identifiers (PID-2, -3, -4, SSN, driver's licence) and
+    /// its identity: the first of them with a system and a value.
+    fn patient_identifiers(
+        &self,
+        pid: &Segment<'_>,
+    ) -> Result<(Vec<Value>, (String, String)), MapFailure> {
         let mut identifiers = Vec::new();
         identifiers.extend(self.identifiers(pid, 2));
         let pid3 = self.identifiers(pid, 3);
@@ -106,8 +129,12 @@ impl Mapper<'_, '_> {
             }
             identifiers.push(id);
         }
-        let mut p = resource("Patient");
-        p.insert("identifier".into(), Value::Array(identifiers));
+        Ok((identifiers, identity))
+    }
+
+    /// Names, telecom, gender, birth, death, addresses, marital status and
+    /// multiple birth, inserted in that order.
+    fn demographics(&self, pid: &Segment<'_>, p: &mut Map<String, Value>) {
         let mut names = self.list(pid, 5, fhir::human_name);
         // XPN.15 "called by" is a name of its own (use nickname), after the guide
         names.extend(self.list(pid, 5, fhir::called_by_name));
@@ -179,8 +206,12 @@ impl Mapper<'_, '_> {
                 None => {}
             }
         }
-        let languages: Vec<Value> = self
-            .reps(pid, 15)
+    }
+
+    /// PID-15 as `communication` entries (BCP 47 codes where the table
+    /// knows the language).
+    fn languages(&self, pid: &Segment<'_>) -> Vec<Value> {
+        self.reps(pid, 15)
             .into_iter()
             .filter_map(|r| {
                 let c = Composite::new(r, &self.d);
@@ -196,10 +227,11 @@ impl Mapper<'_, '_> {
                 }
                 Some(json!({ "language": concept }))
             })
-            .collect();
-        if !languages.is_empty() {
-            p.insert("communication".into(), Value::Array(languages));
-        }
+            .collect()
+    }
+
+    /// Mother's maiden name (PID-6), race (PID-10), ethnicity (PID-22).
+    fn patient_extensions(&self, pid: &Segment<'_>) -> Vec<Value> {
         let mut extensions = Vec::new();
         if let Some(maiden) = self.text(pid, 6, 1) {
             extensions.push(json!({
@@ -209,10 +241,7 @@ impl Mapper<'_, '_> {
         }
         extensions.extend(self.us_core_category(pid, 10, US_CORE_RACE, 6, tables::race));
         extensions.extend(self.us_core_category(pid, 22, US_CORE_ETHNICITY, 1, tables::ethnicity));
-        if !extensions.is_empty() {
-            p.insert("extension".into(), Value::Array(extensions));
-        }
-        Ok(self.push("Patient", identity.0, identity.1, Value::Object(p)))
+        extensions
     }
 
     /// PID-10 race or PID-22 ethnicity as a US Core extension: each

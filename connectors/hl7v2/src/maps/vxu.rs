@@ -57,6 +57,9 @@ impl Mapper<'_, '_> {
         Ok(())
     }
 
+    /// RXA (with its ORC and RXR) → Immunization: identity, status,
+    /// vaccine, patient, when, source, the product given, route and site,
+    /// administering providers.
     pub(super) fn immunization(
         &mut self,
         rxa: &Segment<'_>,
@@ -70,37 +73,7 @@ impl Mapper<'_, '_> {
         let when = self
             .datetime(rxa, 3)
             .ok_or_else(|| MapFailure("RXA-3 (when the vaccine was given) is empty or not a date; Immunization.occurrence is required".into()))?;
-        let placer = orc.and_then(|o| self.entity_id(o, 2));
-        let filler = orc.and_then(|o| self.entity_id(o, 3));
-        let mut identifiers = Vec::new();
-        for (id, code) in [(&placer, "PLAC"), (&filler, "FILL")] {
-            if let Some((v, _, _)) = id {
-                let mut v = v.clone();
-                v["type"] =
-                    json!({ "coding": [{ "system": format!("{THO}v2-0203"), "code": code }] });
-                identifiers.push(v);
-            }
-        }
-        let order = match (&filler, &placer) {
-            (Some((_, s, v)), _) => Some((order_system(s, "FILL"), v.clone())),
-            (None, Some((_, s, v))) => Some((order_system(s, "PLAC"), v.clone())),
-            (None, None) => None,
-        };
-        let (system, value) = match order {
-            Some((s, v)) => {
-                identifiers.insert(0, json!({ "system": s, "value": v }));
-                (s, v)
-            }
-            None => {
-                // no order number: the patient, the vaccine and the day
-                let code = self.text(rxa, 5, 1).unwrap_or_default();
-                let day = self.text(rxa, 3, 1).unwrap_or_default();
-                let day: String = day.chars().take(8).collect();
-                let (s, v) = Self::derived(patient, &format!("RXA-{code}-{day}"));
-                identifiers.push(json!({ "system": s, "value": v }));
-                (s, v)
-            }
-        };
+        let (identifiers, (system, value)) = self.immunization_identity(rxa, orc, patient);
         let mut i = resource("Immunization");
         i.insert("identifier".into(), Value::Array(identifiers));
         let refused = self.codeable(rxa, 18);
@@ -128,6 +101,77 @@ impl Mapper<'_, '_> {
                 i.insert("reportOrigin".into(), origin);
             }
         }
+        self.product(rxa, &mut i);
+        if let Some(rxr) = rxr {
+            if let Some(route) = self.codeable(rxr, 1) {
+                i.insert("route".into(), route);
+            }
+            if let Some(site) = self.codeable(rxr, 2) {
+                i.insert("site".into(), site);
+            }
+        }
+        let performers: Vec<Value> = self
+            .reps(rxa, 10)
+            .into_iter()
+            .filter_map(|r| self.practitioner_reference(r))
+            .map(|actor| {
+                json!({
+                    "function": { "coding": [{ "system": format!("{THO}v2-0443"), "code": "AP", "display": "Administering Provider" }] },
+                    "actor": actor,
+                })
+            })
+            .collect();
+        if !performers.is_empty() {
+            i.insert("performer".into(), Value::Array(performers));
+        }
+        Ok(self.push("Immunization", system, value, Value::Object(i)))
+    }
+
+    /// The Immunization's identifiers and identity: its filler (else
+    /// placer) order number in a system of its kind, else one derived from
+    /// the patient, the vaccine and the day.
+    fn immunization_identity(
+        &self,
+        rxa: &Segment<'_>,
+        orc: Option<&Segment<'_>>,
+        patient: &Local,
+    ) -> (Vec<Value>, (String, String)) {
+        let placer = orc.and_then(|o| self.entity_id(o, 2));
+        let filler = orc.and_then(|o| self.entity_id(o, 3));
+        let mut identifiers = Vec::new();
+        for (id, code) in [(&placer, "PLAC"), (&filler, "FILL")] {
+            if let Some((v, _, _)) = id {
+                let mut v = v.clone();
+                v["type"] =
+                    json!({ "coding": [{ "system": format!("{THO}v2-0203"), "code": code }] });
+                identifiers.push(v);
+            }
+        }
+        let order = match (&filler, &placer) {
+            (Some((_, s, v)), _) => Some((order_system(s, "FILL"), v.clone())),
+            (None, Some((_, s, v))) => Some((order_system(s, "PLAC"), v.clone())),
+            (None, None) => None,
+        };
+        let identity = match order {
+            Some((s, v)) => {
+                identifiers.insert(0, json!({ "system": s, "value": v }));
+                (s, v)
+            }
+            None => {
+                // no order number: the patient, the vaccine and the day
+                let code = self.text(rxa, 5, 1).unwrap_or_default();
+                let day = self.text(rxa, 3, 1).unwrap_or_default();
+                let day: String = day.chars().take(8).collect();
+                let (s, v) = Self::derived(patient, &format!("RXA-{code}-{day}"));
+                identifiers.push(json!({ "system": s, "value": v }));
+                (s, v)
+            }
+        };
+        (identifiers, identity)
+    }
+
+    /// Lot, expiry, manufacturer (MVX) and dose of what was given.
+    fn product(&self, rxa: &Segment<'_>, i: &mut Map<String, Value>) {
         if let Some(lot) = self.text(rxa, 15, 1) {
             i.insert("lotNumber".into(), json!(lot));
         }
@@ -169,28 +213,5 @@ impl Mapper<'_, '_> {
             }
             i.insert("doseQuantity".into(), dose);
         }
-        if let Some(rxr) = rxr {
-            if let Some(route) = self.codeable(rxr, 1) {
-                i.insert("route".into(), route);
-            }
-            if let Some(site) = self.codeable(rxr, 2) {
-                i.insert("site".into(), site);
-            }
-        }
-        let performers: Vec<Value> = self
-            .reps(rxa, 10)
-            .into_iter()
-            .filter_map(|r| self.practitioner_reference(r))
-            .map(|actor| {
-                json!({
-                    "function": { "coding": [{ "system": format!("{THO}v2-0443"), "code": "AP", "display": "Administering Provider" }] },
-                    "actor": actor,
-                })
-            })
-            .collect();
-        if !performers.is_empty() {
-            i.insert("performer".into(), Value::Array(performers));
-        }
-        Ok(self.push("Immunization", system, value, Value::Object(i)))
     }
 }
