@@ -8,7 +8,7 @@ use fhirlift_sandbox::{MedplumBehaviour, SandboxConfig};
 use fhirlift_tests::{TestServer, fhirlift, scratch, workspace};
 use serde_json::Value;
 
-use crate::support::{id_of, migrate, report, total};
+use crate::support::{corpus, corpus_migration, id_of, migrate, report, total};
 
 const NORTH: &str = "urn:oid:2.16.840.1.113883.3.9999";
 
@@ -276,15 +276,7 @@ fn every_corpus_archive_runs_through_the_builtin_map_without_a_panic() {
         return;
     };
     let dir = scratch("hl7v2-corpus");
-    let config = dir.join("migration.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "source:\n  connector: hl7v2\n  path: {}\nstreams:\n  messages:\n    from: hl7v2/**/*.hl7\n    map:\n      builtin: hl7v2\n      default_authority: urn:example:corpus\n",
-            corpus.display()
-        ),
-    )
-    .unwrap();
+    let config = corpus_migration(&corpus, &dir);
     let out = dir.join("out");
     let run = fhirlift([
         "migrate".into(),
@@ -319,18 +311,6 @@ fn every_corpus_archive_runs_through_the_builtin_map_without_a_panic() {
     eprintln!(
         "corpus: {records} messages, {mapped} mapped, {skipped} skipped, {rejected} rejected"
     );
-}
-
-fn corpus() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("FHIRLIFT_CORPUS").map(PathBuf::from),
-        Some(workspace().join("../shared/corpus")),
-        Some("/work/shared/corpus".into()),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("hl7v2").is_dir())
 }
 
 /// An ORU^R01 with `results` OBX under one OBR.

@@ -15,4 +15,5 @@ mod rejects;
 mod rerun;
 mod sandbox;
 mod support;
+mod validation;
 mod volume;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use fhirlift_tests::{Outcome, fhirlift, scratch};
 use serde_json::Value;
 
-use crate::support::total;
+use crate::support::{corpus, total};
 
 /// `fhirlift migrate` into the embedded sandbox saved in `dir/store`, with
 /// the ledger, report and rejects in `dir`.
@@ -160,16 +160,6 @@ fn an_earlier_message_changed_elsewhere_does_not_leave_its_older_patient_behind(
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(writes(&dir), 0, "{}", out.stdout);
     assert_eq!(family(&dir), "New");
-}
-
-fn corpus() -> Option<PathBuf> {
-    [
-        std::env::var_os("FHIRLIFT_CORPUS").map(PathBuf::from),
-        Some(fhirlift_tests::workspace().join("../shared/corpus")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.join("hl7v2").is_dir())
 }
 
 /// Copies every `*.hl7` below `from` into `to`, keeping the relative paths.

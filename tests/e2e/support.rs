@@ -1,7 +1,7 @@
 //! Helpers shared by the modules that send migrations to a sandbox.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fhirlift_tests::{Outcome, fhirlift};
 use serde_json::Value;
@@ -56,4 +56,32 @@ pub fn id_of(
         "{resource_type} {value} stored exactly once"
     );
     found[0]["id"].as_str().unwrap().to_owned()
+}
+
+/// The shared corpus of real HL7 v2 messages and Synthea exports:
+/// `$FHIRLIFT_CORPUS`, else `../shared/corpus` beside the workspace.
+pub fn corpus() -> Option<PathBuf> {
+    [
+        std::env::var_os("FHIRLIFT_CORPUS").map(PathBuf::from),
+        Some(fhirlift_tests::workspace().join("../shared/corpus")),
+        Some("/work/shared/corpus".into()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("hl7v2").is_dir())
+}
+
+/// A migration file in `dir` that reads every archive of the corpus with
+/// the built-in HL7v2 map.
+pub fn corpus_migration(corpus: &Path, dir: &Path) -> PathBuf {
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "source:\n  connector: hl7v2\n  path: {}\nstreams:\n  messages:\n    from: hl7v2/**/*.hl7\n    map:\n      builtin: hl7v2\n      default_authority: urn:example:corpus\n",
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    config
 }

