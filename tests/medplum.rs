@@ -242,6 +242,14 @@ impl Fhir {
         Url::parse_with_params(&url, params).unwrap_or_else(|e| panic!("{url}: {e}"))
     }
 
+    /// `POST {base}/{resourceType}`: the server's status and answer (the
+    /// stored resource, or an OperationOutcome), whatever they are.
+    pub fn create(&self, resource: &Value) -> (u16, Value) {
+        let resource_type = resource["resourceType"].as_str().unwrap_or("Basic");
+        let url = self.url(resource_type, &[]);
+        self.send(Method::POST, url, Some(resource))
+    }
+
     /// A search's first page: `GET Type?params`, which must answer 200.
     pub fn search(&self, resource_type: &str, params: &[(&str, &str)]) -> Value {
         let url = self.url(resource_type, params);

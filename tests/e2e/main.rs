@@ -16,4 +16,5 @@ mod rerun;
 mod sandbox;
 mod support;
 mod validation;
+mod validation_agreement;
 mod volume;

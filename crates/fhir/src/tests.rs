@@ -175,6 +175,12 @@ fn messages_name_the_nearest_and_never_the_value() {
         "{text:?}"
     );
     assert!(text.iter().all(|t| !t.contains("secret")), "{text:?}");
+    let found = validate(&json!({ "resourceType": "Observation", "status": "final",
+                                  "code": { "text": "x" }, "valueStrng": "a" }));
+    assert!(
+        found[0].message.contains("did you mean valueString?"),
+        "{found:?}"
+    );
     let found = validate(&json!({ "resourceType": "Pateint" }));
     assert!(
         found[0].message.contains("did you mean Patient?"),

@@ -175,11 +175,26 @@ impl Walker {
                 continue;
             }
             let Some((element, type_name)) = find_element(def, key) else {
-                let known = def.elements.iter().map(|e| e.name.as_str());
+                // choice elements by each of their names (valueString, ...)
+                let known: Vec<String> = def
+                    .elements
+                    .iter()
+                    .flat_map(|e| match e.choice_stem() {
+                        Some(stem) => e
+                            .types
+                            .iter()
+                            .map(|t| format!("{stem}{}", capitalized(t)))
+                            .collect(),
+                        None => vec![e.name.clone()],
+                    })
+                    .collect();
                 self.issue(
                     Rule::UnknownElement,
                     &location,
-                    format!("{key} is not an element here{}", nearest_hint(key, known)),
+                    format!(
+                        "{key} is not an element here{}",
+                        nearest_hint(key, known.iter().map(String::as_str))
+                    ),
                 );
                 continue;
             };
