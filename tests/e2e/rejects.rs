@@ -261,6 +261,7 @@ streams:
       - resourceType: Condition
         identifier: [{ system: "http://s/pc", value: "{{ id }}" }]
         code: { text: "{{ condition.name }}" }
+        subject: { reference: "Patient/1" }
 "#;
     std::fs::write(dir.join("migration.yaml"), yaml).unwrap();
     std::fs::write(dir.join("c.csv"), "code,name\nHT,Hypertension\n").unwrap();

@@ -146,6 +146,7 @@ streams:
         resourceType: Encounter
         identifier: [{ system: "http://s/encounter", value: "{{ encounter_id }}" }]
         status: finished
+        class: { system: "http://terminology.hl7.org/CodeSystem/v3-ActCode", code: AMB }
       - resourceType: ClinicalImpression
         identifier: [{ system: "http://s/note", value: "{{ encounter_id }}" }]
         status: completed

@@ -104,3 +104,118 @@ fn the_hl7v2_map_on_the_shared_corpus_sends_valid_r4() {
     assert!(resources > 2000, "{resources} resources");
     assert!(issues.is_empty(), "{}", issues.join("\n"));
 }
+
+/// The guide example with two mistakes a new user makes: the source's
+/// gender letter written as is (`F` is no code of administrative-gender),
+/// and an Encounter status that is not one (`done`).
+fn invalid_guide(dir: &Path, validate: Option<&str>) -> PathBuf {
+    let example = workspace().join("examples/medplum-guide");
+    let text = std::fs::read_to_string(example.join("migration.yaml")).unwrap();
+    let text = text
+        .replace(
+            "gender: \"{{ gender | code(M='male', F='female', O='other', U='unknown') }}\"",
+            "gender: \"{{ gender }}\"",
+        )
+        .replace("status: finished", "status: done");
+    let text = match validate {
+        Some(mode) => text.replacen("target:\n", &format!("target:\n  validate: {mode}\n"), 1),
+        None => text,
+    };
+    assert!(text.contains("gender: \"{{ gender }}\"") && text.contains("status: done"));
+    let config = dir.join("migration.yaml");
+    std::fs::write(&config, text).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for entry in std::fs::read_dir(example.join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, data.join(path.file_name().unwrap())).unwrap();
+    }
+    config
+}
+
+#[test]
+fn invalid_resources_are_rejected_before_sending_with_rule_and_place() {
+    let dir = scratch("validate-reject");
+    let config = invalid_guide(&dir, None);
+    let check = fhirlift(["check".into(), "-c".into(), config.clone().into_os_string()]);
+    assert!(
+        check
+            .stdout
+            .contains("2  code-not-in-value-set Patient.gender (first: patients.csv:2)"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("2  code-not-in-value-set Encounter.status (first: encounters.csv:2)"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("4 records would be rejected"),
+        "{}",
+        check.stdout
+    );
+    // a dry run sends none of them, and the rejects file says why
+    let out = dir.join("out");
+    let rejects = dir.join("rejects.ndjson");
+    let run = fhirlift([
+        "migrate".into(),
+        "-c".into(),
+        config.into_os_string(),
+        "--dry-run".into(),
+        out.clone().into_os_string(),
+        "--rejects".into(),
+        rejects.clone().into_os_string(),
+    ]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let sent: Vec<String> = resources(&out)
+        .iter()
+        .map(|(_, r)| r["resourceType"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        !sent.iter().any(|t| t == "Patient" || t == "Encounter"),
+        "{sent:?}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rejects)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines.iter().all(|l| l["stage"] == "validate"), "{lines:?}");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Patient.gender [code-not-in-value-set]"),
+        "{lines:?}"
+    );
+    // the logs name the rule's place, never the value
+    assert!(!run.stderr.contains("\"F\""), "{}", run.stderr);
+}
+
+#[test]
+fn under_warn_invalid_resources_are_sent_and_counted() {
+    let dir = scratch("validate-warn");
+    let config = invalid_guide(&dir, Some("warn"));
+    let out = dir.join("out");
+    let run = fhirlift([
+        "migrate".into(),
+        "-c".into(),
+        config.into_os_string(),
+        "--dry-run".into(),
+        out.clone().into_os_string(),
+        "--rejects".into(),
+        dir.join("rejects.ndjson").into_os_string(),
+    ]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(resources(&out).len(), 9);
+    assert!(
+        run.stdout
+            .contains("not valid FHIR R4 2: records with an invalid resource"),
+        "{}",
+        run.stdout
+    );
+}

@@ -46,7 +46,23 @@ pub struct TargetConfig {
     /// Resource types the server already holds (`holds: [Organization]`):
     /// a mapping may `ref()` them though no stream writes them.
     pub holds: Vec<String>,
+    /// What a resource that is not valid FHIR R4 does (`validate:`).
+    pub validate: ValidateMode,
     pub pos: Pos,
+}
+
+/// `target.validate`: what happens to a record whose resources are not
+/// valid FHIR R4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidateMode {
+    /// Rejected before it is packed, with the issues (the default).
+    #[default]
+    Reject,
+    /// Sent, and its issues counted and reported.
+    Warn,
+    /// Not validated.
+    Off,
 }
 
 /// One stream: what to read and what to emit for each record.
@@ -357,6 +373,7 @@ fn read_root(
         strategy: None,
         asynchronous: false,
         holds: Vec::new(),
+        validate: ValidateMode::default(),
         pos: root.pos.clone(),
     });
     Some(MigrationConfig {
@@ -403,6 +420,7 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
         strategy: None,
         asynchronous: false,
         holds: Vec::new(),
+        validate: ValidateMode::default(),
         pos: node.pos.clone(),
     };
     for (k, v) in map_entries(node, "target", errors) {
@@ -417,12 +435,31 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
             Some("strategy") => target.strategy = string_of(v, "target.strategy", errors),
             Some("async") => target.asynchronous = bool_of(v, "target.async", errors),
             Some("holds") => target.holds = strings_of(v, "target.holds", errors),
+            // YAML reads a bare `off` as false
+            Some("validate") if matches!(v.kind, NodeKind::Bool(false)) => {
+                target.validate = ValidateMode::Off
+            }
+            Some("validate") => {
+                target.validate = match string_of(v, "target.validate", errors).as_deref() {
+                    Some("reject") => ValidateMode::Reject,
+                    Some("warn") => ValidateMode::Warn,
+                    Some("off") => ValidateMode::Off,
+                    Some(other) => {
+                        errors.push(ConfigError::at(
+                            &v.pos,
+                            format!("target.validate is reject, warn or off, not {other:?}"),
+                        ));
+                        ValidateMode::default()
+                    }
+                    None => ValidateMode::default(),
+                }
+            }
             // Server, auth and the like belong to the sender; accepted and kept for it.
             Some("server" | "auth") => {}
             _ => errors.push(ConfigError::at(
                 &k.pos,
                 format!(
-                    "unknown target key {:?}: expected profile, strategy, async, holds, batch_entries, body_bytes, server or auth",
+                    "unknown target key {:?}: expected profile, strategy, async, holds, validate, batch_entries, body_bytes, server or auth",
                     k.key_text()
                 ),
             )),
@@ -640,5 +677,22 @@ mod tests {
         assert_eq!(s.options["delimiter"], ";");
         assert_eq!(s.lookups[0].by, "cond_id");
         assert_eq!(s.emit.len(), 1);
+    }
+
+    #[test]
+    fn validation_is_reject_unless_the_target_says_warn_or_off() {
+        let with = |target: &str| {
+            let text = format!(
+                "source: {{ connector: csv }}\ntarget: {target}\nstreams:\n  c:\n    from: c.csv\n    emit: {{ resourceType: Patient }}\n"
+            );
+            MigrationConfig::parse(Path::new("m.yaml"), &text).map(|c| c.target.validate)
+        };
+        assert_eq!(with("{ profile: medplum }").unwrap(), ValidateMode::Reject);
+        assert_eq!(with("{ validate: warn }").unwrap(), ValidateMode::Warn);
+        // YAML reads a bare off as false
+        assert_eq!(with("{ validate: off }").unwrap(), ValidateMode::Off);
+        assert_eq!(with("{ validate: \"off\" }").unwrap(), ValidateMode::Off);
+        let e = with("{ validate: maybe }").unwrap_err().to_string();
+        assert!(e.contains("reject, warn or off"), "{e}");
     }
 }

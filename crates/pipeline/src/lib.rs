@@ -19,6 +19,7 @@ mod plan;
 mod progress;
 mod stream;
 mod summary;
+mod validation;
 
 use std::sync::OnceLock;
 

@@ -51,6 +51,8 @@ pub(crate) enum Prepared {
         /// [`fhirlift_core::group::content_hash`] of each operation, for the delta.
         hashes: Vec<u128>,
         mapped: Result<Mapped, MapError>,
+        /// The rule and location of each FHIR R4 issue of its resources.
+        invalid: Vec<String>,
     },
     /// A record the connector could not read, and its ordinal.
     Rejected(fhirlift_core::connector::RecordError, u64),
@@ -111,6 +113,8 @@ pub(crate) struct MappingStage {
     /// The ordinal of the first record the connector yields (the records a
     /// resumed run skips are counted in it).
     pub(crate) first_ordinal: u64,
+    /// What an invalid resource does (`target.validate`).
+    pub(crate) validate: fhirlift_mapping::config::ValidateMode,
 }
 
 impl MappingStage {
@@ -146,6 +150,13 @@ impl MappingStage {
                                 let mapped = self.mapper.map(record).and_then(|m| {
                                     one_identity_each(m, &self.stream, &key, &provenance)
                                 });
+                                let (mapped, invalid) = crate::validation::validate(
+                                    self.validate,
+                                    mapped,
+                                    &self.stream,
+                                    &key,
+                                    &provenance,
+                                );
                                 let hashes = match &mapped {
                                     Ok(Mapped::Group(g)) => g
                                         .operations
@@ -162,6 +173,7 @@ impl MappingStage {
                                     ordinal: ordinal - 1,
                                     hashes,
                                     mapped,
+                                    invalid,
                                 });
                             }
                             SourceEvent::Rejected(e) => {
@@ -244,6 +256,7 @@ mod tests {
             shard: None,
             retry: retry.map(|keys| keys.iter().map(|k| (*k).to_owned()).collect()),
             first_ordinal: 0,
+            validate: fhirlift_mapping::config::ValidateMode::Off,
         }
     }
 

@@ -22,6 +22,8 @@ pub enum Stage {
     Source,
     /// The mapping failed for it.
     Map,
+    /// A resource it maps to is not valid FHIR R4 (`target.validate: reject`).
+    Validate,
     /// It does not fit the server's limits.
     Plan,
     /// It repeats another record's key, or writes another record's

@@ -61,6 +61,7 @@ impl Plan {
             shard: filter.shard,
             retry: start.retry,
             first_ordinal: accounts.tracks[index].base,
+            validate: self.config.target.validate,
         }
         .spawn(open)?;
         let ended = run.read(mapped, sink, accounts, progress, filter)?;
@@ -212,7 +213,16 @@ impl<'p> StreamRun<'p> {
                 ordinal,
                 hashes,
                 mapped,
-            } => self.record(accounts, (key, provenance, ordinal), hashes, mapped)?,
+                invalid,
+            } => {
+                self.count_invalid(accounts, &invalid, &provenance);
+                let stage = if invalid.is_empty() {
+                    Stage::Map
+                } else {
+                    Stage::Validate
+                };
+                self.record(accounts, (key, provenance, ordinal), hashes, mapped, stage)?
+            }
             Prepared::Rejected(e, ordinal) => self.unreadable(accounts, e, ordinal)?,
             Prepared::Failed(e) => {
                 let summary = &mut accounts.summaries[self.index];
@@ -231,6 +241,7 @@ impl<'p> StreamRun<'p> {
         (key, provenance, ordinal): (String, Provenance, u64),
         hashes: Vec<u128>,
         mapped: Result<Mapped, MapError>,
+        failed_stage: Stage,
     ) -> Result<(), SinkError> {
         accounts.summaries[self.index].records += 1;
         let seq = accounts.tracks[self.index].begin(key, provenance, ordinal);
@@ -253,11 +264,33 @@ impl<'p> StreamRun<'p> {
                     accounts,
                     Some(&e.key),
                     &e.provenance,
-                    Stage::Map,
+                    failed_stage,
                     mapping,
                     &e.message,
                 )
             }
+        }
+    }
+
+    /// Counts a record's FHIR R4 issues by rule and location, keeping the
+    /// first record of each.
+    fn count_invalid(
+        &self,
+        accounts: &mut Accounts<'_>,
+        invalid: &[String],
+        provenance: &Provenance,
+    ) {
+        if invalid.is_empty() {
+            return;
+        }
+        let summary = &mut accounts.summaries[self.index];
+        summary.invalid_records += 1;
+        for issue in invalid {
+            let slot = summary
+                .invalid
+                .entry(issue.clone())
+                .or_insert_with(|| (0, provenance.to_string()));
+            slot.0 += 1;
         }
     }
 

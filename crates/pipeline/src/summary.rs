@@ -79,6 +79,13 @@ pub struct StreamSummary {
     /// Records whose key an earlier record of the run had, with other
     /// content, written all the same (`collisions: later-wins`).
     pub repeated_keys: u64,
+    /// Records with a resource that is not valid FHIR R4 (rejected, or
+    /// sent under `target.validate: warn`).
+    pub invalid_records: u64,
+    /// Their issues by rule and location (`code-not-in-value-set
+    /// Patient.gender`): how many, and the first record with it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub invalid: BTreeMap<String, (u64, String)>,
 }
 
 impl StreamSummary {

@@ -90,6 +90,9 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 /// The per-stream table and the totals.
+/// Kinds of FHIR R4 issue listed per stream in a summary.
+const MOST_ISSUES_SHOWN: usize = 20;
+
 pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> std::io::Result<()> {
     writeln!(
         out,
@@ -129,6 +132,25 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
                 "      collisions {}: identities written by two records with different content",
                 s.collisions
             )?;
+        }
+        if s.invalid_records > 0 {
+            writeln!(
+                out,
+                "      not valid FHIR R4 {}: records with an invalid resource, by rule and place:",
+                s.invalid_records
+            )?;
+            let mut issues: Vec<(&String, &(u64, String))> = s.invalid.iter().collect();
+            issues.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+            for (issue, (n, first)) in issues.iter().take(MOST_ISSUES_SHOWN) {
+                writeln!(out, "        {n:>8}  {issue} (first: {first})")?;
+            }
+            if issues.len() > MOST_ISSUES_SHOWN {
+                writeln!(
+                    out,
+                    "        ... and {} more (the rejects file has every one)",
+                    issues.len() - MOST_ISSUES_SHOWN
+                )?;
+            }
         }
         if let Some(why) = &s.failed {
             writeln!(out, "      stopped early: {why}")?;
