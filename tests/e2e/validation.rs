@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fhirlift_tests::{fhirlift, scratch, workspace};
+use fhirlift_tests::{Outcome, fhirlift, scratch, workspace};
 
 use crate::support::{corpus, corpus_migration};
 
@@ -41,10 +41,9 @@ fn resources(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     out
 }
 
-/// Dry-runs `config`: how many resources it would send, and their issues
-/// grouped by rule and location (with a count and the first of each).
-fn issues_of_dry_run(config: &Path, name: &str) -> (usize, Vec<String>) {
-    let dir = scratch(name);
+/// `fhirlift migrate -c CONFIG --dry-run DIR/out --rejects DIR/rejects.ndjson`:
+/// the bundles' folder and the outcome.
+fn dry_run(config: &Path, dir: &Path) -> (PathBuf, Outcome) {
     let out = dir.join("out");
     let run = fhirlift([
         "migrate".into(),
@@ -55,6 +54,14 @@ fn issues_of_dry_run(config: &Path, name: &str) -> (usize, Vec<String>) {
         "--rejects".into(),
         dir.join("rejects.ndjson").into_os_string(),
     ]);
+    (out, run)
+}
+
+/// Dry-runs `config`: how many resources it would send, and their issues
+/// grouped by rule and location (with a count and the first of each).
+fn issues_of_dry_run(config: &Path, name: &str) -> (usize, Vec<String>) {
+    let dir = scratch(name);
+    let (out, run) = dry_run(config, &dir);
     assert!(
         run.code == 0 || run.code == 2,
         "{}{}",
@@ -137,7 +144,7 @@ fn invalid_guide(dir: &Path, validate: Option<&str>) -> PathBuf {
 fn invalid_resources_are_rejected_before_sending_with_rule_and_place() {
     let dir = scratch("validate-reject");
     let config = invalid_guide(&dir, None);
-    let check = fhirlift(["check".into(), "-c".into(), config.clone().into_os_string()]);
+    let check = fhirlift(["check".into(), "-c".into(), config.as_os_str().to_owned()]);
     assert!(
         check
             .stdout
@@ -158,17 +165,8 @@ fn invalid_resources_are_rejected_before_sending_with_rule_and_place() {
         check.stdout
     );
     // a dry run sends none of them, and the rejects file says why
-    let out = dir.join("out");
     let rejects = dir.join("rejects.ndjson");
-    let run = fhirlift([
-        "migrate".into(),
-        "-c".into(),
-        config.into_os_string(),
-        "--dry-run".into(),
-        out.clone().into_os_string(),
-        "--rejects".into(),
-        rejects.clone().into_os_string(),
-    ]);
+    let (out, run) = dry_run(&config, &dir);
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
     let sent: Vec<String> = resources(&out)
         .iter()
@@ -200,16 +198,7 @@ fn invalid_resources_are_rejected_before_sending_with_rule_and_place() {
 fn under_warn_invalid_resources_are_sent_and_counted() {
     let dir = scratch("validate-warn");
     let config = invalid_guide(&dir, Some("warn"));
-    let out = dir.join("out");
-    let run = fhirlift([
-        "migrate".into(),
-        "-c".into(),
-        config.into_os_string(),
-        "--dry-run".into(),
-        out.clone().into_os_string(),
-        "--rejects".into(),
-        dir.join("rejects.ndjson").into_os_string(),
-    ]);
+    let (out, run) = dry_run(&config, &dir);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert_eq!(resources(&out).len(), 9);
     assert!(
