@@ -208,3 +208,24 @@ fn under_warn_invalid_resources_are_sent_and_counted() {
         run.stdout
     );
 }
+
+#[test]
+fn preview_shows_the_issues_under_each_resource() {
+    let dir = scratch("validate-preview");
+    let config = invalid_guide(&dir, None);
+    let preview = fhirlift([
+        "preview".into(),
+        "-c".into(),
+        config.into_os_string(),
+        "--stream".into(),
+        "patients".into(),
+    ]);
+    assert!(
+        preview.stdout.contains(
+            "Patient.gender [code-not-in-value-set]: not a code of http://hl7.org/fhir/ValueSet/administrative-gender"
+        ),
+        "{}",
+        preview.stdout
+    );
+    assert!(preview.stdout.contains("\"issues\""), "{}", preview.stdout);
+}

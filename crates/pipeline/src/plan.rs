@@ -371,6 +371,7 @@ impl Plan {
                     .join(", "),
             })?;
         let mut open = self.connector.open(&planned.source)?;
+        let validating = self.config.target.validate != fhirlift_mapping::config::ValidateMode::Off;
         let mut out = Vec::new();
         'read: while let Some(chunk) = open.blocking_next_chunk() {
             for event in chunk {
@@ -389,10 +390,23 @@ impl Plan {
                                 .into_iter()
                                 .flat_map(|g| g.operations)
                                 .map(|op| {
-                                    serde_json::json!({
+                                    let resource = op.resource.to_value();
+                                    let mut write = serde_json::json!({
                                         "request": { "method": op.method.as_str(), "url": op.url },
-                                        "resource": op.resource.to_value(),
-                                    })
+                                    });
+                                    // what validation finds, under the resource it is about
+                                    if validating {
+                                        let issues: Vec<String> =
+                                            fhirlift_fhir::validate(&resource)
+                                                .iter()
+                                                .map(ToString::to_string)
+                                                .collect();
+                                        if !issues.is_empty() {
+                                            write["issues"] = serde_json::json!(issues);
+                                        }
+                                    }
+                                    write["resource"] = resource;
+                                    write
                                 })
                                 .collect();
                             serde_json::json!({ "record": provenance, "writes": resources })
