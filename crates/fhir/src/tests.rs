@@ -166,6 +166,32 @@ fn each_rule_finds_its_mistake() {
 }
 
 #[test]
+fn urn_uuid_references_must_name_an_entry_of_the_bundle() {
+    let encounter = json!({ "resourceType": "Encounter", "status": "finished",
+        "class": { "code": "AMB" } });
+    let note = json!({ "resourceType": "ClinicalImpression", "status": "completed",
+        "subject": { "reference": "Patient/1" },
+        "encounter": { "reference": "urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e" },
+        "investigation": [{ "code": { "text": "x" },
+            "item": [{ "reference": "urn:uuid:00000000-0000-4000-8000-000000000000" }] }] });
+    let found = crate::unresolved_references(&[
+        (
+            Some("urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e"),
+            &encounter,
+        ),
+        (None, &note),
+    ]);
+    let shown: Vec<String> = found
+        .iter()
+        .map(|(i, issue)| format!("{i} {} {}", issue.rule.name(), issue.location))
+        .collect();
+    assert_eq!(
+        shown,
+        ["1 unresolved-reference ClinicalImpression.investigation[0].item[0].reference"]
+    );
+}
+
+#[test]
 fn messages_name_the_nearest_and_never_the_value() {
     let found = validate(&json!({ "resourceType": "Patient", "gendr": "secret-value",
                                   "birthDate": "secret-date" }));

@@ -34,6 +34,8 @@ pub enum Rule {
     CodeNotInValueSet,
     /// A reference to a resource type the element does not allow.
     ReferenceTarget,
+    /// A `urn:uuid:` reference that names no entry of its bundle.
+    UnresolvedReference,
 }
 
 impl Rule {
@@ -49,6 +51,7 @@ impl Rule {
             Rule::Empty => "empty",
             Rule::CodeNotInValueSet => "code-not-in-value-set",
             Rule::ReferenceTarget => "reference-target",
+            Rule::UnresolvedReference => "unresolved-reference",
         }
     }
 }
@@ -83,6 +86,56 @@ pub fn validate(resource: &Value) -> Vec<Issue> {
     };
     walker.resource(resource, None);
     walker.issues
+}
+
+/// The `urn:uuid:` references of a bundle's entries (each its `fullUrl`,
+/// if any, and its resource) that name no entry's `fullUrl`: with the
+/// entry's index.
+pub fn unresolved_references(entries: &[(Option<&str>, &Value)]) -> Vec<(usize, Issue)> {
+    let full_urls: std::collections::HashSet<&str> =
+        entries.iter().filter_map(|(url, _)| *url).collect();
+    let mut out = Vec::new();
+    for (i, (_, resource)) in entries.iter().enumerate() {
+        let root = resource["resourceType"].as_str().unwrap_or("resource");
+        let mut found = Vec::new();
+        urn_references(resource, root, &mut found);
+        for (location, urn) in found {
+            if !full_urls.contains(urn) {
+                out.push((
+                    i,
+                    Issue {
+                        rule: Rule::UnresolvedReference,
+                        location,
+                        message: "a urn:uuid reference names no resource of the same bundle (an entry's fullUrl)".into(),
+                    },
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Every `reference` that is a `urn:uuid:`, with its FHIRPath location.
+fn urn_references<'v>(value: &'v Value, at: &str, out: &mut Vec<(String, &'v str)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let here = format!("{at}.{key}");
+                match v.as_str() {
+                    Some(text) if key == "reference" && text.starts_with("urn:uuid:") => {
+                        out.push((here, text));
+                    }
+                    _ => urn_references(v, &here, out),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                urn_references(item, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 struct Walker {

@@ -33,17 +33,36 @@ pub(crate) fn validate(
     }
     let mut found = Vec::new();
     let mut quoted = Vec::new();
-    for (i, op) in group.operations.iter().enumerate() {
-        let resource = op.resource.to_value();
-        for issue in fhirlift_fhir::validate(&resource) {
-            found.push(format!("{} {}", issue.rule.name(), issue.location));
-            if quoted.len() < QUOTED_ISSUES {
-                quoted.push(format!(
-                    "resource {} ({}): {issue}",
-                    i + 1,
-                    op.resource_type
-                ));
-            }
+    let resources: Vec<serde_json::Value> = group
+        .operations
+        .iter()
+        .map(|op| op.resource.to_value())
+        .collect();
+    let mut issues: Vec<(usize, fhirlift_fhir::Issue)> = Vec::new();
+    for (i, resource) in resources.iter().enumerate() {
+        issues.extend(
+            fhirlift_fhir::validate(resource)
+                .into_iter()
+                .map(|issue| (i, issue)),
+        );
+    }
+    // urn:uuid references within the record's group (its transaction)
+    let entries: Vec<(Option<&str>, &serde_json::Value)> = group
+        .operations
+        .iter()
+        .zip(&resources)
+        .map(|(op, r)| (op.full_url.as_deref(), r))
+        .collect();
+    issues.extend(fhirlift_fhir::unresolved_references(&entries));
+    for (i, issue) in issues {
+        found.push(format!("{} {}", issue.rule.name(), issue.location));
+        if quoted.len() < QUOTED_ISSUES {
+            let op = &group.operations[i];
+            quoted.push(format!(
+                "resource {} ({}): {issue}",
+                i + 1,
+                op.resource_type
+            ));
         }
     }
     if found.is_empty() || mode == ValidateMode::Warn {
