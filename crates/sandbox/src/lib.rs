@@ -187,6 +187,9 @@ pub struct SandboxConfig {
     pub port: u16,
     /// Behave like a Medplum 5 server (none: a generic FHIR server).
     pub medplum: Option<MedplumBehaviour>,
+    /// Store resources that are not valid FHIR R4 instead of refusing them
+    /// with a 400 (for tests that need raw writes).
+    pub no_validation: bool,
 }
 
 /// The quota a Medplum-mode sandbox announces when [`Limits::quota`] is
@@ -364,7 +367,11 @@ impl Sandbox {
     }
 
     /// Starts a sandbox holding `store`.
-    pub async fn start_with(config: SandboxConfig, store: Store) -> Result<Sandbox, SandboxError> {
+    pub async fn start_with(
+        config: SandboxConfig,
+        mut store: Store,
+    ) -> Result<Sandbox, SandboxError> {
+        store.validate = !config.no_validation;
         let port = config.port;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await

@@ -7,12 +7,14 @@ use fhirlift_sandbox::{MedplumBehaviour, Mode, Sandbox, SandboxConfig, Store};
 const USAGE: &str = "usage: fhirlift-sandbox [--port N] [--sink] [--store DIR]
        [--rate-429 R] [--rate-409 R] [--rate-412 R] [--rate-503 R] [--rate-reset R] [--latency-ms MIN,MAX] [--seed N]
        [--max-batch-entries N] [--max-body-bytes N] [--max-transaction-entries N]
-       [--quota UNITS,SECONDS,WRITE_COST]
+       [--quota UNITS,SECONDS,WRITE_COST] [--no-validation]
        [--medplum [--transaction-bundles] [--write-cost-ms N] [--search-cost-ms N]
                   [--workers N] [--conflict-rate F]]
 
 Serves FHIR R4 at http://127.0.0.1:PORT/fhir/R4 until Ctrl-C; with --store,
 loads DIR/*.ndjson first and saves the store there on exit. Rates are 0..1.
+Writes that are not valid FHIR R4 are refused with a 400 OperationOutcome,
+as a real server does; --no-validation stores them.
 
 --medplum behaves like a Medplum 5 server (shared/MEDPLUM.md): software.name
 \"medplum\" in /metadata, a RateLimit header on every answer, 400 \"File too
@@ -96,6 +98,7 @@ fn main() {
             "--medplum" => {
                 config.medplum.get_or_insert_with(MedplumBehaviour::default);
             }
+            "--no-validation" => config.no_validation = true,
             "--transaction-bundles" => {
                 config
                     .medplum

@@ -29,6 +29,9 @@ struct TypeStore {
 pub struct Store {
     types: HashMap<String, TypeStore>,
     next_id: u64,
+    /// Writes are checked against FHIR R4 and refused with a 400, as a
+    /// real server does (set from [`crate::SandboxConfig::no_validation`]).
+    pub(crate) validate: bool,
 }
 
 /// A refusal with its HTTP status and an OperationOutcome issue code.
@@ -279,6 +282,13 @@ impl Store {
                 "invalid",
                 format!("the body is not a {resource_type}"),
             ));
+        }
+        if self.validate {
+            let issues = fhirlift_fhir::validate(&resource);
+            if !issues.is_empty() {
+                let said: Vec<String> = issues.iter().map(ToString::to_string).collect();
+                return Err(FhirError::new(400, "invalid", said.join("; ")));
+            }
         }
         let t = self.types.entry(resource_type.to_owned()).or_default();
         let previous = t.by_id.get(id).cloned();

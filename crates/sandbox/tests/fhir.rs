@@ -3,85 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fhirlift_sandbox::{Limits, MedplumBehaviour, Quota, Sandbox, SandboxConfig};
+use fhirlift_sandbox::{Limits, MedplumBehaviour, Quota, SandboxConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-/// An answer: status, headers, JSON body (null when not JSON).
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Client {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let a = self.call(method, path, body, &[]).await;
-        (a.status, a.body)
-    }
-
-    /// `path` relative to the base, or an absolute URL.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> Answer {
-        let url = if path.starts_with("http") {
-            path.to_owned()
-        } else {
-            format!("{}/{path}", self.base)
-        };
-        let mut request = self.http.request(method, url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(b) = body {
-            request = request
-                .header("content-type", "application/fhir+json")
-                .body(b.to_string());
-        }
-        answer(request.send().await.unwrap()).await
-    }
-}
-
-async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
-
-async fn start(config: SandboxConfig) -> (Sandbox, Client) {
-    let sandbox = Sandbox::start(config).await.unwrap();
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: sandbox.base_url(),
-    };
-    (sandbox, client)
-}
-
-fn medplum(behaviour: MedplumBehaviour) -> SandboxConfig {
-    SandboxConfig {
-        medplum: Some(behaviour),
-        ..SandboxConfig::default()
-    }
-}
-
-fn patient(value: &str, family: &str) -> Value {
-    json!({ "resourceType": "Patient", "identifier": [{ "system": "http://s/p", "value": value }], "name": [{ "family": family }] })
-}
+mod support;
+use support::*;
 
 #[tokio::test]
 async fn conditional_update_creates_updates_keeps_unchanged_and_refuses_ambiguity() {
