@@ -306,15 +306,9 @@ fn timestamp(micros: i64, zone: &str) -> String {
 }
 
 fn uuid(b: &[u8; 16]) -> String {
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    let mut out = String::with_capacity(36);
+    fhirlift_core::group::write_uuid(u128::from_be_bytes(*b), &mut out);
+    out
 }
 
 fn base64(raw: &[u8]) -> String {

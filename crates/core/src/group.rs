@@ -309,16 +309,21 @@ pub fn derived_urn_uuid(parts: &[&str]) -> String {
     let mut h = stable_hash128(parts);
     h = (h & !(0xf << 76)) | (0x8 << 76); // version 8
     h = (h & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(45);
     out.push_str("urn:uuid:");
+    write_uuid(h, &mut out);
+    out
+}
+
+/// Appends a UUID's text: 32 lower-case hex digits grouped 8-4-4-4-12.
+pub fn write_uuid(uuid: u128, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for i in 0..32 {
         if matches!(i, 8 | 12 | 16 | 20) {
             out.push('-');
         }
-        out.push(HEX[((h >> (124 - 4 * i)) & 0xf) as usize] as char);
+        out.push(HEX[((uuid >> (124 - 4 * i)) & 0xf) as usize] as char);
     }
-    out
 }
 
 #[cfg(test)]

@@ -67,15 +67,9 @@ impl CachedId {
         match self {
             CachedId::Text(t) => t.to_string(),
             CachedId::Uuid(u) => {
-                let hex = format!("{u:032x}");
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &hex[..8],
-                    &hex[8..12],
-                    &hex[12..16],
-                    &hex[16..20],
-                    &hex[20..]
-                )
+                let mut out = String::with_capacity(36);
+                fhirlift_core::group::write_uuid(*u, &mut out);
+                out
             }
         }
     }
