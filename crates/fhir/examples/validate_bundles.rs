@@ -39,14 +39,7 @@ fn main() {
                 invalid += 1;
             }
             for issue in issues {
-                // list positions folded, so that one rule at one place is one line
-                let location: String = issue
-                    .location
-                    .split('[')
-                    .map(|part| part.split_once(']').map_or(part, |(_, rest)| rest))
-                    .collect::<Vec<_>>()
-                    .join("[]");
-                let key = format!("{} {location}", issue.rule.name());
+                let key = format!("{} {}", issue.rule.name(), issue.place());
                 let slot = groups.entry(key).or_insert((0, issue.message.clone()));
                 slot.0 += 1;
             }

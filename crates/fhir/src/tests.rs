@@ -196,6 +196,9 @@ fn messages_name_the_nearest_and_never_the_value() {
     let found = validate(&json!({ "resourceType": "Patient", "gendr": "secret-value",
                                   "birthDate": "secret-date" }));
     let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    let given = validate(&json!({ "resourceType": "Patient", "name": [{ "given": ["a", ""] }] }));
+    assert_eq!(given[0].location, "Patient.name[0].given[1]");
+    assert_eq!(given[0].place(), "Patient.name[].given[]");
     assert!(
         text.iter().any(|t| t.contains("did you mean gender?")),
         "{text:?}"

@@ -66,6 +66,27 @@ pub struct Issue {
     pub message: String,
 }
 
+impl Issue {
+    /// The location with list positions folded (`Patient.name[].given[]`):
+    /// one rule at one place counts as one kind of issue, whichever item.
+    pub fn place(&self) -> String {
+        let mut out = String::with_capacity(self.location.len());
+        let mut in_index = false;
+        for c in self.location.chars() {
+            match c {
+                '[' => {
+                    in_index = true;
+                    out.push_str("[]");
+                }
+                ']' => in_index = false,
+                c if !in_index => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for Issue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -128,6 +128,20 @@ pub struct LookupConfig {
 }
 
 impl TargetConfig {
+    /// What a migration file without `target:` (or with an empty one) means.
+    fn unset(pos: &Pos) -> TargetConfig {
+        TargetConfig {
+            profile: "generic".into(),
+            batch_entries: None,
+            body_bytes: None,
+            strategy: None,
+            asynchronous: false,
+            holds: Vec::new(),
+            validate: ValidateMode::default(),
+            pos: pos.clone(),
+        }
+    }
+
     /// The profile a target names, narrowed by the target's own limits.
     pub fn server_profile(&self) -> Result<fhirlift_core::profile::ServerProfile, String> {
         let mut p = fhirlift_core::profile::ServerProfile::named(&self.profile).ok_or_else(|| {
@@ -366,16 +380,7 @@ fn read_root(
             "no streams: add `streams:` with at least one stream to migrate",
         ));
     }
-    let target = target.unwrap_or_else(|| TargetConfig {
-        profile: "generic".into(),
-        batch_entries: None,
-        body_bytes: None,
-        strategy: None,
-        asynchronous: false,
-        holds: Vec::new(),
-        validate: ValidateMode::default(),
-        pos: root.pos.clone(),
-    });
+    let target = target.unwrap_or_else(|| TargetConfig::unset(&root.pos));
     Some(MigrationConfig {
         path: path.to_path_buf(),
         base_dir,
@@ -413,16 +418,7 @@ fn read_source(node: &Node, errors: &mut Vec<ConfigError>) -> Option<SourceConfi
 }
 
 fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
-    let mut target = TargetConfig {
-        profile: "generic".into(),
-        batch_entries: None,
-        body_bytes: None,
-        strategy: None,
-        asynchronous: false,
-        holds: Vec::new(),
-        validate: ValidateMode::default(),
-        pos: node.pos.clone(),
-    };
+    let mut target = TargetConfig::unset(&node.pos);
     for (k, v) in map_entries(node, "target", errors) {
         match k.as_str() {
             Some("profile") => {

@@ -4,8 +4,9 @@
 //! an invalid resource is rejected with its issues; under `warn` it is
 //! sent and its issues counted; under `off` nothing is checked.
 //!
-//! Issues are counted by rule and location (`code-not-in-value-set
-//! Patient.gender`): what logs and summaries show never holds a value.
+//! Issues are counted by rule and place, list positions folded
+//! (`bad-format Patient.name[].given[]`): what logs and summaries show
+//! never holds a value.
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ pub(crate) fn validate(
         .collect();
     issues.extend(fhirlift_fhir::unresolved_references(&entries));
     for (i, issue) in issues {
-        found.push(format!("{} {}", issue.rule.name(), issue.location));
+        found.push(format!("{} {}", issue.rule.name(), issue.place()));
         if quoted.len() < QUOTED_ISSUES {
             let op = &group.operations[i];
             quoted.push(format!(
