@@ -7,8 +7,9 @@
 //! From `profiles-types.json` and `profiles-resources.json`: every
 //! resource, complex and primitive type, each element's cardinality, types
 //! (a nested backbone element becomes a type named by its path), required
-//! binding and reference targets. From `valuesets.json`: the codes of each
-//! value set a required binding names, where the definitions expand it
+//! binding (required, or extensible/preferred as advice) and reference
+//! targets. From `valuesets.json`: the codes of each value set a binding
+//! names, where the definitions expand it
 //! (explicit concepts, whole code systems, included value sets; a value
 //! set with filters is left out, and its codes are not checked).
 
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use fhirlift_fhir::definitions::{Definitions, ElementDef, Kind, TypeDef};
+use fhirlift_fhir::definitions::{Advisory, Definitions, ElementDef, Kind, TypeDef};
 use serde_json::Value;
 
 /// The package, at the version of the kit's Medplum (5.0.10).
@@ -76,7 +77,12 @@ pub fn gen_fhir(_args: &[String]) -> anyhow::Result<()> {
         .types
         .values()
         .flat_map(|t| &t.elements)
-        .filter_map(|e| e.binding.clone())
+        .flat_map(|e| {
+            e.binding
+                .iter()
+                .chain(e.advisory.iter().map(|a| &a.value_set))
+                .cloned()
+        })
         .collect();
     let value_sets = read("valuesets.json")?;
     let expander = Expander::new(&value_sets);
@@ -225,10 +231,20 @@ fn add_structure(sd: &Value, types: &mut BTreeMap<String, TypeDef>) {
                 type_names.push(code.to_owned());
             }
         }
-        let binding = (e["binding"]["strength"] == "required")
-            .then(|| e["binding"]["valueSet"].as_str())
-            .flatten()
+        let value_set = e["binding"]["valueSet"]
+            .as_str()
             .map(|vs| vs.split('|').next().unwrap_or(vs).to_owned());
+        let (binding, advisory) = match (e["binding"]["strength"].as_str(), value_set) {
+            (Some("required"), Some(vs)) => (Some(vs), None),
+            (Some(strength @ ("extensible" | "preferred")), Some(value_set)) => (
+                None,
+                Some(Advisory {
+                    strength: strength.to_owned(),
+                    value_set,
+                }),
+            ),
+            _ => (None, None),
+        };
         by_parent
             .entry(parent.to_owned())
             .or_default()
@@ -238,6 +254,7 @@ fn add_structure(sd: &Value, types: &mut BTreeMap<String, TypeDef>) {
                 max,
                 types: type_names,
                 binding,
+                advisory,
                 targets,
             });
     }

@@ -110,6 +110,9 @@ pub struct Operation {
     /// mappers leave `None`): what the ledger keeps, even when the planner
     /// later rewrites references in the text (a split transaction).
     pub mapped_hash: Option<u128>,
+    /// Where the mapping file wrote each element, when a template rendered
+    /// it: validation issues name their mapping line with it.
+    pub template: Option<std::sync::Arc<crate::pos::TemplatePlaces>>,
 }
 
 /// A resource as the target acknowledged it: its server id and version.
@@ -135,6 +138,7 @@ impl Operation {
             resource,
             stored: None,
             mapped_hash: None,
+            template: None,
         }
     }
 }

@@ -45,7 +45,7 @@ pub use connector::{
     ConnectorContext, ConnectorError, RecordStream, SourceConnector, SourceEvent, StreamSource,
 };
 pub use mapper::{BuiltinMapContext, MapError, Mapped, MapperShape, ResourceMapper};
-pub use pos::Pos;
+pub use pos::{Pos, TemplatePlaces};
 pub use record::{Provenance, Record, Schema, Value};
 pub use transport::{RequestSink, Settled, SinkError};
 

@@ -826,6 +826,7 @@ mod tests {
                 ),
                 stored: None,
                 mapped_hash: None,
+                template: None,
             }],
         }
     }

@@ -1,7 +1,7 @@
 //! FHIR R4's structure in the compact form `cargo xtask gen-fhir` writes
 //! (`r4.json`, committed): per type its elements (name, cardinality, types,
-//! required binding, reference targets) and the codes of the value sets
-//! that required bindings name. Read once, at first use; no I/O.
+//! required binding, extensible or preferred binding, reference targets)
+//! and the codes of the value sets those bindings name. Read once, at first use; no I/O.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -16,7 +16,7 @@ pub struct Definitions {
     /// Resource, complex, primitive and backbone types by name (a backbone
     /// element is named by its path: `Patient.contact`).
     pub types: BTreeMap<String, TypeDef>,
-    /// The codes of each value set a required binding names, by URL
+    /// The codes of each value set a binding names, by URL
     /// (without version). A value set that could not be expanded from the
     /// definitions (filters, other code systems) is absent: its codes are
     /// not checked.
@@ -54,9 +54,22 @@ pub struct ElementDef {
     /// The value set of a required binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
+    /// An extensible or preferred binding: a code outside it is reported
+    /// as information, never refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advisory: Option<Advisory>,
     /// For references: the resource types they may point at (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+}
+
+/// A binding that advises rather than requires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Advisory {
+    /// `extensible` or `preferred`.
+    pub strength: String,
+    /// The value set's URL (without version).
+    pub value_set: String,
 }
 
 impl ElementDef {

@@ -16,7 +16,7 @@ pub mod definitions;
 mod primitives;
 pub mod validate;
 
-pub use validate::{Issue, Rule, unresolved_references, validate};
+pub use validate::{Issue, Rule, Severity, unresolved_references, validate};
 
 #[cfg(test)]
 mod tests;

@@ -163,6 +163,30 @@ fn each_rule_finds_its_mistake() {
         json!({ "resourceType": "Patient", "_nickname": { "extension": [] } }),
         &["unknown-element Patient._nickname"],
     );
+    // extensible and preferred bindings: information, not errors
+    let condition = |category: &str, language: &str| {
+        json!({ "resourceType": "Condition", "subject": { "reference": "Patient/1" },
+                "language": language,
+                "category": [{ "coding": [{ "system": "http://x", "code": "local" },
+                                          { "code": category }] }] })
+    };
+    check(condition("encounter-diagnosis", "en-US"), &[]);
+    check(
+        condition("diagnosis", "klingon"),
+        &[
+            "advisory-binding Condition.category[0]",
+            "advisory-binding Condition.language",
+        ],
+    );
+    let found = validate(&condition("diagnosis", "en"));
+    assert_eq!(found.len(), 1);
+    assert!(!found[0].is_error());
+    assert_eq!(found[0].severity(), crate::Severity::Information);
+    assert!(
+        found[0].to_string().starts_with("information: "),
+        "{}",
+        found[0]
+    );
 }
 
 #[test]

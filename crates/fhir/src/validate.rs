@@ -3,6 +3,8 @@
 //! contained resources, nested backbone elements), JSON types and the
 //! primitive formats, cardinality, the codes of required bindings on
 //! `code` elements, and the resource types references may point at.
+//! Codes outside an extensible or preferred binding are information
+//! ([`Severity::Information`]): reported, never a reason to refuse.
 //!
 //! Each finding is an [`Issue`]: its rule, a FHIRPath-style location
 //! (`Patient.name[0].given[1]`) and a message that never quotes the
@@ -36,6 +38,27 @@ pub enum Rule {
     ReferenceTarget,
     /// A `urn:uuid:` reference that names no entry of its bundle.
     UnresolvedReference,
+    /// A code outside the value set of an extensible or preferred binding:
+    /// information, never a reason to refuse.
+    AdvisoryBinding,
+}
+
+/// How much an issue weighs, as an OperationOutcome's `issue.severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    /// Not valid R4: refused under `target.validate: reject`.
+    Error,
+    /// Valid, worth knowing: counted and shown, never refused.
+    Information,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Information => "information",
+        }
+    }
 }
 
 impl Rule {
@@ -52,6 +75,15 @@ impl Rule {
             Rule::CodeNotInValueSet => "code-not-in-value-set",
             Rule::ReferenceTarget => "reference-target",
             Rule::UnresolvedReference => "unresolved-reference",
+            Rule::AdvisoryBinding => "advisory-binding",
+        }
+    }
+
+    /// Whether it makes a resource invalid.
+    pub fn severity(self) -> Severity {
+        match self {
+            Rule::AdvisoryBinding => Severity::Information,
+            _ => Severity::Error,
         }
     }
 }
@@ -67,6 +99,15 @@ pub struct Issue {
 }
 
 impl Issue {
+    pub fn severity(&self) -> Severity {
+        self.rule.severity()
+    }
+
+    /// Whether the resource is invalid because of it.
+    pub fn is_error(&self) -> bool {
+        self.severity() == Severity::Error
+    }
+
     /// The location with list positions folded (`Patient.name[].given[]`):
     /// one rule at one place counts as one kind of issue, whichever item.
     pub fn place(&self) -> String {
@@ -89,9 +130,13 @@ impl Issue {
 
 impl std::fmt::Display for Issue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let severity = match self.severity() {
+            Severity::Error => "",
+            Severity::Information => "information: ",
+        };
         write!(
             f,
-            "{} [{}]: {}",
+            "{severity}{} [{}]: {}",
             self.location,
             self.rule.name(),
             self.message
@@ -362,17 +407,23 @@ impl Walker {
                 return;
             }
             if type_name == "code"
-                && let (Some(url), Some(code)) = (&element.binding, value.as_str())
-                && let Some(codes) = self.defs.value_sets.get(url)
-                && codes.binary_search_by(|c| c.as_str().cmp(code)).is_err()
+                && let Some(code) = value.as_str()
             {
-                let shown: Vec<&str> = codes.iter().take(12).map(String::as_str).collect();
-                let more = if codes.len() > 12 { ", ..." } else { "" };
-                self.issue(
-                    Rule::CodeNotInValueSet,
-                    at,
-                    format!("not a code of {url} ({}{more})", shown.join(", ")),
-                );
+                if let Some(url) = &element.binding {
+                    if let Some(codes) = self.defs.value_sets.get(url)
+                        && !contains(codes, code)
+                    {
+                        let shown: Vec<&str> = codes.iter().take(12).map(String::as_str).collect();
+                        let more = if codes.len() > 12 { ", ..." } else { "" };
+                        self.issue(
+                            Rule::CodeNotInValueSet,
+                            at,
+                            format!("not a code of {url} ({}{more})", shown.join(", ")),
+                        );
+                    }
+                } else {
+                    self.advisory(element, [code].into_iter(), at);
+                }
             }
             return;
         }
@@ -385,9 +436,56 @@ impl Walker {
             return;
         };
         self.object(object, def, at, false);
-        if type_name == "Reference" && !element.targets.is_empty() {
-            self.reference_target(object, element, at);
+        match type_name {
+            "Reference" if !element.targets.is_empty() => {
+                self.reference_target(object, element, at);
+            }
+            "Coding" if element.advisory.is_some() => {
+                let code = object.get("code").and_then(Value::as_str);
+                self.advisory(element, code.into_iter(), at);
+            }
+            "CodeableConcept" if element.advisory.is_some() => {
+                let codes = object
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.get("code").and_then(Value::as_str));
+                self.advisory(element, codes, at);
+            }
+            _ => {}
         }
+    }
+
+    /// Information when none of `codes` (a code, or a concept's codings)
+    /// is in the value set of the element's extensible or preferred
+    /// binding, when the definitions expand it. No codes: nothing to say.
+    fn advisory<'v>(
+        &mut self,
+        element: &ElementDef,
+        mut codes: impl Iterator<Item = &'v str>,
+        at: &str,
+    ) {
+        let Some(advisory) = &element.advisory else {
+            return;
+        };
+        let Some(known) = self.defs.value_sets.get(&advisory.value_set) else {
+            return;
+        };
+        let Some(first) = codes.next() else {
+            return;
+        };
+        if contains(known, first) || codes.any(|c| contains(known, c)) {
+            return;
+        }
+        self.issue(
+            Rule::AdvisoryBinding,
+            at,
+            format!(
+                "no code of {} (a {} binding: information, not refused)",
+                advisory.value_set, advisory.strength
+            ),
+        );
     }
 
     /// The type a reference names, against the element's targets.
@@ -434,6 +532,11 @@ fn find_element<'d>(def: &'d TypeDef, key: &str) -> Option<(&'d ElementDef, &'d 
             .find(|t| capitalized(t) == rest)
             .map(|t| (e, t.as_str()))
     })
+}
+
+/// Whether a sorted list of codes holds `code`.
+fn contains(codes: &[String], code: &str) -> bool {
+    codes.binary_search_by(|c| c.as_str().cmp(code)).is_ok()
 }
 
 fn capitalized(type_name: &str) -> String {

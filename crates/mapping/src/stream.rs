@@ -10,12 +10,12 @@ use minijinja::Environment;
 use crate::config::{ConfigError, StreamConfig};
 use crate::template::{Compiler, Condition, Names, RenderBuf, Scope, ScopeShared, Tmpl};
 use crate::yaml::{Node, NodeKind};
-use fhirlift_core::Pos;
 use fhirlift_core::group::{
     Identity, Method, Operation, ResourceJson, WriteGroup, conditional_url, derived_urn_uuid,
 };
 use fhirlift_core::mapper::{MapError, Mapped, MapperShape, ResourceMapper};
 use fhirlift_core::record::{Provenance, Record, Schema, Value};
+use fhirlift_core::{Pos, TemplatePlaces};
 
 /// A side table held in memory, keyed by one column.
 #[derive(Debug)]
@@ -95,6 +95,8 @@ struct EmitEntry {
     when: Condition,
     write: WriteMode,
     body: Tmpl,
+    /// Where each element of `body` is written in the mapping file.
+    places: Arc<TemplatePlaces>,
     pos: Pos,
 }
 
@@ -314,6 +316,7 @@ impl StreamMapper {
             resource,
             stored: None,
             mapped_hash: None,
+            template: Some(entry.places.clone()),
         });
         Ok(())
     }
@@ -420,7 +423,17 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
         pos: node.pos.clone(),
         kind: NodeKind::Map(body_fields),
     };
+    compiler.places.clear();
     let body = compiler.compile(&body_node, &resource_type);
+    let mut elements: Vec<(String, Pos)> = std::mem::take(&mut compiler.places)
+        .into_iter()
+        .filter_map(|(path, pos)| {
+            let below = path.strip_prefix(resource_type.as_str())?;
+            Some((below.strip_prefix('.').unwrap_or(below).to_owned(), pos))
+        })
+        .collect();
+    elements.sort_by(|a, b| a.0.cmp(&b.0));
+    elements.dedup_by(|a, b| a.0 == b.0);
     Some(EmitEntry {
         resource_type,
         for_each,
@@ -428,6 +441,10 @@ fn compile_entry(compiler: &mut Compiler<'_>, node: &Node, locals: &[String]) ->
         when,
         write,
         body,
+        places: Arc::new(TemplatePlaces {
+            entry: node.pos.clone(),
+            elements,
+        }),
         pos: node.pos.clone(),
     })
 }

@@ -51,8 +51,8 @@ pub(crate) enum Prepared {
         /// [`fhirlift_core::group::content_hash`] of each operation, for the delta.
         hashes: Vec<u128>,
         mapped: Result<Mapped, MapError>,
-        /// The rule and location of each FHIR R4 issue of its resources.
-        invalid: Vec<String>,
+        /// The FHIR R4 issues of its resources (rule, place, mapping line).
+        findings: crate::validation::Findings,
     },
     /// A record the connector could not read, and its ordinal.
     Rejected(fhirlift_core::connector::RecordError, u64),
@@ -150,7 +150,7 @@ impl MappingStage {
                                 let mapped = self.mapper.map(record).and_then(|m| {
                                     one_identity_each(m, &self.stream, &key, &provenance)
                                 });
-                                let (mapped, invalid) = crate::validation::validate(
+                                let (mapped, findings) = crate::validation::validate(
                                     self.validate,
                                     mapped,
                                     &self.stream,
@@ -173,7 +173,7 @@ impl MappingStage {
                                     ordinal: ordinal - 1,
                                     hashes,
                                     mapped,
-                                    invalid,
+                                    findings,
                                 });
                             }
                             SourceEvent::Rejected(e) => {

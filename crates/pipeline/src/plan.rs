@@ -399,7 +399,13 @@ impl Plan {
                                         let issues: Vec<String> =
                                             fhirlift_fhir::validate(&resource)
                                                 .iter()
-                                                .map(ToString::to_string)
+                                                .map(|issue| match &op.template {
+                                                    Some(t) => format!(
+                                                        "{issue} (at {})",
+                                                        t.place_of(&issue.location)
+                                                    ),
+                                                    None => issue.to_string(),
+                                                })
                                                 .collect();
                                         if !issues.is_empty() {
                                             write["issues"] = serde_json::json!(issues);

@@ -213,10 +213,10 @@ impl<'p> StreamRun<'p> {
                 ordinal,
                 hashes,
                 mapped,
-                invalid,
+                findings,
             } => {
-                self.count_invalid(accounts, &invalid, &provenance);
-                let stage = if invalid.is_empty() {
+                self.count_findings(accounts, &findings, &provenance);
+                let stage = if !findings.any_error() {
                     Stage::Map
                 } else {
                     Stage::Validate
@@ -272,22 +272,25 @@ impl<'p> StreamRun<'p> {
         }
     }
 
-    /// Counts a record's FHIR R4 issues by rule and location, keeping the
-    /// first record of each.
-    fn count_invalid(
+    /// Counts a record's FHIR R4 issues by rule, place and mapping line,
+    /// keeping the first record of each: errors and information apart.
+    fn count_findings(
         &self,
         accounts: &mut Accounts<'_>,
-        invalid: &[String],
+        findings: &crate::validation::Findings,
         provenance: &Provenance,
     ) {
-        if invalid.is_empty() {
-            return;
-        }
         let summary = &mut accounts.summaries[self.index];
-        summary.invalid_records += 1;
-        for issue in invalid {
-            let slot = summary
-                .invalid
+        if findings.any_error() {
+            summary.invalid_records += 1;
+        }
+        for (error, issue) in &findings.issues {
+            let counts = if *error {
+                &mut summary.invalid
+            } else {
+                &mut summary.information
+            };
+            let slot = counts
                 .entry(issue.clone())
                 .or_insert_with(|| (0, provenance.to_string()));
             slot.0 += 1;

@@ -82,10 +82,15 @@ pub struct StreamSummary {
     /// Records with a resource that is not valid FHIR R4 (rejected, or
     /// sent under `target.validate: warn`).
     pub invalid_records: u64,
-    /// Their issues by rule and location (`code-not-in-value-set
-    /// Patient.gender`): how many, and the first record with it.
+    /// Their issues by rule, location and mapping line
+    /// (`code-not-in-value-set Patient.gender at migration.yaml:14:7`):
+    /// how many, and the first record with it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub invalid: BTreeMap<String, (u64, String)>,
+    /// Information found by validation (codes outside an extensible or
+    /// preferred binding), counted the same way: never a reject.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub information: BTreeMap<String, (u64, String)>,
 }
 
 impl StreamSummary {

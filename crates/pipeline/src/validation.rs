@@ -4,9 +4,11 @@
 //! an invalid resource is rejected with its issues; under `warn` it is
 //! sent and its issues counted; under `off` nothing is checked.
 //!
-//! Issues are counted by rule and place, list positions folded
-//! (`bad-format Patient.name[].given[]`): what logs and summaries show
-//! never holds a value.
+//! Issues are counted by rule, place (list positions folded) and the
+//! mapping line that wrote the element (`bad-format Patient.name[].given[]
+//! at migration.yaml:12:9`): what logs and summaries show never holds a
+//! value. Codes outside an extensible or preferred binding are counted as
+//! information and never reject.
 
 use std::sync::Arc;
 
@@ -17,22 +19,38 @@ use fhirlift_mapping::config::ValidateMode;
 /// How many issues a reject quotes before it only counts them.
 const QUOTED_ISSUES: usize = 8;
 
+/// A record's issues, each as `rule place at file:line` (the mapping line
+/// when a template wrote the resource): errors, and information (codes
+/// outside an extensible or preferred binding), which never rejects.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    /// Each issue, and whether it is an error.
+    pub issues: Vec<(bool, String)>,
+}
+
+impl Findings {
+    /// Whether a resource of the record is invalid.
+    pub fn any_error(&self) -> bool {
+        self.issues.iter().any(|(error, _)| *error)
+    }
+}
+
 /// The record's mapping, rejected when `mode` says so and a resource is
-/// invalid, and the rule and location of each issue found.
+/// invalid, and what was found.
 pub(crate) fn validate(
     mode: ValidateMode,
     mapped: Result<Mapped, MapError>,
     stream: &Arc<str>,
     key: &str,
     provenance: &Provenance,
-) -> (Result<Mapped, MapError>, Vec<String>) {
+) -> (Result<Mapped, MapError>, Findings) {
+    let mut findings = Findings::default();
     let Ok(Mapped::Group(group)) = &mapped else {
-        return (mapped, Vec::new());
+        return (mapped, findings);
     };
     if mode == ValidateMode::Off {
-        return (mapped, Vec::new());
+        return (mapped, findings);
     }
-    let mut found = Vec::new();
     let mut quoted = Vec::new();
     let resources: Vec<serde_json::Value> = group
         .operations
@@ -56,20 +74,28 @@ pub(crate) fn validate(
         .collect();
     issues.extend(fhirlift_fhir::unresolved_references(&entries));
     for (i, issue) in issues {
-        found.push(format!("{} {}", issue.rule.name(), issue.place()));
-        if quoted.len() < QUOTED_ISSUES {
-            let op = &group.operations[i];
+        let op = &group.operations[i];
+        let written_at = op
+            .template
+            .as_ref()
+            .map(|t| format!(" at {}", t.place_of(&issue.location)))
+            .unwrap_or_default();
+        let found = format!("{} {}{written_at}", issue.rule.name(), issue.place());
+        let error = issue.is_error();
+        findings.issues.push((error, found));
+        if error && quoted.len() < QUOTED_ISSUES {
             quoted.push(format!(
-                "resource {} ({}): {issue}",
+                "resource {} ({}): {issue}{written_at}",
                 i + 1,
                 op.resource_type
             ));
         }
     }
-    if found.is_empty() || mode == ValidateMode::Warn {
-        return (mapped, found);
+    let errors = findings.issues.iter().filter(|(error, _)| *error).count();
+    if errors == 0 || mode == ValidateMode::Warn {
+        return (mapped, findings);
     }
-    let more = found.len().saturating_sub(quoted.len());
+    let more = errors.saturating_sub(quoted.len());
     let error = MapError {
         stream: stream.clone(),
         key: key.to_owned(),
@@ -86,5 +112,5 @@ pub(crate) fn validate(
             }
         ),
     };
-    (Err(error), found)
+    (Err(error), findings)
 }

@@ -136,21 +136,17 @@ pub fn write_summary(out: &mut dyn Write, summary: &RunSummary, verb: &str) -> s
         if s.invalid_records > 0 {
             writeln!(
                 out,
-                "      not valid FHIR R4 {}: records with an invalid resource, by rule and place:",
+                "      not valid FHIR R4 {}: records with an invalid resource, by rule, place and mapping line:",
                 s.invalid_records
             )?;
-            let mut issues: Vec<(&String, &(u64, String))> = s.invalid.iter().collect();
-            issues.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
-            for (issue, (n, first)) in issues.iter().take(MOST_ISSUES_SHOWN) {
-                writeln!(out, "        {n:>8}  {issue} (first: {first})")?;
-            }
-            if issues.len() > MOST_ISSUES_SHOWN {
-                writeln!(
-                    out,
-                    "        ... and {} more (the rejects file has every one)",
-                    issues.len() - MOST_ISSUES_SHOWN
-                )?;
-            }
+            issue_lines(out, &s.invalid, "(the rejects file has every one)")?;
+        }
+        if !s.information.is_empty() {
+            writeln!(
+                out,
+                "      information (sent all the same): codes outside an extensible or preferred binding:"
+            )?;
+            issue_lines(out, &s.information, "")?;
         }
         if let Some(why) = &s.failed {
             writeln!(out, "      stopped early: {why}")?;
@@ -244,6 +240,28 @@ pub fn write_status(
                 .and_then(|m| serde_json::from_value::<fhirlift_core::Provenance>(m.clone()).ok())
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "- (starts at the beginning)".into())
+        )?;
+    }
+    Ok(())
+}
+
+/// Issues counted by kind, the most frequent first, each with its count
+/// and first record; at most [`MOST_ISSUES_SHOWN`] of them.
+fn issue_lines(
+    out: &mut dyn Write,
+    counted: &std::collections::BTreeMap<String, (u64, String)>,
+    where_the_rest_are: &str,
+) -> std::io::Result<()> {
+    let mut issues: Vec<(&String, &(u64, String))> = counted.iter().collect();
+    issues.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+    for (issue, (n, first)) in issues.iter().take(MOST_ISSUES_SHOWN) {
+        writeln!(out, "        {n:>8}  {issue} (first: {first})")?;
+    }
+    if issues.len() > MOST_ISSUES_SHOWN {
+        writeln!(
+            out,
+            "        ... and {} more {where_the_rest_are}",
+            issues.len() - MOST_ISSUES_SHOWN
         )?;
     }
     Ok(())

@@ -284,7 +284,8 @@ impl Store {
             ));
         }
         if self.validate {
-            let issues = fhirlift_fhir::validate(&resource);
+            let mut issues = fhirlift_fhir::validate(&resource);
+            issues.retain(fhirlift_fhir::Issue::is_error);
             if !issues.is_empty() {
                 let said: Vec<String> = issues.iter().map(ToString::to_string).collect();
                 return Err(FhirError::new(400, "invalid", said.join("; ")));

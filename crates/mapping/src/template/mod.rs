@@ -121,6 +121,10 @@ pub(crate) struct Compiler<'a> {
     pub errors: Vec<ConfigError>,
     /// Resource types named in `ref(...)` calls: phase ordering uses them.
     pub referenced_types: BTreeSet<String>,
+    /// Every element path compiled (`Patient.name[0].given`) with the
+    /// place that writes it: the key's for a field, the item's for a list
+    /// item. Taken per template for [`fhirlift_core::TemplatePlaces`].
+    pub places: Vec<(String, Pos)>,
     /// Every expression through minijinja, none natively: the differential
     /// tests compare the two paths (`differential.rs`).
     pub engine_only: bool,
@@ -204,6 +208,7 @@ impl<'a> Compiler<'a> {
         Compiler {
             names,
             errors: Vec::new(),
+            places: Vec::new(),
             referenced_types: BTreeSet::new(),
             engine_only: false,
         }
@@ -216,7 +221,9 @@ impl<'a> Compiler<'a> {
                     .iter()
                     .map(|(k, v)| {
                         let key = k.key_text();
-                        let child = self.compile(v, &format!("{path}.{key}"));
+                        let child_path = format!("{path}.{key}");
+                        self.places.push((child_path.clone(), k.pos.clone()));
+                        let child = self.compile(v, &child_path);
                         let mut prefix = serde_json::to_vec(&key).expect("strings serialize");
                         prefix.push(b':');
                         (prefix.into_boxed_slice(), child)
@@ -227,7 +234,11 @@ impl<'a> Compiler<'a> {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| self.compile(v, &format!("{path}[{i}]")))
+                    .map(|(i, v)| {
+                        let item_path = format!("{path}[{i}]");
+                        self.places.push((item_path.clone(), v.pos.clone()));
+                        self.compile(v, &item_path)
+                    })
                     .collect(),
             ),
             NodeKind::String(s) => match (
