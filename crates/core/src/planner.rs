@@ -755,7 +755,7 @@ impl Packer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::{ResourceJson, conditional_url};
+    use crate::group::ResourceJson;
 
     fn deps(name: &str, emits: &[&str], refs: &[&str]) -> StreamDeps {
         StreamDeps {
@@ -815,19 +815,13 @@ mod tests {
             atomic: false,
             may_split: false,
             seq: 0,
-            operations: vec![Operation {
-                resource_type: "Patient".into(),
-                method: Method::Put,
-                url: conditional_url("Patient", "http://s", value),
-                full_url: None,
-                identity: Some(identity),
-                resource: ResourceJson::from_value(
+            operations: vec![Operation::update_on(
+                identity,
+                None,
+                ResourceJson::from_value(
                     &serde_json::json!({"resourceType": "Patient", "note": "x".repeat(pad)}),
                 ),
-                stored: None,
-                mapped_hash: None,
-                template: None,
-            }],
+            )],
         }
     }
 
