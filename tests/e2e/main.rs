@@ -15,6 +15,7 @@ mod rejects;
 mod rerun;
 mod sandbox;
 mod support;
+mod synthea;
 mod validation;
 mod validation_agreement;
 mod volume;

@@ -215,6 +215,8 @@ fn the_example_plugin_is_listed_and_migrates_like_a_built_in() {
     let r = report(&dir);
     assert_eq!(stream(&r)["records"], 6);
     assert_eq!(stream(&r)["rejected"], 1);
+    // every resource it maps is valid R4 (the one reject is a short line)
+    assert_eq!(stream(&r)["invalid_records"], 0, "{r}");
     assert_eq!(total(&r, "created"), 5);
     let rejects = std::fs::read_to_string(dir.join("rejects.ndjson")).unwrap();
     assert_eq!(rejects.lines().count(), 1, "{rejects}");

@@ -346,8 +346,8 @@ fn the_clinic_example_migrates_from_postgres_with_joins_done_in_sql() {
     )
     .unwrap();
 
-    let check = fhirlift(["check", "-c", config.to_str().unwrap()]);
-    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    let check = fhirlift(["check", "-c", config.to_str().unwrap()]); // validates every resource
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr); // 2: a reject, invalid R4 too
     let server = TestServer::start(SandboxConfig::default());
     let run = migrate(&config, &server.url(), &dir, &[]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);

@@ -91,6 +91,9 @@ fn issues_of_dry_run(config: &Path, name: &str) -> (usize, Vec<String>) {
 
 #[test]
 fn the_examples_send_valid_r4() {
+    // the PostgreSQL example: in `postgres::the_clinic_example_…` (it needs
+    // a server); the fixed-width one: in `plugins::the_example_plugin_…`
+    // (it needs the plugin built)
     for (example, at_least) in [("medplum-guide", 9), ("hl7v2", 10)] {
         let config = workspace()
             .join("examples")
