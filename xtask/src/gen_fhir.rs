@@ -61,6 +61,7 @@ pub fn gen_fhir(_args: &[String]) -> anyhow::Result<()> {
         source: format!("{PACKAGE} {VERSION} ({licence})"),
         types: BTreeMap::new(),
         value_sets: BTreeMap::new(),
+        expanded: Vec::new(),
     };
     for bundle in [
         read("profiles-types.json")?,
@@ -256,6 +257,7 @@ fn add_structure(sd: &Value, types: &mut BTreeMap<String, TypeDef>) {
                 binding,
                 advisory,
                 targets,
+                expanded: [None, None],
             });
     }
     for (parent, elements) in by_parent {

@@ -149,8 +149,9 @@ pub fn validate(resource: &Value) -> Vec<Issue> {
     let mut walker = Walker {
         defs: r4(),
         issues: Vec::new(),
+        path: String::with_capacity(64),
     };
-    walker.resource(resource, None);
+    walker.resource(resource);
     walker.issues
 }
 
@@ -164,7 +165,7 @@ pub fn unresolved_references(entries: &[(Option<&str>, &Value)]) -> Vec<(usize, 
     for (i, (_, resource)) in entries.iter().enumerate() {
         let root = resource["resourceType"].as_str().unwrap_or("resource");
         let mut found = Vec::new();
-        urn_references(resource, root, &mut found);
+        urn_references(resource, &mut root.to_owned(), &mut found);
         for (location, urn) in found {
             if !full_urls.contains(urn) {
                 out.push((
@@ -181,52 +182,89 @@ pub fn unresolved_references(entries: &[(Option<&str>, &Value)]) -> Vec<(usize, 
     out
 }
 
-/// Every `reference` that is a `urn:uuid:`, with its FHIRPath location.
-fn urn_references<'v>(value: &'v Value, at: &str, out: &mut Vec<(String, &'v str)>) {
+/// Every `reference` that is a `urn:uuid:`, with its FHIRPath location;
+/// `at` is the path so far, one buffer for the whole walk.
+fn urn_references<'v>(value: &'v Value, at: &mut String, out: &mut Vec<(String, &'v str)>) {
+    let back = at.len();
     match value {
         Value::Object(map) => {
             for (key, v) in map {
-                let here = format!("{at}.{key}");
+                at.push('.');
+                at.push_str(key);
                 match v.as_str() {
                     Some(text) if key == "reference" && text.starts_with("urn:uuid:") => {
-                        out.push((here, text));
+                        out.push((at.clone(), text));
                     }
-                    _ => urn_references(v, &here, out),
+                    Some(_) => {}
+                    None => urn_references(v, at, out),
                 }
+                at.truncate(back);
             }
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                urn_references(item, &format!("{at}[{i}]"), out);
+                use std::fmt::Write as _;
+                let _ = write!(at, "[{i}]");
+                urn_references(item, at, out);
+                at.truncate(back);
             }
         }
         _ => {}
     }
 }
 
+/// Walks a resource, keeping the FHIRPath of where it is in one buffer:
+/// a location string is built only for an issue.
 struct Walker {
     defs: &'static Definitions,
     issues: Vec<Issue>,
+    /// Where the walk is: `Patient.name[0].given`.
+    path: String,
 }
 
 impl Walker {
-    fn issue(&mut self, rule: Rule, location: &str, message: String) {
+    /// An issue at the current place.
+    fn issue(&mut self, rule: Rule, message: String) {
         self.issues.push(Issue {
             rule,
-            location: location.to_owned(),
+            location: self.path.clone(),
             message,
         });
     }
 
-    /// A resource, at the root (`at` is `None`) or contained.
-    fn resource(&mut self, value: &Value, at: Option<&str>) {
+    /// An issue at `.child` of the current place.
+    fn issue_below(&mut self, rule: Rule, child: &str, message: String) {
+        self.issues.push(Issue {
+            rule,
+            location: format!("{}.{child}", self.path),
+            message,
+        });
+    }
+
+    /// Steps into `.key`; returns the length to truncate back to.
+    fn enter_key(&mut self, key: &str) -> usize {
+        let back = self.path.len();
+        self.path.push('.');
+        self.path.push_str(key);
+        back
+    }
+
+    /// Steps into `[i]`; returns the length to truncate back to.
+    fn enter_index(&mut self, i: usize) -> usize {
+        use std::fmt::Write as _;
+        let back = self.path.len();
+        let _ = write!(self.path, "[{i}]");
+        back
+    }
+
+    /// A resource, at the root (the path is empty) or contained.
+    fn resource(&mut self, value: &Value) {
+        let root = self.path.is_empty();
         let Some(object) = value.as_object() else {
-            let location = at.unwrap_or("resource");
-            self.issue(
-                Rule::WrongType,
-                location,
-                "a resource is a JSON object".into(),
-            );
+            if root {
+                self.path.push_str("resource");
+            }
+            self.issue(Rule::WrongType, "a resource is a JSON object".into());
             return;
         };
         let type_name = object.get("resourceType").and_then(Value::as_str);
@@ -234,7 +272,9 @@ impl Walker {
             .and_then(|n| self.defs.get(n).map(|d| (n, d)))
             .filter(|(_, d)| d.kind == Kind::Resource)
         else {
-            let location = at.unwrap_or("resource");
+            if root {
+                self.path.push_str("resource");
+            }
             let message = match type_name {
                 None => "resourceType is missing: every resource names its type".into(),
                 Some(t) => format!(
@@ -249,45 +289,32 @@ impl Walker {
                     )
                 ),
             };
-            self.issue(
-                Rule::UnknownResourceType,
-                &format!("{location}.resourceType"),
-                message,
-            );
+            self.issue_below(Rule::UnknownResourceType, "resourceType", message);
             return;
         };
-        let location = at.map_or_else(|| name.to_owned(), str::to_owned);
-        self.object(object, def, &location, true);
+        if root {
+            self.path.push_str(name);
+        }
+        self.object(object, def, true);
     }
 
     /// The elements of an object of type `def`.
-    fn object(
-        &mut self,
-        object: &Map<String, Value>,
-        def: &'static TypeDef,
-        at: &str,
-        is_resource: bool,
-    ) {
+    fn object(&mut self, object: &Map<String, Value>, def: &'static TypeDef, is_resource: bool) {
         if object.is_empty() {
-            self.issue(
-                Rule::Empty,
-                at,
-                "an empty object: leave the element out".into(),
-            );
+            self.issue(Rule::Empty, "an empty object: leave the element out".into());
             return;
         }
         for (key, value) in object {
             if is_resource && key == "resourceType" {
                 continue;
             }
-            let location = format!("{at}.{key}");
             if let Some(base) = key.strip_prefix('_') {
                 // a primitive's id and extensions
                 match find_element(def, base) {
                     Some((_, t)) if self.is_primitive(t) => {}
-                    _ => self.issue(
+                    _ => self.issue_below(
                         Rule::UnknownElement,
-                        &location,
+                        key,
                         format!("{key} extends a primitive element {base}, which this type does not have"),
                     ),
                 }
@@ -307,9 +334,9 @@ impl Walker {
                         None => vec![e.name.clone()],
                     })
                     .collect();
-                self.issue(
+                self.issue_below(
                     Rule::UnknownElement,
-                    &location,
+                    key,
                     format!(
                         "{key} is not an element here{}",
                         nearest_hint(key, known.iter().map(String::as_str))
@@ -317,7 +344,9 @@ impl Walker {
                 );
                 continue;
             };
-            self.element(value, element, type_name, &location);
+            let back = self.enter_key(key);
+            self.element(value, element, type_name);
+            self.path.truncate(back);
         }
         for element in def.elements.iter().filter(|e| e.min > 0) {
             let present = match element.choice_stem() {
@@ -327,13 +356,15 @@ impl Walker {
                 }),
                 None => {
                     object.contains_key(&element.name)
-                        || object.contains_key(&format!("_{}", element.name))
+                        || object
+                            .keys()
+                            .any(|k| k.strip_prefix('_') == Some(element.name.as_str()))
                 }
             };
             if !present {
-                self.issue(
+                self.issue_below(
                     Rule::Required,
-                    &format!("{at}.{}", element.name),
+                    &element.name,
                     format!("{} is required", element.name),
                 );
             }
@@ -341,37 +372,29 @@ impl Walker {
     }
 
     /// An element's value: one, or a list, by its cardinality.
-    fn element(
-        &mut self,
-        value: &Value,
-        element: &'static ElementDef,
-        type_name: &'static str,
-        at: &str,
-    ) {
+    fn element(&mut self, value: &Value, element: &'static ElementDef, type_name: &'static str) {
         match value {
             Value::Array(items) if element.is_list() => {
                 if items.is_empty() {
-                    self.issue(
-                        Rule::Empty,
-                        at,
-                        "an empty list: leave the element out".into(),
-                    );
+                    self.issue(Rule::Empty, "an empty list: leave the element out".into());
                 }
                 if let Some(max) = element.max
                     && items.len() > max as usize
                 {
-                    self.issue(Rule::Cardinality, at, format!("at most {max} values"));
+                    self.issue(Rule::Cardinality, format!("at most {max} values"));
                 }
                 for (i, item) in items.iter().enumerate() {
-                    self.typed(item, element, type_name, &format!("{at}[{i}]"));
+                    let back = self.enter_index(i);
+                    self.typed(item, element, type_name);
+                    self.path.truncate(back);
                 }
             }
-            Value::Array(_) => self.issue(Rule::Cardinality, at, "one value, not a list".into()),
+            Value::Array(_) => self.issue(Rule::Cardinality, "one value, not a list".into()),
             one if element.is_list() => {
-                self.issue(Rule::Cardinality, at, "a list (write [value])".into());
-                self.typed(one, element, type_name, at);
+                self.issue(Rule::Cardinality, "a list (write [value])".into());
+                self.typed(one, element, type_name);
             }
-            one => self.typed(one, element, type_name, at),
+            one => self.typed(one, element, type_name),
         }
     }
 
@@ -382,18 +405,13 @@ impl Walker {
     }
 
     /// One value of a known type.
-    fn typed(
-        &mut self,
-        value: &Value,
-        element: &'static ElementDef,
-        type_name: &'static str,
-        at: &str,
-    ) {
-        if type_name == "Resource" || self.defs.is_resource(type_name) {
-            self.resource(value, Some(at));
+    fn typed(&mut self, value: &Value, element: &'static ElementDef, type_name: &'static str) {
+        let def = self.defs.get(type_name);
+        if type_name == "Resource" || def.is_some_and(|d| d.kind == Kind::Resource) {
+            self.resource(value);
             return;
         }
-        let Some(def) = self.defs.get(type_name) else {
+        let Some(def) = def else {
             return; // a type the definitions do not describe (xhtml's div)
         };
         if def.kind == Kind::Primitive {
@@ -403,46 +421,41 @@ impl Walker {
                 } else {
                     Rule::BadFormat
                 };
-                self.issue(rule, at, why.message);
+                self.issue(rule, why.message);
                 return;
             }
             if type_name == "code"
                 && let Some(code) = value.as_str()
             {
                 if let Some(url) = &element.binding {
-                    if let Some(codes) = self.defs.value_sets.get(url)
+                    if let Some(codes) = self.defs.codes(element, 0)
                         && !contains(codes, code)
                     {
                         let shown: Vec<&str> = codes.iter().take(12).map(String::as_str).collect();
                         let more = if codes.len() > 12 { ", ..." } else { "" };
                         self.issue(
                             Rule::CodeNotInValueSet,
-                            at,
                             format!("not a code of {url} ({}{more})", shown.join(", ")),
                         );
                     }
                 } else {
-                    self.advisory(element, [code].into_iter(), at);
+                    self.advisory(element, [code].into_iter());
                 }
             }
             return;
         }
         let Some(object) = value.as_object() else {
-            self.issue(
-                Rule::WrongType,
-                at,
-                format!("a {type_name} is a JSON object"),
-            );
+            self.issue(Rule::WrongType, format!("a {type_name} is a JSON object"));
             return;
         };
-        self.object(object, def, at, false);
+        self.object(object, def, false);
         match type_name {
             "Reference" if !element.targets.is_empty() => {
-                self.reference_target(object, element, at);
+                self.reference_target(object, element);
             }
             "Coding" if element.advisory.is_some() => {
                 let code = object.get("code").and_then(Value::as_str);
-                self.advisory(element, code.into_iter(), at);
+                self.advisory(element, code.into_iter());
             }
             "CodeableConcept" if element.advisory.is_some() => {
                 let codes = object
@@ -451,7 +464,7 @@ impl Walker {
                     .into_iter()
                     .flatten()
                     .filter_map(|c| c.get("code").and_then(Value::as_str));
-                self.advisory(element, codes, at);
+                self.advisory(element, codes);
             }
             _ => {}
         }
@@ -460,16 +473,11 @@ impl Walker {
     /// Information when none of `codes` (a code, or a concept's codings)
     /// is in the value set of the element's extensible or preferred
     /// binding, when the definitions expand it. No codes: nothing to say.
-    fn advisory<'v>(
-        &mut self,
-        element: &ElementDef,
-        mut codes: impl Iterator<Item = &'v str>,
-        at: &str,
-    ) {
+    fn advisory<'v>(&mut self, element: &ElementDef, mut codes: impl Iterator<Item = &'v str>) {
         let Some(advisory) = &element.advisory else {
             return;
         };
-        let Some(known) = self.defs.value_sets.get(&advisory.value_set) else {
+        let Some(known) = self.defs.codes(element, 1) else {
             return;
         };
         let Some(first) = codes.next() else {
@@ -480,7 +488,6 @@ impl Walker {
         }
         self.issue(
             Rule::AdvisoryBinding,
-            at,
             format!(
                 "no code of {} (a {} binding: information, not refused)",
                 advisory.value_set, advisory.strength
@@ -489,7 +496,7 @@ impl Walker {
     }
 
     /// The type a reference names, against the element's targets.
-    fn reference_target(&mut self, reference: &Map<String, Value>, element: &ElementDef, at: &str) {
+    fn reference_target(&mut self, reference: &Map<String, Value>, element: &ElementDef) {
         let Some(text) = reference.get("reference").and_then(Value::as_str) else {
             return;
         };
@@ -507,9 +514,9 @@ impl Walker {
             return;
         };
         if !element.targets.iter().any(|t| t == named) {
-            self.issue(
+            self.issue_below(
                 Rule::ReferenceTarget,
-                &format!("{at}.reference"),
+                "reference",
                 format!(
                     "refers to a {named}; this element refers to {}",
                     element.targets.join(" or ")
@@ -529,7 +536,7 @@ fn find_element<'d>(def: &'d TypeDef, key: &str) -> Option<(&'d ElementDef, &'d 
         let rest = key.strip_prefix(e.choice_stem()?)?;
         e.types
             .iter()
-            .find(|t| capitalized(t) == rest)
+            .find(|t| is_capitalized(t, rest))
             .map(|t| (e, t.as_str()))
     })
 }
@@ -537,6 +544,15 @@ fn find_element<'d>(def: &'d TypeDef, key: &str) -> Option<(&'d ElementDef, &'d 
 /// Whether a sorted list of codes holds `code`.
 fn contains(codes: &[String], code: &str) -> bool {
     codes.binary_search_by(|c| c.as_str().cmp(code)).is_ok()
+}
+
+/// Whether `key_part` is `type_name` with its first letter upper case
+/// (`Quantity` for `Quantity`, `DateTime` for `dateTime`), without allocating.
+fn is_capitalized(type_name: &str, key_part: &str) -> bool {
+    let (Some(t), Some(k)) = (type_name.chars().next(), key_part.chars().next()) else {
+        return false;
+    };
+    t.to_ascii_uppercase() == k && type_name[t.len_utf8()..] == key_part[k.len_utf8()..]
 }
 
 fn capitalized(type_name: &str) -> String {

@@ -66,13 +66,19 @@ pub(crate) fn validate(
         );
     }
     // urn:uuid references within the record's group (its transaction)
+    let has_urns = group
+        .operations
+        .iter()
+        .any(|op| op.resource.as_str().contains("\"urn:uuid:"));
     let entries: Vec<(Option<&str>, &serde_json::Value)> = group
         .operations
         .iter()
         .zip(&resources)
         .map(|(op, r)| (op.full_url.as_deref(), r))
         .collect();
-    issues.extend(fhirlift_fhir::unresolved_references(&entries));
+    if has_urns {
+        issues.extend(fhirlift_fhir::unresolved_references(&entries));
+    }
     for (i, issue) in issues {
         let op = &group.operations[i];
         let written_at = op
