@@ -12,6 +12,7 @@
 //!
 //! Empty input gives nothing (the field is dropped), never an error.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fhirlift_core::functions::{ExpressionFunctions, FunctionCall, FunctionSettings, Opaque};
@@ -188,12 +189,37 @@ pub(crate) fn is_registered(name: &str) -> bool {
     fhirlift_core::functions::registered().any(|r| r.functions.names().contains(&name))
 }
 
-/// Every family's settings for a stream, from its vars; the errors name the var.
+/// Names that two families register, or that a family takes from the
+/// expression language (`ref`, `range`, ...): one would silently hide the
+/// other, so each is an error that names both.
+fn name_clashes<'a>(families: impl Iterator<Item = (&'a str, &'a [&'a str])>) -> Vec<String> {
+    let mut taken: HashMap<&str, &str> = GLOBAL_NAMES
+        .iter()
+        .map(|&n| (n, "the expression language"))
+        .collect();
+    let mut clashes = Vec::new();
+    for (family, names) in families {
+        for &name in names {
+            if let Some(first) = taken.insert(name, family) {
+                clashes.push(format!(
+                    "the expression function {name}() is registered by {first} and by {family}: \
+                     one would hide the other; rename one of them (or leave one plugin out)"
+                ));
+            }
+        }
+    }
+    clashes
+}
+
+/// Every family's settings for a stream, from its vars; the errors name the
+/// var (and any function name two families register).
 pub(crate) fn family_settings(
     vars: &[(String, serde_json::Value)],
 ) -> Result<Vec<(&'static str, FunctionSettings)>, Vec<String>> {
     let mut settings = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors = name_clashes(
+        fhirlift_core::functions::registered().map(|r| (r.family, r.functions.names())),
+    );
     for registration in fhirlift_core::functions::registered() {
         match registration.functions.settings(vars) {
             Ok(s) => settings.push((registration.family, s)),
@@ -319,5 +345,27 @@ mod tests {
             "2023-06-15T09:30:00Z"
         );
         assert!(eval("d | fhir_date", ctx).is_err());
+    }
+
+    #[test]
+    fn a_function_name_two_families_register_is_an_error_naming_both() {
+        assert!(name_clashes([("hl7v2", &["hl7", "hl7_name"][..])].into_iter()).is_empty());
+        let clashes = name_clashes(
+            [
+                ("hl7v2", &["hl7", "hl7_name"][..]),
+                ("x12", &["x12", "hl7"][..]),
+                ("omop", &["range"][..]),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(clashes.len(), 2, "{clashes:?}");
+        assert!(
+            clashes[0].contains("hl7() is registered by hl7v2 and by x12"),
+            "{clashes:?}"
+        );
+        assert!(
+            clashes[1].contains("range() is registered by the expression language and by omop"),
+            "{clashes:?}"
+        );
     }
 }
