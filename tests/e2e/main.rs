@@ -18,4 +18,5 @@ mod support;
 mod synthea;
 mod validation;
 mod validation_agreement;
+mod verify;
 mod volume;

@@ -17,7 +17,8 @@
 //!   a [`profile::ServerProfile`]'s limits.
 //! - [`settings`]: one rule for connector settings, built in or plugin.
 //! - [`transport`]: where requests go ([`transport::RequestSink`]) and what
-//!   comes back ([`transport::Settled`]).
+//!   comes back ([`transport::Settled`]); [`content`]: whether what a
+//!   server stores is what would be written (resolve and verify).
 //!
 //! API boundary: connectors, the plugin SDK and the plugin ABI depend on
 //! this crate alone. Architecture invariant: it does no I/O and depends on
@@ -26,6 +27,7 @@
 //! crates beside it and meet here.
 
 pub mod connector;
+pub mod content;
 pub mod functions;
 pub mod group;
 pub mod mapper;

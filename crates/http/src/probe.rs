@@ -195,12 +195,12 @@ pub(super) async fn missing_from_server(
                 status: 200..=299,
                 body,
                 ..
-            } if crate::resolve::is_searchset(&body) => body,
+            } if crate::reader::is_searchset(&body) => body,
             Answer::Http {
                 status: 200..=299,
                 body,
                 ..
-            } => return Err(crate::resolve::not_a_searchset_reason(resource_type, &body).into()),
+            } => return Err(crate::reader::not_a_searchset_reason(resource_type, &body).into()),
             Answer::Http { status, body, .. } => {
                 return Err(format!(
                     "a search of {resource_type} by identifier answered {status} ({})",

@@ -31,10 +31,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::client::{Answer, Http};
 use crate::quota::Quota;
+use crate::reader::{is_searchset, not_a_searchset};
+use fhirlift_core::content::{
+    conditional_references, held_identities, rewrite_references, same_content,
+};
 use fhirlift_core::group::{
     Identity, StoredAt, encode_query_part, escape_search_value, parse_conditional_url,
 };
@@ -43,10 +47,6 @@ use fhirlift_core::planner::{Request, RequestKind};
 /// The most ids the cache keeps (about 40 bytes each): past it, references
 /// are searched instead of remembered and the empty-system shortcut stops.
 const ID_CACHE_CAP: usize = 2_000_000;
-/// Longest query sent as a GET; longer lists go as `POST Type/_search`.
-const MAX_GET_QUERY: usize = 2_000;
-/// Pages followed for one search before giving up on it.
-const MAX_PAGES: usize = 200;
 
 /// A server id, compact: most servers (Medplum among them) use UUIDs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,7 +269,7 @@ impl Resolver {
         }
         let mut references: Vec<Identity> = Vec::new();
         for op in units.iter().flat_map(|u| &u.ops) {
-            collect_references(&op.entry["resource"], &mut references);
+            conditional_references(&op.entry["resource"], &mut references);
         }
         // where the ledger says this request's identities are stored
         let mut placed: HashMap<Identity, Found> = HashMap::new();
@@ -348,18 +348,7 @@ impl Resolver {
                         continue;
                     };
                     let version = resource["meta"]["versionId"].as_str().map(str::to_owned);
-                    let mut matched: Vec<Identity> = Vec::new();
-                    for identifier in resource["identifier"].as_array().into_iter().flatten() {
-                        let candidate = Identity {
-                            resource_type: resource_type.clone(),
-                            system: identifier["system"].as_str().unwrap_or("").to_owned(),
-                            value: identifier["value"].as_str().unwrap_or("").to_owned(),
-                        };
-                        if want.contains(&candidate) && !matched.contains(&candidate) {
-                            matched.push(candidate);
-                        }
-                    }
-                    for identity in matched {
+                    for identity in held_identities(&resource, resource_type, &want) {
                         let list = found.entry(identity).or_default();
                         if !list.iter().any(|f| f.id == id) {
                             list.push(Found {
@@ -456,7 +445,13 @@ impl Resolver {
             let mut from_ledger = false;
             for (k, (op, s)) in unit.ops.iter().zip(&stored).enumerate() {
                 let mut resource = op.entry["resource"].clone();
-                rewrite_references(&mut resource, known_refs, &local);
+                rewrite_references(&mut resource, &|r| {
+                    if r.starts_with("urn:uuid:") {
+                        local.get(r).cloned()
+                    } else {
+                        parse_conditional_url(r).and_then(|id| known_refs.get(&id).cloned())
+                    }
+                });
                 let entry = match (s, &op.identity) {
                     _ if self.references_only => {
                         let mut entry = op.entry.clone();
@@ -623,87 +618,8 @@ impl Resolver {
         resource_type: &str,
         ids: &[&Identity],
     ) -> Result<(Vec<Value>, Vec<Quota>), Answer> {
-        let mut tokens = String::new();
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                tokens.push(',');
-            }
-            encode_query_part(&escape_search_value(&id.system), &mut tokens);
-            tokens.push('|');
-            encode_query_part(&escape_search_value(&id.value), &mut tokens);
-        }
-        let count = (ids.len() * 2 + 10).min(1000);
-        let query = format!("identifier={tokens}&_count={count}");
-        let mut answer = if query.len() > MAX_GET_QUERY {
-            // the raw `|` and `,` are fine in a form body, but encode them
-            // anyway: nothing in it is then open to a server's reading
-            let form = query.replace('|', "%7C").replace(',', "%2C");
-            http.post_form(&format!("{}/{resource_type}/_search", http.base), form)
-                .await
-        } else {
-            http.search_get(&format!("{}/{resource_type}?{query}", http.base))
-                .await
-        };
-        let mut resources = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let (body, quotas) = match answer {
-                Answer::Http {
-                    status: 200..=299,
-                    body,
-                    quotas,
-                    ..
-                } if is_searchset(&body) => (body, quotas),
-                Answer::Http {
-                    status: 200..=299,
-                    body,
-                    ..
-                } => return Err(not_a_searchset(resource_type, &body)),
-                other => return Err(other),
-            };
-            for entry in body["entry"].as_array().into_iter().flatten() {
-                if entry["search"]["mode"]
-                    .as_str()
-                    .is_none_or(|m| m == "match")
-                {
-                    resources.push(entry["resource"].clone());
-                }
-            }
-            let next = body["link"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["relation"] == "next")
-                .and_then(|l| l["url"].as_str());
-            match next {
-                Some(url) => answer = http.search_get(url).await,
-                None => return Ok((resources, quotas)),
-            }
-        }
-        Err(Answer::Transport(format!(
-            "the {resource_type} search had more than {MAX_PAGES} pages"
-        )))
+        crate::reader::search_identities(http, resource_type, ids).await
     }
-}
-
-/// Whether a search answer is what a search returns: a `searchset` Bundle.
-pub(super) fn is_searchset(body: &Value) -> bool {
-    body["resourceType"] == "Bundle" && body["type"] == "searchset"
-}
-
-/// A search answered 2xx with something else (an empty body, a proxy's
-/// HTML page, another resource): an ambiguous failure, retried; never
-/// read as "nothing stored", which would write a duplicate.
-pub(super) fn not_a_searchset(resource_type: &str, body: &Value) -> Answer {
-    Answer::Transport(not_a_searchset_reason(resource_type, body))
-}
-
-/// Why [`not_a_searchset`].
-pub(super) fn not_a_searchset_reason(resource_type: &str, body: &Value) -> String {
-    format!(
-        "a {resource_type} search was answered with {}, not a searchset Bundle (a proxy \
-         or a broken server?): not read as \"nothing stored\"",
-        crate::outcomes::describe_body(body)
-    )
 }
 
 impl IdCache {
@@ -788,115 +704,6 @@ fn has_conditional_reference(body: &[u8]) -> bool {
     false
 }
 
-/// Every conditional reference (`Type?identifier=s|v`) in a resource.
-fn collect_references(value: &Value, out: &mut Vec<Identity>) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                match (key.as_str(), v) {
-                    ("reference", Value::String(r)) => {
-                        if let Some(id) = parse_conditional_url(r)
-                            && !out.contains(&id)
-                        {
-                            out.push(id);
-                        }
-                    }
-                    _ => collect_references(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
-        _ => {}
-    }
-}
-
-/// Rewrites conditional references the resolver knows, and a
-/// transaction's `urn:uuid` references to resources already stored.
-fn rewrite_references(
-    value: &mut Value,
-    known: &HashMap<Identity, String>,
-    local: &HashMap<String, String>,
-) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if key == "reference"
-                    && let Value::String(r) = v
-                {
-                    let target = if r.starts_with("urn:uuid:") {
-                        local.get(r.as_str()).cloned()
-                    } else {
-                        parse_conditional_url(r).and_then(|id| known.get(&id).cloned())
-                    };
-                    if let Some(t) = target {
-                        *r = t;
-                    }
-                } else {
-                    rewrite_references(v, known, local);
-                }
-            }
-        }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| rewrite_references(v, known, local)),
-        _ => {}
-    }
-}
-
-/// Whether a stored resource already holds `new`'s content: what the
-/// server adds (`id`, `meta` beyond what `new` sets, a `display` on a
-/// reference `new` sent without one) is ignored; numbers compare by value.
-pub(super) fn same_content(new: &Value, stored: &Value) -> bool {
-    match (new.as_object(), stored.as_object()) {
-        (Some(n), Some(s)) => object_eq(n, s, Level::Top),
-        _ => false,
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Top,
-    Meta,
-    Inner,
-}
-
-fn object_eq(new: &Map<String, Value>, stored: &Map<String, Value>, level: Level) -> bool {
-    let is_reference = new.contains_key("reference");
-    for (k, v) in new {
-        if level == Level::Top && k == "id" {
-            continue;
-        }
-        let Some(s) = stored.get(k) else {
-            return false;
-        };
-        let inner = if level == Level::Top && k == "meta" {
-            Level::Meta
-        } else {
-            Level::Inner
-        };
-        if !value_eq(v, s, inner) {
-            return false;
-        }
-    }
-    stored.keys().all(|k| {
-        new.contains_key(k)
-            || level == Level::Meta
-            || (level == Level::Top && (k == "id" || k == "meta"))
-            || (is_reference && k == "display")
-    })
-}
-
-fn value_eq(new: &Value, stored: &Value, level: Level) -> bool {
-    match (new, stored) {
-        (Value::Object(n), Value::Object(s)) => object_eq(n, s, level),
-        (Value::Array(n), Value::Array(s)) => {
-            n.len() == s.len() && n.iter().zip(s).all(|(a, b)| value_eq(a, b, Level::Inner))
-        }
-        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
-        _ => new == stored,
-    }
-}
-
 /// The id in a write's answer: `response.location` (`Type/id/_history/v`)
 /// or the returned resource's `id`.
 pub(super) fn answered_id(response: &Value) -> Option<String> {
@@ -915,38 +722,6 @@ pub(super) fn answered_id(response: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_content_ignores_what_the_server_adds() {
-        let new = json!({
-            "resourceType": "Condition",
-            "identifier": [{ "system": "s", "value": "1" }],
-            "subject": { "reference": "Patient/abc" },
-            "onsetDateTime": "2020-01-01",
-            "meta": { "tag": [{ "code": "migrated" }] }
-        });
-        let stored = json!({
-            "resourceType": "Condition",
-            "id": "xyz",
-            "meta": { "versionId": "3", "lastUpdated": "2026-01-01T00:00:00Z", "project": "p", "tag": [{ "code": "migrated" }] },
-            "identifier": [{ "system": "s", "value": "1" }],
-            "subject": { "reference": "Patient/abc", "display": "Ann Lee" },
-            "onsetDateTime": "2020-01-01"
-        });
-        assert!(same_content(&new, &stored));
-        let mut changed = new.clone();
-        changed["onsetDateTime"] = json!("2020-01-02");
-        assert!(!same_content(&changed, &stored));
-        // a field the server holds and the new content drops is a change
-        let mut dropped = stored.clone();
-        dropped["note"] = json!([{ "text": "x" }]);
-        assert!(!same_content(&new, &dropped));
-        // a display the mapping set itself must match
-        let mut with_display = new.clone();
-        with_display["subject"]["display"] = json!("Someone else");
-        assert!(!same_content(&with_display, &stored));
-        assert!(same_content(&json!({ "n": 1.0 }), &json!({ "n": 1 })));
-    }
 
     #[test]
     fn conditional_references_are_spotted_without_parsing() {

@@ -14,6 +14,7 @@ pub mod rejects;
 
 mod accounts;
 mod dry_run;
+mod mapped;
 mod mapping_stage;
 mod plan;
 mod progress;
@@ -26,6 +27,7 @@ use std::sync::OnceLock;
 use minijinja::Environment;
 
 pub use dry_run::DryRunSink;
+pub use mapped::MappedRecord;
 pub use mapping_stage::shard_of;
 pub use plan::{Plan, PlannedStream, PreviewError};
 pub use progress::{LogProgress, ProgressObserver};

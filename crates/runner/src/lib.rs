@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -22,8 +22,10 @@ use fhirlift_mapping::config::MigrationConfig;
 use fhirlift_pipeline::rejects::RejectWriter;
 use fhirlift_pipeline::{DryRunSink, LogProgress, Plan, ProgressObserver, RunOptions, RunSummary};
 
+mod interrupt;
 mod progress;
 mod report;
+mod verify;
 
 // Links the built-in connectors named in Cargo.toml (see build.rs).
 include!(concat!(env!("OUT_DIR"), "/connectors.rs"));
@@ -80,6 +82,11 @@ enum Command {
     /// Run again only the records the ledger holds as rejected (after the
     /// mapping or the data was fixed); each one that succeeds is cleared.
     RetryRejects(MigrateArgs),
+    /// Compare what the source maps to now with what the server holds
+    /// (writes nothing; needs no ledger): equal, different, missing,
+    /// duplicated, dangling references, and with --orphans resources no
+    /// record maps to. Exit 0 when everything is equal, 2 otherwise.
+    Verify(verify::VerifyArgs),
     /// What the ledger knows per stream: done, rejected, pending, last run.
     Status {
         #[arg(short, long)]
@@ -558,6 +565,7 @@ fn execute(
         }
         Command::Migrate(args) => migrate(args, false, plugins, out),
         Command::RetryRejects(args) => migrate(args, true, plugins, out),
+        Command::Verify(args) => verify::verify(args, plugins, out),
         Command::Status { config, ledger } => {
             let path = ledger.path(&config)?;
             if !path.exists() {
@@ -815,7 +823,7 @@ fn send(
     } else {
         streams_the_server_lost(plan, &sink, &ledger, out)?
     };
-    watch_ctrl_c(&runtime, stop.clone());
+    interrupt::watch_ctrl_c(&runtime, stop.clone());
     let options = RunOptions {
         ledger: Some(&mut ledger),
         full: run.full,
@@ -889,47 +897,6 @@ fn streams_the_server_lost(
         )?;
     }
     Ok(full)
-}
-
-/// Turns the first Ctrl-C into `stop` and the second into exit 130.
-///
-/// The handler is installed before this returns, not when the watching
-/// task first runs: a signal that arrives while the run is starting is a
-/// graceful stop, never the default "kill the process".
-fn watch_ctrl_c(runtime: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let installed = runtime.block_on(async { signal(SignalKind::interrupt()) });
-        match installed {
-            Ok(mut interrupts) => {
-                runtime.spawn(async move {
-                    if interrupts.recv().await.is_some() {
-                        tracing::warn!("Ctrl-C: no new requests; waiting for those in flight (Ctrl-C again to quit now)");
-                        stop.store(true, Ordering::Relaxed);
-                        if interrupts.recv().await.is_some() {
-                            std::process::exit(130);
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for Ctrl-C; it will end the run at once")
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!(
-                "Ctrl-C: no new requests; waiting for those in flight (Ctrl-C again to quit now)"
-            );
-            stop.store(true, Ordering::Relaxed);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
 }
 
 fn exit_code(summary: &RunSummary) -> u8 {

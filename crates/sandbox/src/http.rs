@@ -740,14 +740,14 @@ async fn run_search(shared: &Shared, resource_type: &str, query: &str) -> Respon
             400,
             "not-supported",
             format!(
-                "the sandbox searches by identifier only, not {:?}",
+                "the sandbox searches by identifier and _id only, not {:?}",
                 search.unsupported
             ),
         ));
     }
     let _busy = busy(shared, Work::search()).await;
     let store = lock(shared);
-    let ids = if search.identifiers.is_empty() {
+    let ids = if search.identifiers.is_empty() && search.ids.is_empty() {
         let mut all: Vec<String> = store
             .resources(resource_type)
             .iter()

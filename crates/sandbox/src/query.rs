@@ -76,6 +76,8 @@ pub struct Token {
 #[derive(Debug, Default)]
 pub struct Search {
     pub identifiers: Vec<Token>,
+    /// `_id=a,b`: server ids.
+    pub ids: Vec<String>,
     pub count: Option<usize>,
     /// `_offset`: how many matches to skip (paging).
     pub offset: Option<usize>,
@@ -108,6 +110,14 @@ pub fn parse_search(query: &str) -> Search {
                     search.identifiers.push(t);
                 }
             }
+            "_id" => search.ids.extend(
+                value
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned),
+            ),
+            // which elements to return: a hint a server may ignore (this one does)
+            "_elements" => {}
             "_count" => search.count = value.parse().ok(),
             "_offset" => search.offset = value.parse().ok(),
             "_summary" => search.summary_count = value == "count",

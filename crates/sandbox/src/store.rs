@@ -197,11 +197,21 @@ impl Store {
 
     /// Ids matching a search, each once, in a stable order.
     pub fn search(&self, resource_type: &str, search: &Search) -> Vec<String> {
-        let mut ids: Vec<String> = search
-            .identifiers
-            .iter()
-            .flat_map(|t| self.matching(resource_type, t))
-            .collect();
+        let mut ids: Vec<String> = if search.identifiers.is_empty() {
+            search
+                .ids
+                .iter()
+                .filter(|id| self.get(resource_type, id).is_some())
+                .cloned()
+                .collect()
+        } else {
+            search
+                .identifiers
+                .iter()
+                .flat_map(|t| self.matching(resource_type, t))
+                .filter(|id| search.ids.is_empty() || search.ids.contains(id))
+                .collect()
+        };
         ids.sort();
         ids.dedup();
         ids
