@@ -287,6 +287,35 @@ fn guide_example_lands_exactly_and_a_rerun_writes_nothing(strategy: &str) {
     // 2 patients, 3 conditions, 2 encounters with their notes
     assert_eq!(source.resources(), 9);
     assert_rerun_writes_nothing(&fhir, &project, &config, &dir, &args);
+    let verified = verify_all_equal(&project, &config, &dir);
+    assert!(verified.contains("9 identities verified"), "{verified}");
+}
+
+/// `fhirlift verify --orphans` on the project: everything equal (exit 0);
+/// its table.
+fn verify_all_equal(project: &Project, config: &Path, dir: &Path) -> String {
+    let mut args: Vec<String> = vec![
+        "verify".into(),
+        "-c".into(),
+        config.display().to_string(),
+        "--server".into(),
+        project.url.clone(),
+        "--orphans".into(),
+        "--out".into(),
+        dir.join("verify.ndjson").display().to_string(),
+    ];
+    args.extend(project.credentials());
+    let check = fhirlift_tests::fhirlift(args);
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("the server holds what the source maps to"),
+        "{}",
+        check.stdout
+    );
+    println!("{}", check.stdout);
+    check.stdout
 }
 
 #[test]
@@ -336,7 +365,12 @@ impl Loaded {
 /// [`load_generated`] under `strategy`, then a re-run that writes nothing.
 fn load_and_rerun(test: &str, profile: &str, patients: u64, seed: u64, strategy: &str) {
     let args = ["--strategy", strategy];
-    load_generated(test, profile, patients, seed, &args).assert_rerun_writes_nothing(&args);
+    let loaded = load_generated(test, profile, patients, seed, &args);
+    loaded.assert_rerun_writes_nothing(&args);
+    // every identity verified equal (the table prints identities/s)
+    let verified = verify_all_equal(&loaded.project, &loaded.config, &loaded.dir);
+    let expected = format!("{} identities verified", loaded.source.resources());
+    assert!(verified.contains(&expected), "{expected}\n{verified}");
 }
 
 #[test]
