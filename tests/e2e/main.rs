@@ -12,6 +12,7 @@ mod plugins;
 mod postgres;
 mod real_medplum;
 mod rejects;
+mod report;
 mod rerun;
 mod sandbox;
 mod support;

@@ -25,6 +25,7 @@ fn guide_copy(dir: &Path) -> PathBuf {
     config
 }
 
+/// `fhirlift verify --orphans --out OUT --report-html OUT.html`.
 fn verify(config: &Path, url: &str, out: &Path) -> Outcome {
     fhirlift([
         "verify".into(),
@@ -35,6 +36,8 @@ fn verify(config: &Path, url: &str, out: &Path) -> Outcome {
         "--orphans".into(),
         "--out".into(),
         out.as_os_str().to_owned(),
+        "--report-html".into(),
+        out.with_extension("html").into_os_string(),
     ])
 }
 
@@ -214,6 +217,22 @@ fn a_deleted_an_edited_a_duplicated_and_an_orphaned_resource_are_named_with_thei
         json!({ "source": "1980-07-15", "server": "1980-07-16" })
     );
     assert!(!check.stdout.contains("1980-07-1"), "{}", check.stdout);
+    // the HTML report: the same counts, and no value
+    let html = std::fs::read_to_string(out.with_extension("html")).unwrap();
+    assert!(html.contains("<section id=\"verify\">"));
+    let patients = &html[html
+        .find("data-stream=\"patients\" data-type=\"Patient\"")
+        .expect("a Patient row")..];
+    let patients = &patients[..patients.find("</tr>").unwrap()];
+    assert!(
+        patients.contains("<td class=\"equal\">1</td>"),
+        "{patients}"
+    );
+    assert!(
+        patients.contains("<td class=\"different bad\">1</td>"),
+        "{patients}"
+    );
+    assert!(!html.contains("1980-07-1"));
     assert!(
         check
             .stdout

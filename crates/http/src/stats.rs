@@ -1,6 +1,6 @@
 //! The sender's live counters, read by progress lines and the summary.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Live counters, for progress lines.
 #[derive(Debug, Default)]
@@ -15,4 +15,26 @@ pub struct SenderStats {
     pub window: AtomicU64,
     /// Requests that waited for a server quota's window (429s).
     pub quota_waits: AtomicU64,
+    /// Operations whose outcome is settled (written, unchanged, rejected).
+    pub settled: AtomicU64,
+    /// Answers (a request's, or an entry's inside a bundle's answer) with
+    /// status 429, 409, or 5xx.
+    pub throttled: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub server_errors: AtomicU64,
+}
+
+impl SenderStats {
+    /// Counts the statuses worth watching over time: 429, 409, 5xx.
+    pub(crate) fn note_statuses(&self, statuses: impl IntoIterator<Item = u16>) {
+        for status in statuses {
+            let counter = match status {
+                429 => &self.throttled,
+                409 => &self.conflicts,
+                500..=599 => &self.server_errors,
+                _ => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

@@ -22,6 +22,8 @@ use fhirlift_mapping::config::MigrationConfig;
 use fhirlift_pipeline::rejects::RejectWriter;
 use fhirlift_pipeline::{DryRunSink, LogProgress, Plan, ProgressObserver, RunOptions, RunSummary};
 
+mod delta_probe;
+mod html_report;
 mod interrupt;
 mod progress;
 mod report;
@@ -144,6 +146,9 @@ struct MigrateArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Also write the run as one self-contained HTML page to this file.
+    #[arg(long, value_name = "FILE")]
+    report_html: Option<PathBuf>,
     /// Send credentials and patient data over plain http:// to a host that
     /// is not this machine (refused without it; use https).
     #[arg(long)]
@@ -610,6 +615,7 @@ fn migrate(
         max_attempts,
         rejects,
         report,
+        report_html,
         allow_insecure_http,
         give_up_after,
         request_timeout,
@@ -653,7 +659,12 @@ fn migrate(
             .with_context(|| format!("cannot replace the old collisions file {}", old.display()))?;
     }
     let shard = ledger.shard()?;
-    let summary = if let Some(dir) = dry_run {
+    let target_shown = match (&server, &sandbox, &dry_run) {
+        (Some(url), _, _) => url.clone(),
+        (None, Some(dir), _) | (None, None, Some(dir)) => dir.display().to_string(),
+        (None, None, None) => String::new(),
+    };
+    let (summary, timeline) = if let Some(dir) = dry_run {
         if only_rejected {
             return Err(anyhow!(
                 "retry-rejects sends to a server: give --server or --sandbox"
@@ -669,7 +680,7 @@ fn migrate(
         let summary = plan.run_observed(&mut sink, &mut rejects, observer().as_mut(), options)?;
         report::write_summary(out, &summary, "planned")?;
         writeln!(out, "request bundles: {}", dir.display())?;
-        summary
+        (summary, Vec::new())
     } else {
         let state = ledger.path(&config)?;
         // a new sandbox store holds nothing the ledger may have seen
@@ -696,6 +707,7 @@ fn migrate(
             },
             &mut rejects,
             run,
+            report_html.is_some(),
             out,
         )?
     };
@@ -713,6 +725,16 @@ fn migrate(
     if let Some(path) = report {
         std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("cannot write the report {}", path.display()))?;
+    }
+    if let Some(path) = report_html {
+        let command = if only_rejected {
+            "retry-rejects"
+        } else {
+            "migrate"
+        };
+        let (at, rejects) = (&target_shown, &rejects_path);
+        html_report::write_run(&path, command, &config, at, &summary, &timeline, rejects)?;
+        writeln!(out, "report: {}", path.display())?;
     }
     Ok(exit_code(&summary))
 }
@@ -745,8 +767,9 @@ fn send(
     patience: Patience,
     rejects: &mut RejectWriter,
     run: Run,
+    timeline: bool,
     out: &mut dyn Write,
-) -> anyhow::Result<RunSummary> {
+) -> anyhow::Result<(RunSummary, Vec<fhirlift_report::Sample>)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -794,6 +817,7 @@ fn send(
     );
     // nothing is sent before the plan runs, but for the questions below
     let mut sink = SenderSink::start(runtime.handle(), config)?;
+    let recorder = timeline.then(|| html_report::recorder(sink.stats.clone()));
     // the ledger is per target: a server by its URL and who writes there
     // (one Medplum URL serves many projects), a sandbox by its store folder
     let target = match (&server, &sandbox) {
@@ -821,7 +845,7 @@ fn send(
     let full_streams = if run.full || run.only_rejected {
         Default::default()
     } else {
-        streams_the_server_lost(plan, &sink, &ledger, out)?
+        delta_probe::streams_the_server_lost(plan, &sink, &ledger, out)?
     };
     interrupt::watch_ctrl_c(&runtime, stop.clone());
     let options = RunOptions {
@@ -836,6 +860,7 @@ fn send(
     let result = plan.run_observed(&mut sink, rejects, observer().as_mut(), options);
     // every phase ends settled; anything left comes from a run that stopped
     let _ = sink.finish();
+    let samples = recorder.map(fhirlift_report::Recorder::finish);
     let summary = result?;
     report::write_summary(out, &summary, "accounted for")?;
     writeln!(out, "ledger: {}", run.state.display())?;
@@ -844,59 +869,7 @@ fn send(
         writeln!(out, "sandbox store saved to {}", dir.display())?;
         runtime.block_on(sb.stop());
     }
-    Ok(summary)
-}
-
-/// Identities of each resource type the ledger samples before a delta run.
-const PROBE_PER_TYPE: usize = 20;
-
-/// Before a delta run trusts the ledger: asks the server for a sample of
-/// what the ledger says it acknowledged (one search per resource type).
-/// The streams that write a type the server has lost any of, or refer to
-/// it, are sent in full, and the run says so.
-fn streams_the_server_lost(
-    plan: &Plan,
-    sink: &SenderSink,
-    ledger: &Ledger,
-    out: &mut dyn Write,
-) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let sample = ledger.sample(PROBE_PER_TYPE).map_err(|e| anyhow!("{e}"))?;
-    let mut full = std::collections::BTreeSet::new();
-    if sample.is_empty() {
-        return Ok(full);
-    }
-    let missing = sink.missing_from_server(&sample).map_err(|e| {
-        anyhow!(
-            "cannot check that the server still holds what the ledger says it acknowledged: {e}; \
-                 fix the server or credentials, or run with --full"
-        )
-    })?;
-    for (resource_type, (gone, sampled)) in &missing {
-        let streams: Vec<&str> = plan
-            .streams
-            .iter()
-            // writers recreate what was lost (with new ids); what refers
-            // to it must be written again to point at the new ids
-            .filter(|s| {
-                s.shape.emitted_types.contains(resource_type)
-                    || s.shape.referenced_types.contains(resource_type)
-            })
-            .map(|s| &*s.source.stream)
-            .collect();
-        full.extend(streams.iter().map(|s| s.to_string()));
-        tracing::warn!(resource_type = %resource_type, gone, sampled, "the server lost resources the ledger says it acknowledged");
-        writeln!(
-            out,
-            "the server no longer holds {gone} of {sampled} {resource_type} resources the ledger says it acknowledged \
-             (reset, emptied or edited since): sending {} in full",
-            if streams.is_empty() {
-                "no stream of this migration".to_owned()
-            } else {
-                format!("stream {}", streams.join(", "))
-            }
-        )?;
-    }
-    Ok(full)
+    Ok((summary, samples.unwrap_or_default()))
 }
 
 fn exit_code(summary: &RunSummary) -> u8 {

@@ -35,6 +35,9 @@ pub(crate) struct VerifyArgs {
     /// Also write the counts as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Also write the findings' counts as one self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    report_html: Option<PathBuf>,
     /// Batches searched at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -112,6 +115,14 @@ pub(crate) fn verify(
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("cannot write the report {}", path.display()))?;
+    }
+    if let Some(path) = &args.report_html {
+        let target = match &args.sandbox {
+            Some(dir) => dir.display().to_string(),
+            None => base_url.clone(),
+        };
+        crate::html_report::write_verify(path, &args.config, &target, &summary)?;
+        writeln!(out, "report: {}", path.display())?;
     }
     Ok(if summary.all_equal() { 0 } else { EXIT_REJECTS })
 }

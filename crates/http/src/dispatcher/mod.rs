@@ -422,6 +422,7 @@ impl Dispatcher {
                 ..
             } => {
                 self.breaker.answered();
+                self.stats.note_statuses([status]);
                 let pause = self.pace(&quotas, job.request.entries.len());
                 if status == 401 && job.reauths < MAX_REAUTHS {
                     self.http.auth.invalidate(used_auth.as_ref()).await;

@@ -3,6 +3,7 @@
 //! requests, and the rejects and stops that end a request.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
@@ -47,6 +48,7 @@ impl Dispatcher {
         }
         for (i, response) in responses.iter().enumerate() {
             let status = entry_status(response);
+            self.stats.note_statuses([status]);
             if (200..300).contains(&status) {
                 self.settle_entry(&job, i, response, sent_at_ms, &mut resend);
             } else if is_transient(status) {
@@ -177,6 +179,7 @@ impl Dispatcher {
                     .unwrap_or_default()
             } else if write.kind == RequestKind::BatchOfTransactions {
                 let status = entry_status(response);
+                self.stats.note_statuses([status]);
                 if !(200..300).contains(&status) {
                     if entry_resent(status, sent.from_ledger) {
                         resend.push(sent.entry, [status]);
@@ -212,6 +215,7 @@ impl Dispatcher {
             if write.kind == RequestKind::Batch {
                 // a plain entry: written, or failed alone
                 let status = entry_status(inner[0]);
+                self.stats.note_statuses([status]);
                 if (200..300).contains(&status) {
                     self.settle_written(&job, sent, 0, inner[0], sent_at_ms);
                 } else if entry_resent(status, sent.from_ledger) {
@@ -386,6 +390,7 @@ impl Dispatcher {
         resend: &mut Resend,
     ) {
         let statuses: Vec<u16> = inner.iter().map(|r| entry_status(r)).collect();
+        self.stats.note_statuses(statuses.iter().copied());
         let group = &job.request.groups[job.request.entries[sent.entry].group];
         // what was written may be written again only when every write of
         // it is keyed on an identifier (a bare POST would be repeated)
@@ -449,6 +454,7 @@ impl Dispatcher {
             let etag = r["response"]["etag"].as_str()?;
             Some(etag.trim_start_matches("W/").trim_matches('"').to_owned())
         });
+        self.stats.settled.fetch_add(1, Ordering::Relaxed);
         let _ = self.settled.send(Settled {
             seq: group.seq,
             op,
@@ -531,6 +537,7 @@ impl Dispatcher {
         entry_text: &str,
         outcome: Option<&Value>,
     ) {
+        self.stats.settled.fetch_add(1, Ordering::Relaxed);
         let _ = self.settled.send(Settled {
             seq: group.seq,
             op,
