@@ -48,6 +48,8 @@ pub(crate) struct Job {
     /// reason), by (record seq, operation): the resend finds them stored,
     /// but this run created or updated them.
     pub(crate) earlier: std::collections::HashMap<(u64, usize), Outcome>,
+    /// The window's epoch when it was last sent ([`Window::shrink_for`]).
+    pub(crate) sent_in: u64,
 }
 
 /// Token renewals one request may ask for before a 401 counts as refusal.
@@ -166,10 +168,16 @@ impl Dispatcher {
             if !input_open && idle {
                 return;
             }
-            // requests waiting to be retried hold their place in the window:
-            // a failing server slows intake instead of piling up bodies
+            // requests waiting to be retried hold their place in the window,
+            // by their size: a failing server slows intake instead of piling
+            // up bodies, while the few entries of a batch resent alone (1%
+            // of entries answered 409) do not keep a whole request's place
+            // through their backoff (the run report showed the window's one
+            // place held by them most of a run, nothing in flight)
+            let waiting_entries: usize = waiting.iter().map(|j| j.request.entries.len()).sum();
+            let waiting_places = waiting_entries / self.largest.max(1);
             let room = !paused
-                && in_flight.len() + waiting.len() + held.len() < self.window.get()
+                && in_flight.len() + waiting_places + held.len() < self.window.get()
                 && barrier.is_none()
                 && input_open;
             // while paused, nothing is sent before the pause ends, however
@@ -251,6 +259,7 @@ impl Dispatcher {
             reauths: 0,
             quota_waits: 0,
             earlier: Default::default(),
+            sent_in: 0,
         };
         self.spawn(set, job);
     }
@@ -272,7 +281,12 @@ impl Dispatcher {
         self.pacer.observe(quotas, entries, Instant::now()).pause
     }
 
-    pub(crate) fn spawn(&mut self, set: &mut JoinSet<(Job, Answer, Option<Resolution>)>, job: Job) {
+    pub(crate) fn spawn(
+        &mut self,
+        set: &mut JoinSet<(Job, Answer, Option<Resolution>)>,
+        mut job: Job,
+    ) {
+        job.sent_in = self.window.epoch;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.entries_out += job.request.entries.len();
         self.largest = self.largest.max(job.request.entries.len());
@@ -394,7 +408,7 @@ impl Dispatcher {
     ) {
         match answer {
             Answer::Transport(why) => {
-                self.window.shrink();
+                self.window.shrink_for(job.sent_in);
                 if let Some(stop) = self.breaker.failed(&why) {
                     tracing::error!(reason = %why, "the server does not answer: the run stops");
                     self.tripped = true;
@@ -447,7 +461,7 @@ impl Dispatcher {
                     || (resolution.as_ref().is_some_and(|r| r.from_ledger)
                         && stale_ledger_id(status))
                 {
-                    self.window.shrink();
+                    self.window.shrink_for(job.sent_in);
                     if status == 429 {
                         self.wait_for_quota(job, retry_after, waiting);
                     } else {
@@ -465,7 +479,7 @@ impl Dispatcher {
                     // an answer that is not what a bundle is answered with
                     // (a proxy's page, an empty body): nothing can be taken
                     // as written; sent again (idempotent, or searched again)
-                    self.window.shrink();
+                    self.window.shrink_for(job.sent_in);
                     let why = format!(
                         "HTTP {status} with {}, not a batch-response or transaction-response Bundle",
                         describe_body(&body)

@@ -84,7 +84,7 @@ impl Dispatcher {
             return;
         }
         if resend.throttled {
-            self.window.shrink();
+            self.window.shrink_for(job.sent_in);
         }
         let retry = Job {
             request: job.request.subset(&resend.entries),
@@ -92,6 +92,7 @@ impl Dispatcher {
             not_before: None,
             reauths: job.reauths,
             quota_waits: job.quota_waits,
+            sent_in: job.sent_in,
             earlier: {
                 // a resend that finds what an earlier answer wrote says
                 // unchanged: the earliest, strongest outcome stands
