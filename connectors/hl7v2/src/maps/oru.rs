@@ -245,17 +245,36 @@ impl Mapper<'_, '_> {
             o.insert("effectiveDateTime".into(), at);
         }
         let value_type = self.text(obx, 2, 1).unwrap_or_default();
-        match self.observation_value(obx, &value_type) {
-            Some((key, v)) => {
-                o.insert(key.into(), v);
+        let repeated: Vec<&str> = self
+            .reps(obx, 5)
+            .into_iter()
+            .filter(|r| !r.trim().is_empty())
+            .collect();
+        if repeated.len() > 1 && !is_text_type(&value_type) {
+            // OBX-5 repeats (`60~120`): one component each, coded as the
+            // observation (the guide's rule); text repeats are lines
+            let code = o["code"].clone();
+            let components: Vec<Value> = repeated
+                .iter()
+                .filter_map(|rep| self.one_value(obx, rep, &value_type))
+                .map(|(key, v)| json!({ "code": code, key: v }))
+                .collect();
+            if !components.is_empty() {
+                o.insert("component".into(), Value::Array(components));
             }
-            None if status_code.as_deref() == Some("N") => {
-                o.insert(
-                    "dataAbsentReason".into(),
-                    json!({ "coding": [{ "system": format!("{THO}data-absent-reason"), "code": "not-asked" }] }),
-                );
+        } else {
+            match self.observation_value(obx, &value_type) {
+                Some((key, v)) => {
+                    o.insert(key.into(), v);
+                }
+                None if status_code.as_deref() == Some("N") => {
+                    o.insert(
+                        "dataAbsentReason".into(),
+                        json!({ "coding": [{ "system": format!("{THO}data-absent-reason"), "code": "not-asked" }] }),
+                    );
+                }
+                None => {}
             }
-            None => {}
         }
         let interpretation = self.list(obx, 8, |r, d| {
             let code = Composite::new(r, d).get(1)?;
@@ -274,14 +293,33 @@ impl Mapper<'_, '_> {
         Some(self.push("Observation", system, value, Value::Object(o)))
     }
 
-    /// OBX-5 by OBX-2 (table 0125) → the value[x] element.
+    /// OBX-5 by OBX-2 (table 0125) → the value[x] element: the first
+    /// repetition, or for text types every repetition as a line.
     pub(super) fn observation_value(
         &self,
         obx: &Segment<'_>,
         value_type: &str,
     ) -> Option<(&'static str, Value)> {
         let reps = self.reps(obx, 5);
-        let first = *reps.first()?;
+        if is_text_type(value_type) {
+            // ST, TX, FT and anything unknown: the text, repetitions on lines
+            let text: Vec<String> = reps
+                .iter()
+                .filter_map(|r| fhirlift_hl7v2::decode(r, &self.d))
+                .filter(|t| !t.trim().is_empty())
+                .collect();
+            return (!text.is_empty()).then(|| ("valueString", json!(text.join("\n"))));
+        }
+        self.one_value(obx, reps.first()?, value_type)
+    }
+
+    /// One OBX-5 repetition of a non-text type → (value[x] key, value).
+    fn one_value(
+        &self,
+        obx: &Segment<'_>,
+        first: &str,
+        value_type: &str,
+    ) -> Option<(&'static str, Value)> {
         let unit = || {
             self.raw(obx, 6)
                 .map(|r| fhir::quantity_unit(r, &self.d))
@@ -339,16 +377,7 @@ impl Mapper<'_, '_> {
                 }
                 (!range.is_empty()).then_some(("valueRange", Value::Object(range)))
             }
-            "ED" | "RP" => None,
-            _ => {
-                // ST, TX, FT and anything unknown: the text, repetitions on lines
-                let text: Vec<String> = reps
-                    .iter()
-                    .filter_map(|r| fhirlift_hl7v2::decode(r, &self.d))
-                    .filter(|t| !t.trim().is_empty())
-                    .collect();
-                (!text.is_empty()).then(|| ("valueString", json!(text.join("\n"))))
-            }
+            _ => None,
         }
     }
 
@@ -378,4 +407,27 @@ impl Mapper<'_, '_> {
             }
         }
     }
+}
+
+/// Whether OBX-2 names text (ST, TX, FT) or a type the map does not read
+/// as a value of its own (everything but the coded, numeric, date and
+/// time types, ED and RP): its repetitions are lines of one text.
+fn is_text_type(value_type: &str) -> bool {
+    !matches!(
+        value_type,
+        "NM" | "SN"
+            | "CE"
+            | "CWE"
+            | "CNE"
+            | "CF"
+            | "IS"
+            | "ID"
+            | "DT"
+            | "DTM"
+            | "TS"
+            | "TM"
+            | "NR"
+            | "ED"
+            | "RP"
+    )
 }

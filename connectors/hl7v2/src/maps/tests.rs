@@ -118,3 +118,59 @@ fn race_and_ethnicity_become_us_core_extensions_and_local_codes_stay_text() {
         "Hispanic or Latino"
     );
 }
+
+/// Every resource of one message, by type.
+fn mapped(text: &str) -> Vec<MappedResource> {
+    let message = Message::parse(text.as_bytes(), 0).expect("the test message parses");
+    let MessageMap::Mapped(resources) = map_message(&message, &MapOptions::default()).unwrap()
+    else {
+        panic!("mapped");
+    };
+    resources
+}
+
+/// Regression: OBX-5 repetitions (`60~120`) kept only the first value.
+/// The guide: one component per repetition, coded as the observation;
+/// text repetitions stay lines of one string.
+#[test]
+fn repeated_obx_values_become_components_and_text_repeats_lines() {
+    let resources = mapped(
+        "MSH|^~\\&|LAB|FAC|||202401011200||ORU^R01|MSG10|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         OBR|1|PL1^LIS|FL1^LAB|BP^Blood pressure^L\r\
+         OBX|1|NM|BP^Blood pressure^L||60~120|mm[Hg]^^UCUM\r\
+         OBX|2|ST|NOTE^Comment^L||first line~second line\r\
+         OBX|3|CWE|ORG^Organism^L||A^Alpha^L~B^Beta^L\r",
+    );
+    let obs: Vec<&Value> = resources
+        .iter()
+        .filter(|r| r.resource_type == "Observation")
+        .map(|r| &r.resource)
+        .collect();
+    assert_eq!(obs.len(), 3);
+    let bp = obs[0];
+    assert!(bp.get("valueQuantity").is_none(), "{bp}");
+    let values: Vec<&Value> = bp["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["valueQuantity"]["value"])
+        .collect();
+    assert_eq!(values, [&json!(60), &json!(120)]);
+    assert_eq!(bp["component"][1]["code"], bp["code"]);
+    assert_eq!(bp["component"][0]["valueQuantity"]["code"], "mm[Hg]");
+    assert_eq!(obs[1]["valueString"], "first line\nsecond line");
+    assert_eq!(obs[2]["component"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        obs[2]["component"][1]["valueCodeableConcept"]["coding"][0]["code"],
+        "B"
+    );
+    for r in &resources {
+        let errors: Vec<String> = fhirlift_fhir::validate(&r.resource)
+            .into_iter()
+            .filter(fhirlift_fhir::Issue::is_error)
+            .map(|i| i.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", r.resource_type);
+    }
+}

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::Composite;
 use super::dtm::date;
-use super::tables::{self, THO, V2_0203};
+use super::tables::{self, V2_0203};
 use crate::Delimiters;
 
 /// The default prefix for assigning authorities that no table names.
@@ -27,7 +27,7 @@ pub const CODING_SYSTEM_FALLBACK_BASE: &str = "urn:fhirlift:hl7v2:coding-system:
 pub const DATA_ABSENT_REASON: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
 
 /// Component `n`, decoded and trimmed; `None` when blank.
-fn text(c: &Composite, n: usize) -> Option<String> {
+pub(super) fn text(c: &Composite, n: usize) -> Option<String> {
     c.get(n).and_then(trimmed)
 }
 
@@ -48,7 +48,7 @@ fn trimmed(s: String) -> Option<String> {
 }
 
 /// Whitespace → `-`, for names appended to a URN.
-fn dashed(s: &str) -> String {
+pub(super) fn dashed(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_whitespace() { '-' } else { c })
         .collect()
@@ -164,7 +164,7 @@ fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> &'s str {
 }
 
 /// `0.x`, `1.x` or `2.x` arcs of digits, as FHIR's `oid` type wants.
-fn is_oid(s: &str) -> bool {
+pub(super) fn is_oid(s: &str) -> bool {
     let mut arcs = s.split('.');
     let first_ok = matches!(arcs.next(), Some("0" | "1" | "2"));
     let mut rest = 0;
@@ -427,146 +427,6 @@ fn composed_number(c: &Composite) -> Option<String> {
     Some(parts.join(" "))
 }
 
-/// The CWE triplets: (code, display, system name, version).
-const TRIPLETS: [(usize, usize, usize, usize); 3] = [(1, 2, 3, 7), (4, 5, 6, 8), (10, 11, 12, 13)];
-
-/// The system URI for a CWE.3-style name: [`coding_system`]; else the
-/// name itself when it looks like a URI (contains `:`); else
-/// `urn:fhirlift:hl7v2:coding-system:<name>` (whitespace → `-`).
-fn system_for_name(name: &str) -> String {
-    let name = name.trim();
-    coding_system(name).unwrap_or_else(|| {
-        if name.contains(':') {
-            name.to_owned()
-        } else {
-            format!("{CODING_SYSTEM_FALLBACK_BASE}{}", dashed(name))
-        }
-    })
-}
-
-/// One triplet as a Coding, when it has a code.
-fn triplet_coding(
-    c: &Composite,
-    (code, display, system, version): (usize, usize, usize, usize),
-) -> Option<Map<String, Value>> {
-    let code = text(c, code)?;
-    let mut m = Map::new();
-    if let Some(name) = text(c, system) {
-        m.insert("system".into(), system_for_name(&name).into());
-    }
-    if let Some(v) = text(c, version) {
-        m.insert("version".into(), v.into());
-    }
-    m.insert("code".into(), code.into());
-    if let Some(display) = text(c, display) {
-        m.insert("display".into(), display.into());
-    }
-    Some(m)
-}
-
-/// CWE / CE / CNE → CodeableConcept: codings from the triplets (1,2,3),
-/// (4,5,6), (10,11,12) that have a code (system via [`coding_system`];
-/// unknown names: the name when it contains `:`, else
-/// `urn:fhirlift:hl7v2:coding-system:<name>`; no name, no system), with
-/// versions .7 / .8 / .13; a repeated system+code is kept once. text = .9,
-/// else the display of a triplet that has no code (so it is not lost).
-/// `None` when empty.
-pub fn codeable_concept(raw: &str, d: &Delimiters) -> Option<Value> {
-    let c = Composite::new(raw, d);
-    let mut codings: Vec<Map<String, Value>> = Vec::new();
-    let mut orphan_display = None;
-    for t in TRIPLETS {
-        match triplet_coding(&c, t) {
-            Some(coding) => {
-                let same = |o: &Map<String, Value>| {
-                    o.get("system") == coding.get("system") && o.get("code") == coding.get("code")
-                };
-                if !codings.iter().any(same) {
-                    codings.push(coding);
-                }
-            }
-            None => {
-                if orphan_display.is_none() {
-                    orphan_display = text(&c, t.1);
-                }
-            }
-        }
-    }
-    let label = text(&c, 9).or(orphan_display);
-    if codings.is_empty() && label.is_none() {
-        return None;
-    }
-    let mut m = Map::new();
-    if !codings.is_empty() {
-        m.insert(
-            "coding".into(),
-            Value::Array(codings.into_iter().map(Value::Object).collect()),
-        );
-    }
-    if let Some(t) = label {
-        m.insert("text".into(), t.into());
-    }
-    Some(Value::Object(m))
-}
-
-/// The same, as a single Coding (the first triplet that has a code), for
-/// Coding-typed elements.
-pub fn coding(raw: &str, d: &Delimiters) -> Option<Value> {
-    let c = Composite::new(raw, d);
-    TRIPLETS
-        .into_iter()
-        .find_map(|t| triplet_coding(&c, t))
-        .map(Value::Object)
-}
-
-/// §4: v2 coding-system names → URI (any case): LN, SCT / SNM3 / SCT2,
-/// UCUM, CVX, MVX, NDC, RXNORM, I10, I10C, I9C, C4, CDCREC, and `HL7nnnn`
-/// (exactly four digits) → THO `v2-nnnn`.
-pub fn coding_system(name: &str) -> Option<String> {
-    let upper = name.trim().to_ascii_uppercase();
-    let uri = match upper.as_str() {
-        "LN" => "http://loinc.org",
-        "SCT" | "SNM3" | "SCT2" => "http://snomed.info/sct",
-        "UCUM" => "http://unitsofmeasure.org",
-        "CVX" => "http://hl7.org/fhir/sid/cvx",
-        "MVX" => "http://hl7.org/fhir/sid/mvx",
-        "NDC" => "http://hl7.org/fhir/sid/ndc",
-        "RXNORM" => "http://www.nlm.nih.gov/research/umls/rxnorm",
-        "I10" => "http://hl7.org/fhir/sid/icd-10",
-        "I10C" => "http://hl7.org/fhir/sid/icd-10-cm",
-        "I9C" => "http://hl7.org/fhir/sid/icd-9-cm",
-        "C4" => "http://www.ama-assn.org/go/cpt",
-        "CDCREC" => "urn:oid:2.16.840.1.113883.6.238",
-        _ => {
-            let digits = upper.strip_prefix("HL7")?;
-            if digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Some(format!("{THO}v2-{digits}"));
-            }
-            return None;
-        }
-    };
-    Some(uri.to_owned())
-}
-
-/// OBX-6 style CWE units → (unit, system, code) for a Quantity: unit = .2
-/// else .1; code and system only when .1 and .3 are both valued (UCUM →
-/// `http://unitsofmeasure.org`, other names as in [`codeable_concept`]).
-/// `ISO` / `ISO+` name no unit system, so they give neither system nor
-/// code (a Quantity code needs a system).
-pub fn quantity_unit(
-    raw: &str,
-    d: &Delimiters,
-) -> (Option<String>, Option<String>, Option<String>) {
-    let c = Composite::new(raw, d);
-    let code = text(&c, 1);
-    let unit = text(&c, 2).or_else(|| code.clone());
-    let name = text(&c, 3).filter(|n| !matches!(n.to_ascii_uppercase().as_str(), "ISO" | "ISO+"));
-    match (code, name) {
-        (Some(code), Some(name)) => (unit, Some(system_for_name(&name)), Some(code)),
-        _ => (unit, None, None),
-    }
-}
-
 /// NM text → a JSON number: optional sign (a leading `+` dropped),
 /// digits, optional `.digits` (`.5` → 0.5, `5.` → 5, leading zeros
 /// dropped). Without serde_json's `arbitrary_precision` feature (the
@@ -682,6 +542,7 @@ pub fn structured_numeric(raw: &str, d: &Delimiters) -> Option<(&'static str, Va
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::{codeable_concept, coding, coding_system, quantity_unit};
     use proptest::prelude::*;
 
     fn d() -> Delimiters {
@@ -1036,165 +897,6 @@ mod tests {
         // rank 0 / junk is left out
         let v = contact_point("1^^PH^^^^^^^^^^^^^^^0", &d(), None).unwrap();
         assert!(v.get("rank").is_none());
-    }
-
-    #[test]
-    fn cwe_from_the_corpus() {
-        // ORU-R01-01 OBX-3: unknown system name, version, text
-        assert_eq!(
-            codeable_concept(
-                "625-4^Bacteria identified in Stool by Culture^XYZ^^^^2.33^^result1",
-                &d()
-            ),
-            Some(json!({
-                "coding": [{
-                    "system": "urn:fhirlift:hl7v2:coding-system:XYZ",
-                    "version": "2.33",
-                    "code": "625-4",
-                    "display": "Bacteria identified in Stool by Culture"
-                }],
-                "text": "result1"
-            }))
-        );
-        // ADT-A01-01 PID-15: two triplets with versions
-        assert_eq!(
-            codeable_concept(
-                "ara^^HL70296^eng^English-us^HL70296^v2^v2.1^TextInEnglish",
-                &d()
-            ),
-            Some(json!({
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0296", "version": "v2", "code": "ara"},
-                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0296", "version": "v2.1", "code": "eng", "display": "English-us"}
-                ],
-                "text": "TextInEnglish"
-            }))
-        );
-        // ORU-R01-01 OBX-5 (CWE) and PID-10 (CDCREC)
-        assert_eq!(
-            codeable_concept("27268008^Salmonella^SCT^^^^^^Salmonella species", &d()),
-            Some(json!({
-                "coding": [{"system": "http://snomed.info/sct", "code": "27268008", "display": "Salmonella"}],
-                "text": "Salmonella species"
-            }))
-        );
-        assert_eq!(
-            codeable_concept("2106-3^White^CDCREC^^^^04/24/2007", &d()),
-            Some(json!({
-                "coding": [{"system": "urn:oid:2.16.840.1.113883.6.238", "version": "04/24/2007", "code": "2106-3", "display": "White"}]
-            }))
-        );
-        // VXU-V04-01 RXA-5, RXA-17 (MVX), OBX-5 with a URI-like name
-        assert_eq!(
-            coding("49281021588^TENIVAC^NDC", &d()),
-            Some(
-                json!({"system": "http://hl7.org/fhir/sid/ndc", "code": "49281021588", "display": "TENIVAC"})
-            )
-        );
-        assert_eq!(
-            coding("PMC^Sanofi Pasteur^MVX", &d()).unwrap()["system"],
-            "http://hl7.org/fhir/sid/mvx"
-        );
-        assert_eq!(
-            coding("X^x^urn:oid:1.2.3", &d()).unwrap()["system"],
-            "urn:oid:1.2.3"
-        );
-        // text only (ORU-R01-01 OBX-17), display without a code, nothing
-        assert_eq!(
-            codeable_concept("^^^^^^^^Bacterial Culture", &d()),
-            Some(json!({"text": "Bacterial Culture"}))
-        );
-        assert_eq!(
-            codeable_concept("^Headache", &d()),
-            Some(json!({"text": "Headache"}))
-        );
-        assert_eq!(coding("^Headache", &d()), None);
-        assert_eq!(coding("^^^A1^Alt^L", &d()).unwrap()["code"], "A1");
-        assert_eq!(codeable_concept("^^^^^^^^", &d()), None);
-        // local name with a space, no name → no system, repeated coding kept once
-        assert_eq!(
-            codeable_concept("A^Alpha^99 LOCAL^A^Alpha again^99 LOCAL^^^^B", &d()),
-            Some(json!({
-                "coding": [
-                    {"system": "urn:fhirlift:hl7v2:coding-system:99-LOCAL", "code": "A", "display": "Alpha"},
-                    {"code": "B"}
-                ]
-            }))
-        );
-    }
-
-    #[test]
-    fn coding_systems() {
-        assert_eq!(coding_system("LN").as_deref(), Some("http://loinc.org"));
-        assert_eq!(coding_system("ln").as_deref(), Some("http://loinc.org"));
-        assert_eq!(
-            coding_system("SNM3").as_deref(),
-            Some("http://snomed.info/sct")
-        );
-        assert_eq!(
-            coding_system("CVX").as_deref(),
-            Some("http://hl7.org/fhir/sid/cvx")
-        );
-        assert_eq!(
-            coding_system("I10C").as_deref(),
-            Some("http://hl7.org/fhir/sid/icd-10-cm")
-        );
-        assert_eq!(
-            coding_system("C4").as_deref(),
-            Some("http://www.ama-assn.org/go/cpt")
-        );
-        assert_eq!(
-            coding_system("HL70078").as_deref(),
-            Some("http://terminology.hl7.org/CodeSystem/v2-0078")
-        );
-        assert_eq!(
-            coding_system("hl70005").as_deref(),
-            Some("http://terminology.hl7.org/CodeSystem/v2-0005")
-        );
-        assert_eq!(coding_system("HL7nnnn"), None);
-        assert_eq!(coding_system("HL7280"), None);
-        assert_eq!(coding_system("HL700780"), None);
-        assert_eq!(coding_system("HL7٠٠٧٨"), None);
-        assert_eq!(coding_system(""), None);
-    }
-
-    #[test]
-    fn units() {
-        // VXU-V04-01 RXA-7
-        assert_eq!(
-            quantity_unit("mL^mL^UCUM", &d()),
-            (
-                Some("mL".into()),
-                Some("http://unitsofmeasure.org".into()),
-                Some("mL".into())
-            )
-        );
-        // ADT-A01-01 OBX-6
-        assert_eq!(
-            quantity_unit("beats/min^^ISO", &d()),
-            (Some("beats/min".into()), None, None)
-        );
-        assert_eq!(
-            quantity_unit("kg^^ISO+", &d()),
-            (Some("kg".into()), None, None)
-        );
-        assert_eq!(
-            quantity_unit("mg/dL^milligram per deciliter", &d()),
-            (Some("milligram per deciliter".into()), None, None)
-        );
-        assert_eq!(
-            quantity_unit("^per minute^UCUM", &d()),
-            (Some("per minute".into()), None, None)
-        );
-        assert_eq!(
-            quantity_unit("[lb_av]^pound^UCUM", &d()),
-            (
-                Some("pound".into()),
-                Some("http://unitsofmeasure.org".into()),
-                Some("[lb_av]".into())
-            )
-        );
-        assert_eq!(quantity_unit("", &d()), (None, None, None));
     }
 
     #[test]

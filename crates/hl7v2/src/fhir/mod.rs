@@ -15,10 +15,12 @@
 //! `None` (or a [`DateError`] for dates), and the caller decides whether
 //! to warn.
 
+mod coding;
 mod datatypes;
 mod dtm;
 pub mod tables;
 
+pub use coding::*;
 pub use datatypes::*;
 pub use dtm::*;
 
