@@ -8,7 +8,11 @@
 //!   (not for A28/A31, which are about the person), NK1 → RelatedPerson,
 //!   AL1 → AllergyIntolerance, DG1 → Condition (and Encounter.diagnosis).
 //! - ORU^R01: per patient group a Patient (and Encounter); per OBR a
-//!   DiagnosticReport; per OBX an Observation, with the NTEs after it as notes.
+//!   ServiceRequest (the order) and a DiagnosticReport based on it; per OBX
+//!   an Observation, with the NTEs after it as notes; NTEs after the OBR
+//!   are the order's notes; per SPM a Specimen of the report and its order.
+//! - ORM^O01, OML^O21: Patient (and Encounter), per ORC/OBR a
+//!   ServiceRequest with its notes (NTE), reasons (DG1) and specimens (SPM).
 //! - VXU^V04: Patient, RelatedPersons, per RXA an Immunization (RXR route
 //!   and site), and OBX → Observation `partOf` the Immunization.
 //!
@@ -27,6 +31,7 @@
 //! by `urn:uuid`: the message is written as one transaction.
 
 mod adt;
+mod orders;
 mod oru;
 mod vxu;
 
@@ -59,6 +64,8 @@ pub const EMITTED_TYPES: &[&str] = &[
     "DiagnosticReport",
     "Observation",
     "Immunization",
+    "ServiceRequest",
+    "Specimen",
 ];
 
 /// ADT events with the A01 structure that the map covers.
@@ -134,6 +141,7 @@ pub fn map_message(message: &Message<'_>, options: &MapOptions) -> Result<Messag
         ("ADT", e) if ADT_EVENTS.contains(&e) => m.adt(e)?,
         ("ORU", "R01") => m.oru()?,
         ("VXU", "V04") => m.vxu()?,
+        ("ORM", "O01") | ("OML", "O21") => m.orders(&message_type)?,
         _ => return Ok(MessageMap::Unmapped { message_type }),
     }
     Ok(MessageMap::Mapped(m.finish()))

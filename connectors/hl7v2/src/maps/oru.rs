@@ -1,7 +1,10 @@
-//! ORU^R01: per OBR a DiagnosticReport, per OBX an Observation (its value
-//! by OBX-2), the NTEs after it as notes.
+//! ORU^R01: per OBR a ServiceRequest and a DiagnosticReport based on it,
+//! per OBX an Observation (its value by OBX-2), the NTEs after it as notes
+//! (after the OBR: the order's), per SPM a Specimen.
 
 use fhirlift_hl7v2::Segment;
+
+use super::orders::Order;
 use fhirlift_hl7v2::fhir::{self, Composite, tables};
 use serde_json::{Map, Value, json};
 
@@ -15,11 +18,16 @@ impl Mapper<'_, '_> {
         let mut orc: Option<Segment<'_>> = None;
         // the report being filled: its Local, resource index, and results
         let mut report: Option<(Local, Vec<Value>)> = None;
+        // the order it is based on, its results and specimens
+        let mut order: Option<Order> = None;
+        let mut report_obs: Vec<Local> = Vec::new();
         let mut last_obs: Option<Local> = None;
         let mut obx_index = 0;
+        let mut obr_count = 0;
         for s in &segments {
             match s.name() {
                 "PID" => {
+                    self.close_specimens(&mut order, &report, &mut report_obs);
                     self.close_report(&mut report);
                     patient = Some(self.patient(s)?);
                     encounter = None;
@@ -38,17 +46,41 @@ impl Mapper<'_, '_> {
                 }
                 "ORC" => orc = Some(*s),
                 "OBR" => {
+                    self.close_specimens(&mut order, &report, &mut report_obs);
                     self.close_report(&mut report);
                     let p = patient
                         .clone()
                         .ok_or_else(|| MapFailure("ORU^R01: an OBR comes before any PID".into()))?;
-                    report = Some((
-                        self.report(s, orc.as_ref(), &p, encounter.as_ref())?,
-                        Vec::new(),
-                    ));
+                    obr_count += 1;
+                    order = self
+                        .service_request(orc.as_ref(), s, &p, encounter.as_ref(), obr_count)
+                        .map(|request| Order {
+                            request,
+                            specimens: Vec::new(),
+                        });
+                    let rep = self.report(s, orc.as_ref(), &p, encounter.as_ref())?;
+                    if let Some(o) = &order {
+                        let based_on = o.request.reference();
+                        self.append(&rep, "basedOn", based_on);
+                    }
+                    report = Some((rep, Vec::new()));
                     orc = None;
-                    last_obs = None;
+                    // an NTE right after the OBR is the order's note
+                    last_obs = order.as_ref().map(|o| o.request.clone());
                     obx_index = 0;
+                }
+                "SPM" => {
+                    if let (Some(p), Some((rep, _))) = (&patient, &report) {
+                        let parent = order
+                            .as_ref()
+                            .map_or_else(|| rep.clone(), |o| o.request.clone());
+                        let rep = rep.clone();
+                        let specimen = self.specimen(s, p, &parent).reference();
+                        self.append(&rep, "specimen", specimen.clone());
+                        if let Some(o) = &mut order {
+                            o.specimens.push(specimen);
+                        }
+                    }
                 }
                 "OBX" => {
                     obx_index += 1;
@@ -59,6 +91,7 @@ impl Mapper<'_, '_> {
                     let obs = self.observation(s, p, encounter.as_ref(), &rep, obx_index, None);
                     if let Some(o) = &obs {
                         results.push(o.reference());
+                        report_obs.push(o.clone());
                     }
                     last_obs = obs;
                 }
@@ -70,11 +103,39 @@ impl Mapper<'_, '_> {
                 _ => {}
             }
         }
+        self.close_specimens(&mut order, &report, &mut report_obs);
         self.close_report(&mut report);
         if patient.is_none() {
             return Err(MapFailure("ORU^R01 without a PID segment".into()));
         }
         Ok(())
+    }
+
+    /// At the end of an OBR group: its order gets the specimens, and when
+    /// the group has exactly one specimen, every result is of it.
+    fn close_specimens(
+        &mut self,
+        order: &mut Option<Order>,
+        report: &Option<(Local, Vec<Value>)>,
+        results: &mut Vec<Local>,
+    ) {
+        let specimens = order
+            .as_ref()
+            .map(|o| o.specimens.clone())
+            .unwrap_or_default();
+        self.close_order(order);
+        if let ([one], Some(_)) = (specimens.as_slice(), report) {
+            for o in results.iter() {
+                if let Some(&at) =
+                    self.seen
+                        .get(&(o.resource_type, o.system.clone(), o.value.clone()))
+                    && let Some(obj) = self.out[at].resource.as_object_mut()
+                {
+                    obj.insert("specimen".into(), one.clone());
+                }
+            }
+        }
+        results.clear();
     }
 
     pub(super) fn close_report(&mut self, report: &mut Option<(Local, Vec<Value>)>) {

@@ -165,7 +165,21 @@ fn repeated_obx_values_become_components_and_text_repeats_lines() {
         obs[2]["component"][1]["valueCodeableConcept"]["coding"][0]["code"],
         "B"
     );
-    for r in &resources {
+    assert_valid(&resources);
+}
+
+/// The resources of one type.
+fn of_type<'r>(resources: &'r [MappedResource], t: &str) -> Vec<&'r Value> {
+    resources
+        .iter()
+        .filter(|r| r.resource_type == t)
+        .map(|r| &r.resource)
+        .collect()
+}
+
+/// Every resource valid R4 (errors only; advisory bindings are information).
+fn assert_valid(resources: &[MappedResource]) {
+    for r in resources {
         let errors: Vec<String> = fhirlift_fhir::validate(&r.resource)
             .into_iter()
             .filter(fhirlift_fhir::Issue::is_error)
@@ -173,4 +187,104 @@ fn repeated_obx_values_become_components_and_text_repeats_lines() {
             .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", r.resource_type);
     }
+}
+
+/// Regression: an ORU's orders and specimens were dropped (SPM in 113
+/// ORU messages, 0 Specimens written). Now: a ServiceRequest per OBR that
+/// the report is based on, the NTE after the OBR as the order's note, and
+/// the SPM as a Specimen of the report, the order and (the only one) of
+/// each result.
+#[test]
+fn an_oru_order_with_its_note_and_specimen() {
+    let resources = mapped(
+        "MSH|^~\\&|LAB|FAC|||202401011200||ORU^R01|MSG11|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         ORC|RE|PL9^EHR|FL9^LAB||CM||||202401011000|||1234^Welby^Marcus^^^^^^NPI\r\
+         OBR|1|PL9^EHR|FL9^LAB|2345-7^Glucose^LN|||202401010800\r\
+         NTE|1||Fasting sample\r\
+         OBX|1|NM|2345-7^Glucose^LN||95|mg/dL^^UCUM|||||F\r\
+         SPM|1|SP77&LAB^SP77F&LAB||119297000^Blood specimen^SCT|||||||||||||202401010745|202401010900\r",
+    );
+    assert_valid(&resources);
+    let requests = of_type(&resources, "ServiceRequest");
+    assert_eq!(requests.len(), 1);
+    let sr = requests[0];
+    assert_eq!(sr["status"], "completed");
+    assert_eq!(sr["intent"], "order");
+    assert_eq!(sr["code"]["coding"][0]["code"], "2345-7");
+    assert_eq!(sr["note"][0]["text"], "Fasting sample");
+    assert_eq!(sr["requester"]["display"], "Marcus Welby");
+    assert_eq!(sr["authoredOn"], "2024-01-01T10:00:00Z");
+    let full_url = |t: &str| {
+        resources
+            .iter()
+            .find(|r| r.resource_type == t)
+            .unwrap()
+            .full_url
+            .clone()
+    };
+    let report = of_type(&resources, "DiagnosticReport")[0];
+    assert_eq!(
+        report["basedOn"][0]["reference"],
+        full_url("ServiceRequest")
+    );
+    let specimens = of_type(&resources, "Specimen");
+    assert_eq!(specimens.len(), 1);
+    let spm = specimens[0];
+    assert_eq!(spm["identifier"][0]["value"], "SP77F");
+    assert_eq!(spm["type"]["coding"][0]["code"], "119297000");
+    assert_eq!(
+        spm["collection"]["collectedDateTime"],
+        "2024-01-01T07:45:00Z"
+    );
+    assert_eq!(spm["receivedTime"], "2024-01-01T09:00:00Z");
+    let specimen = full_url("Specimen");
+    assert_eq!(report["specimen"][0]["reference"], specimen);
+    assert_eq!(sr["specimen"][0]["reference"], specimen);
+    assert_eq!(spm["request"][0]["reference"], full_url("ServiceRequest"));
+    let obs = of_type(&resources, "Observation")[0];
+    assert_eq!(obs["specimen"]["reference"], specimen);
+}
+
+/// ORM^O01 and OML^O21 were not mapped (43 messages of the corpus): each
+/// ORC/OBR is a ServiceRequest, with its notes, reasons and specimens.
+#[test]
+fn orm_and_oml_orders_become_service_requests() {
+    let orm = mapped(
+        "MSH|^~\\&|EHR|FAC|||202401011200||ORM^O01|MSG12|P|2.3\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         ORC|NW|88502218^EHR|||||||201410060929|||^MOUSE^MINNIE\r\
+         OBR|1|88502218^EHR||24317-0^Hemogram^LN|||||||G\r\
+         DG1|1||E10.9^Diabetes^I10\r\
+         ORC|CA|88502219^EHR\r\
+         OBR|2|88502219^EHR||2345-7^Glucose^LN\r",
+    );
+    assert_valid(&orm);
+    let requests = of_type(&orm, "ServiceRequest");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["status"], "active");
+    assert_eq!(requests[0]["intent"], "reflex-order");
+    assert_eq!(requests[0]["reasonCode"][0]["coding"][0]["code"], "E10.9");
+    assert_eq!(requests[1]["status"], "revoked");
+    let placer = |r: &Value| r["identifier"][0]["value"].clone();
+    assert_eq!(placer(requests[0]), "88502218");
+    assert_eq!(placer(requests[1]), "88502219");
+    let oml = mapped(
+        "MSH|^~\\&|EHR|FAC|||202401011200||OML^O21|MSG13|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         ORC|NW|PL1^EHR\r\
+         OBR|1|PL1^EHR||57698-3^Lipid panel^LN\r\
+         NTE|1||Urgent\r\
+         SPM|1|S1&EHR||SKBP^Biopsy, Skin^HL70487\r",
+    );
+    assert_valid(&oml);
+    let sr = of_type(&oml, "ServiceRequest")[0];
+    assert_eq!(sr["note"][0]["text"], "Urgent");
+    let spm = of_type(&oml, "Specimen")[0];
+    assert_eq!(spm["identifier"][0]["value"], "S1");
+    assert_eq!(
+        spm["type"]["coding"][0]["system"],
+        "http://terminology.hl7.org/CodeSystem/v2-0487"
+    );
+    assert_eq!(sr["specimen"].as_array().unwrap().len(), 1);
 }

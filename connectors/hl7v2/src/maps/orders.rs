@@ -1,0 +1,289 @@
+//! Orders and specimens: ORC/OBR → ServiceRequest, SPM → Specimen; the
+//! ORM^O01 and OML^O21 messages (the ORU's orders are written by `oru.rs`
+//! with these same functions).
+
+use fhirlift_hl7v2::Segment;
+use fhirlift_hl7v2::fhir::{self, Composite};
+use serde_json::{Value, json};
+
+use super::*;
+
+/// An order being filled in: its ServiceRequest and what later segments
+/// add to it (specimens).
+pub(super) struct Order {
+    pub request: Local,
+    pub specimens: Vec<Value>,
+}
+
+impl Mapper<'_, '_> {
+    /// ORM^O01 and OML^O21: the Patient (and Encounter), per ORC with its
+    /// OBR a ServiceRequest, NTE after the OBR as its notes, DG1 as its
+    /// reasons, SPM as its specimens.
+    pub(super) fn orders(&mut self, message_type: &str) -> Result<(), MapFailure> {
+        let segments: Vec<Segment<'_>> = self.m.segments().collect();
+        let mut patient: Option<Local> = None;
+        let mut encounter: Option<Local> = None;
+        let mut orc: Option<Segment<'_>> = None;
+        let mut order: Option<Order> = None;
+        let mut orders = 0;
+        for s in &segments {
+            match s.name() {
+                "PID" => {
+                    self.close_order(&mut order);
+                    patient = Some(self.patient(s)?);
+                    encounter = None;
+                }
+                "PV1" => {
+                    if let Some(p) = &patient {
+                        encounter = self.encounter(s, p, None);
+                    }
+                }
+                "ORC" => {
+                    self.close_order(&mut order);
+                    orc = Some(*s);
+                }
+                "OBR" => {
+                    self.close_order(&mut order);
+                    let p = patient.clone().ok_or_else(|| {
+                        MapFailure(format!("{message_type}: an OBR comes before any PID"))
+                    })?;
+                    orders += 1;
+                    order = self
+                        .service_request(orc.as_ref(), s, &p, encounter.as_ref(), orders)
+                        .map(|request| Order {
+                            request,
+                            specimens: Vec::new(),
+                        });
+                    orc = None;
+                }
+                "NTE" => {
+                    if let Some(o) = &order {
+                        let request = o.request.clone();
+                        self.note(s, &request);
+                    }
+                }
+                "DG1" => {
+                    if let (Some(o), Some(reason)) = (&order, self.codeable(s, 3)) {
+                        let request = o.request.clone();
+                        self.append(&request, "reasonCode", reason);
+                    }
+                }
+                "SPM" => {
+                    if let (Some(p), Some(o)) = (&patient, &mut order) {
+                        let parent = o.request.clone();
+                        let specimen = self.specimen(s, p, &parent);
+                        o.specimens.push(specimen.reference());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.close_order(&mut order);
+        if patient.is_none() {
+            return Err(MapFailure(format!("{message_type} without a PID segment")));
+        }
+        Ok(())
+    }
+
+    /// Writes what the order gathered (its specimens) into its request.
+    pub(super) fn close_order(&mut self, order: &mut Option<Order>) {
+        if let Some(o) = order.take()
+            && !o.specimens.is_empty()
+        {
+            for s in o.specimens {
+                self.append(&o.request, "specimen", s);
+            }
+        }
+    }
+
+    /// Appends `value` to the list `key` of a resource of this message.
+    pub(super) fn append(&mut self, on: &Local, key: &str, value: Value) {
+        let Some(&at) = self
+            .seen
+            .get(&(on.resource_type, on.system.clone(), on.value.clone()))
+        else {
+            return;
+        };
+        if let Some(obj) = self.out[at].resource.as_object_mut()
+            && let Some(list) = obj
+                .entry(key)
+                .or_insert_with(|| Value::Array(Vec::new()))
+                .as_array_mut()
+            && !list.contains(&value)
+        {
+            list.push(value);
+        }
+    }
+
+    /// ORC (when there is one) and OBR → ServiceRequest: the order
+    /// numbers as typed identifiers (placer ORC-2 else OBR-2, filler ORC-3
+    /// else OBR-3, group ORC-4), the identity on the placer number (else
+    /// the filler's, else the message and the order's place in it), status
+    /// from ORC-5 (table 0038) else ORC-1 (0119), intent from OBR-11, code
+    /// OBR-4 (required: no OBR-4, no request), authoredOn ORC-9, requester
+    /// ORC-12 else OBR-16 (a logical reference).
+    pub(super) fn service_request(
+        &mut self,
+        orc: Option<&Segment<'_>>,
+        obr: &Segment<'_>,
+        patient: &Local,
+        encounter: Option<&Local>,
+        place: usize,
+    ) -> Option<Local> {
+        let code = self.codeable(obr, 4)?;
+        let from_either = |n: usize| {
+            orc.and_then(|o| self.entity_id(o, n))
+                .or_else(|| self.entity_id(obr, n))
+        };
+        let placer = from_either(2);
+        let filler = from_either(3);
+        let group = orc.and_then(|o| self.entity_id(o, 4));
+        let typed = |id: &(Value, String, String), code: &str| {
+            let mut v = id.0.clone();
+            v["type"] = json!({ "coding": [{ "system": format!("{THO}v2-0203"), "code": code }] });
+            v
+        };
+        let mut identifiers = Vec::new();
+        for (id, kind) in [(&placer, "PLAC"), (&filler, "FILL"), (&group, "PGN")] {
+            if let Some(id) = id {
+                identifiers.push(typed(id, kind));
+            }
+        }
+        let (system, value) = match (&placer, &filler) {
+            (Some((_, s, v)), _) => (order_system(s, "PLAC"), v.clone()),
+            (None, Some((_, s, v))) => (order_system(s, "FILL"), v.clone()),
+            (None, None) => (
+                self.facility_system
+                    .clone()
+                    .unwrap_or_else(|| patient.system.clone()),
+                format!("{}-ORDER-{place}", self.control_id()),
+            ),
+        };
+        identifiers.insert(0, json!({ "system": system, "value": value }));
+        let mut r = resource("ServiceRequest");
+        r.insert("identifier".into(), Value::Array(identifiers));
+        let status = orc
+            .and_then(|o| {
+                self.text(o, 5, 1)
+                    .map(|s| order_status(&s))
+                    .or_else(|| self.text(o, 1, 1).map(|c| order_control_status(&c)))
+            })
+            .unwrap_or("active");
+        r.insert("status".into(), json!(status));
+        let intent = match self.text(obr, 11, 1).as_deref() {
+            Some("G") => "reflex-order",
+            _ => "order",
+        };
+        r.insert("intent".into(), json!(intent));
+        r.insert("code".into(), code);
+        r.insert("subject".into(), patient.reference());
+        if let Some(e) = encounter {
+            r.insert("encounter".into(), e.reference());
+        }
+        if let Some(at) = orc.and_then(|o| self.datetime(o, 9)) {
+            r.insert("authoredOn".into(), at);
+        }
+        let requester = orc
+            .and_then(|o| self.raw(o, 12))
+            .or_else(|| self.raw(obr, 16))
+            .and_then(|raw| self.practitioner_reference(raw));
+        if let Some(who) = requester {
+            r.insert("requester".into(), who);
+        }
+        Some(self.push("ServiceRequest", system, value, Value::Object(r)))
+    }
+
+    /// SPM → Specimen: identifier SPM-2 (the filler's, else the placer's
+    /// EI of the EIP; without one, the parent's value + `-SPM-<set id>`),
+    /// type SPM-4, collection time SPM-17 (a period when it has an end)
+    /// and body site SPM-8, receivedTime SPM-18, subject the patient.
+    pub(super) fn specimen(&mut self, spm: &Segment<'_>, patient: &Local, parent: &Local) -> Local {
+        let eip = self.raw(spm, 2).map(|raw| Composite::new(raw, &self.d));
+        let sub = self.d.subcomponent.unwrap_or('&');
+        let ei = |part: usize| {
+            let raw = eip.as_ref()?.raw(part)?;
+            // an EIP's parts are EIs written as subcomponents
+            let as_ei = raw.replace(sub, &self.d.component.to_string());
+            let mut id = fhir::entity_identifier(&as_ei, &self.d, &self.o.authorities)?;
+            self.default_system(&mut id);
+            Some(id)
+        };
+        let found = ei(2).or_else(|| ei(1));
+        let (identifier, system, value) = match found.as_ref().and_then(|id| {
+            Some((
+                id.clone(),
+                id.get("system")?.as_str()?.to_owned(),
+                id.get("value")?.as_str()?.to_owned(),
+            ))
+        }) {
+            Some(found) => found,
+            None => {
+                let set = self.text(spm, 1, 1).unwrap_or_else(|| "1".into());
+                let (system, value) = Self::derived(parent, &format!("SPM-{set}"));
+                (json!({ "system": system, "value": value }), system, value)
+            }
+        };
+        let mut r = resource("Specimen");
+        r.insert("identifier".into(), json!([identifier]));
+        if let Some(t) = self.codeable(spm, 4) {
+            r.insert("type".into(), t);
+        }
+        r.insert("subject".into(), patient.reference());
+        if let Some(received) = self.datetime(spm, 18) {
+            r.insert("receivedTime".into(), received);
+        }
+        let mut collection = serde_json::Map::new();
+        let times = self.raw(spm, 17).map(|raw| Composite::new(raw, &self.d));
+        let at = |n: usize| {
+            let text = times.as_ref()?.get(n)?;
+            fhir::datetime(&text, &self.o.zone).ok().flatten()
+        };
+        match (at(1), at(2)) {
+            (Some(start), Some(end)) => {
+                collection.insert(
+                    "collectedPeriod".into(),
+                    json!({ "start": start, "end": end }),
+                );
+            }
+            (Some(start), None) => {
+                collection.insert("collectedDateTime".into(), json!(start));
+            }
+            _ => {}
+        }
+        if let Some(site) = self.codeable(spm, 8) {
+            collection.insert("bodySite".into(), site);
+        }
+        if !collection.is_empty() {
+            r.insert("collection".into(), Value::Object(collection));
+        }
+        if parent.resource_type == "ServiceRequest" {
+            r.insert("request".into(), json!([parent.reference()]));
+        }
+        self.push("Specimen", system, value, Value::Object(r))
+    }
+}
+
+/// Table 0038 (ORC-5, order status) → ServiceRequest.status.
+fn order_status(code: &str) -> &'static str {
+    match code.trim() {
+        "A" | "IP" | "SC" => "active",
+        "CM" => "completed",
+        "CA" | "DC" | "RP" => "revoked",
+        "ER" => "entered-in-error",
+        "HD" => "on-hold",
+        _ => "unknown",
+    }
+}
+
+/// Table 0119 (ORC-1, order control) → ServiceRequest.status, when ORC-5
+/// is empty.
+fn order_control_status(code: &str) -> &'static str {
+    match code.trim() {
+        "NW" | "OK" | "SN" | "SC" | "XO" | "XX" | "RL" | "RO" | "RP" | "RR" | "RU" | "PA"
+        | "CH" | "SS" => "active",
+        "CA" | "OC" | "CR" | "DC" | "OD" | "DR" => "revoked",
+        "HD" | "OH" | "HR" => "on-hold",
+        "OE" | "OR" | "RE" => "completed",
+        _ => "unknown",
+    }
+}
