@@ -13,6 +13,10 @@
 //!   are the order's notes; per SPM a Specimen of the report and its order.
 //! - ORM^O01, OML^O21: Patient (and Encounter), per ORC/OBR a
 //!   ServiceRequest with its notes (NTE), reasons (DG1) and specimens (SPM).
+//! - MDM^T01–T11: Patient (and Encounter) and a DocumentReference (TXA,
+//!   the OBX text or ED as its content).
+//! - SIU^S12–S17, S26: Patient and an Appointment (SCH; AIS, AIG, AIL,
+//!   AIP as its service and participants).
 //! - VXU^V04: Patient, RelatedPersons, per RXA an Immunization (RXR route
 //!   and site), and OBX → Observation `partOf` the Immunization.
 //!
@@ -31,8 +35,10 @@
 //! by `urn:uuid`: the message is written as one transaction.
 
 mod adt;
+mod documents;
 mod orders;
 mod oru;
+mod scheduling;
 mod vxu;
 
 use std::collections::HashMap;
@@ -66,6 +72,14 @@ pub const EMITTED_TYPES: &[&str] = &[
     "Immunization",
     "ServiceRequest",
     "Specimen",
+    "DocumentReference",
+    "Appointment",
+];
+
+/// MDM events: original (T01-T02), status change (T03-T04), addendum
+/// (T05-T06), edit (T07-T08), replacement (T09-T10), cancel (T11).
+const MDM_EVENTS: &[&str] = &[
+    "T01", "T02", "T03", "T04", "T05", "T06", "T07", "T08", "T09", "T10", "T11",
 ];
 
 /// ADT events with the A01 structure that the map covers.
@@ -142,6 +156,8 @@ pub fn map_message(message: &Message<'_>, options: &MapOptions) -> Result<Messag
         ("ORU", "R01") => m.oru()?,
         ("VXU", "V04") => m.vxu()?,
         ("ORM", "O01") | ("OML", "O21") => m.orders(&message_type)?,
+        ("MDM", e) if MDM_EVENTS.contains(&e) => m.document(e)?,
+        ("SIU", e) if scheduling::SIU_EVENTS.contains(&e) => m.appointment(e)?,
         _ => return Ok(MessageMap::Unmapped { message_type }),
     }
     Ok(MessageMap::Mapped(m.finish()))

@@ -288,3 +288,95 @@ fn orm_and_oml_orders_become_service_requests() {
     );
     assert_eq!(sr["specimen"].as_array().unwrap().len(), 1);
 }
+
+/// MDM^T02 (7 corpus messages had no map): TXA → DocumentReference, the
+/// OBX text lines as its plain-text content, an ED as an attachment; a
+/// cancel (T11) is entered-in-error.
+#[test]
+fn mdm_documents_carry_their_text_and_attachments() {
+    let resources = mapped(
+        "MSH|^~\\&|DOCS|FAC|||202401011200||MDM^T02|DOC1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         PV1|1|O|||||||||||||||||V9^^^HOSP^VN\r\
+         TXA|1|DS|TX|20240101110000|C006^Woolfson^Kathleen|20240101100000||||||DOC-77^EHR|||||AU||AV\r\
+         OBX|1|TX|NOTE^Note^L||First line||||||F\r\
+         OBX|2|TX|NOTE^Note^L||Second line||||||F\r\
+         OBX|3|ED|PDF^Report^L||^AP^PDF^Base64^JVBERi0xLjQ=||||||F\r",
+    );
+    assert_valid(&resources);
+    let doc = of_type(&resources, "DocumentReference")[0];
+    assert_eq!(doc["status"], "current");
+    assert_eq!(doc["docStatus"], "final");
+    assert_eq!(doc["masterIdentifier"]["value"], "DOC-77");
+    assert_eq!(
+        doc["type"]["coding"][0]["system"],
+        "http://terminology.hl7.org/CodeSystem/v2-0270"
+    );
+    assert_eq!(doc["author"][0]["display"], "Kathleen Woolfson");
+    let text = &doc["content"][0]["attachment"];
+    assert_eq!(text["contentType"], "text/plain; charset=utf-8");
+    assert_eq!(text["data"], "Rmlyc3QgbGluZQpTZWNvbmQgbGluZQ==");
+    let pdf = &doc["content"][1]["attachment"];
+    assert_eq!(pdf["contentType"], "application/pdf");
+    assert_eq!(pdf["data"], "JVBERi0xLjQ=");
+    assert!(doc["context"]["encounter"][0]["reference"].is_string());
+    let cancel = mapped(
+        "MSH|^~\\&|DOCS|FAC|||202401011200||MDM^T11|DOC2|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         TXA|1|DS|TX|||||||||DOC-77^EHR\r",
+    );
+    assert_valid(&cancel);
+    let doc = of_type(&cancel, "DocumentReference")[0];
+    assert_eq!(doc["status"], "entered-in-error");
+    assert_eq!(
+        doc["content"][0]["attachment"]["title"],
+        "document without content in the message"
+    );
+}
+
+/// SIU (8 corpus messages had no map): SCH → Appointment with its
+/// patient, staff, location and resources as participants, its status by
+/// event.
+#[test]
+fn siu_schedules_become_appointments_with_their_participants() {
+    let text = |event: &str| {
+        format!(
+            "MSH|^~\\&|SCH|FAC|||202401011200||SIU^{event}|S1|P|2.5.1\r\
+             SCH|12345^EHR|36996^SCHED||||Add^Added^L|CHECKUP^Checkup^L|Normal^Normal^HL70277|70|Min|^^^20240818113000+0200^20240818123000+0200\r\
+             NTE|1||Annual checkup\r\
+             PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+             RGS|1\r\
+             AIS|1||58410-2^CBC panel^LN|20240818113000+0200\r\
+             AIG|1||123^ABC Cell Counter^L\r\
+             AIL|1||LabUnit101^Lab Room 01^^GHH\r\
+             AIP|1||400^PB^Tim^G\r"
+        )
+    };
+    let booked = mapped(&text("S12"));
+    assert_valid(&booked);
+    let appt = of_type(&booked, "Appointment")[0];
+    assert_eq!(appt["status"], "booked");
+    assert_eq!(appt["identifier"][0]["value"], "36996");
+    assert_eq!(appt["start"], "2024-08-18T11:30:00+02:00");
+    assert_eq!(appt["end"], "2024-08-18T12:30:00+02:00");
+    assert_eq!(appt["minutesDuration"], 70);
+    assert_eq!(appt["serviceType"][0]["coding"][0]["code"], "58410-2");
+    assert_eq!(appt["comment"], "Annual checkup");
+    let participants = appt["participant"].as_array().unwrap();
+    assert_eq!(participants.len(), 4, "{participants:?}");
+    assert_eq!(participants[1]["actor"]["display"], "ABC Cell Counter");
+    assert_eq!(participants[2]["actor"]["type"], "Location");
+    assert_eq!(participants[3]["actor"]["display"], "Tim PB");
+    for (event, status) in [
+        ("S15", "cancelled"),
+        ("S17", "entered-in-error"),
+        ("S26", "noshow"),
+    ] {
+        let resources = mapped(&text(event));
+        assert_eq!(
+            of_type(&resources, "Appointment")[0]["status"],
+            status,
+            "{event}"
+        );
+    }
+}
