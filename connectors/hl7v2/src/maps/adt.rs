@@ -1,6 +1,7 @@
 //! ADT (A01-A08, A11-A14, A28, A31) and the segments every family shares:
 //! PID → Patient (PD1 → generalPractitioner), PV1 → Encounter, NK1 →
-//! RelatedPerson, AL1 → AllergyIntolerance, DG1 → Condition.
+//! RelatedPerson, AL1 → AllergyIntolerance, DG1 → Condition; PR1 and
+//! IN1/IN2 are in `care.rs`.
 
 use fhirlift_hl7v2::Segment;
 use fhirlift_hl7v2::fhir::{self, Composite, tables};
@@ -46,6 +47,11 @@ impl Mapper<'_, '_> {
                     if let Some(d) = self.condition(s, &patient, encounter.as_ref(), i) {
                         diagnoses.push(d);
                     }
+                }
+                "PR1" => self.procedure(s, &patient, encounter.as_ref(), i),
+                "IN1" => {
+                    let in2 = segments.get(i + 1).filter(|n| n.name() == "IN2");
+                    self.coverage(s, in2, &patient);
                 }
                 _ => {}
             }

@@ -6,7 +6,8 @@
 //!
 //! - ADT (A01-A08, A11-A14, A28, A31): PID → Patient, PV1 → Encounter
 //!   (not for A28/A31, which are about the person), NK1 → RelatedPerson,
-//!   AL1 → AllergyIntolerance, DG1 → Condition (and Encounter.diagnosis).
+//!   AL1 → AllergyIntolerance, DG1 → Condition (and Encounter.diagnosis),
+//!   PR1 → Procedure, IN1 (+IN2) → Coverage and its payor Organization.
 //! - ORU^R01: per patient group a Patient (and Encounter); per OBR a
 //!   ServiceRequest (the order) and a DiagnosticReport based on it; per OBX
 //!   an Observation, with the NTEs after it as notes; NTEs after the OBR
@@ -35,6 +36,7 @@
 //! by `urn:uuid`: the message is written as one transaction.
 
 mod adt;
+mod care;
 mod documents;
 mod orders;
 mod oru;
@@ -74,6 +76,9 @@ pub const EMITTED_TYPES: &[&str] = &[
     "Specimen",
     "DocumentReference",
     "Appointment",
+    "Procedure",
+    "Coverage",
+    "Organization",
 ];
 
 /// MDM events: original (T01-T02), status change (T03-T04), addendum

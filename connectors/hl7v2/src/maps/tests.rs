@@ -380,3 +380,79 @@ fn siu_schedules_become_appointments_with_their_participants() {
         );
     }
 }
+
+/// ADT's PR1 and IN1/IN2 were dropped (PR1 in 4, IN1 in 6 corpus messages):
+/// a Procedure, and a Coverage paid by an Organization, on identities a
+/// replay finds again.
+#[test]
+fn adt_procedures_and_coverage() {
+    let in1 = segment(
+        "IN1",
+        &[
+            (1, "1"),
+            (2, "BAV^Blue Advantage HMO"),
+            (3, "Org-12345^^^BCBS"),
+            (4, "Blue Cross Blue Shield of Texas"),
+            (5, "1979 MILKY WAY^^VERONA^WI^53593^US"),
+            (8, "Grp-12345"),
+            (9, "BCBS HMO"),
+            (12, "20240101"),
+            (13, "20241231"),
+            (16, "Doe^Jane"),
+            (17, "SEL"),
+            (36, "POL-9"),
+        ],
+    );
+    let in2 = segment("IN2", &[(61, "MB-12")]);
+    let text = format!(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A01|A1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         PV1|1|I|W1^1^1|||||||||||||||||V77^^^HOSP^VN\r\
+         PR1|1||80146002^Appendectomy^SCT||20240101093000|||||||1234^Cutter^Sam\r{in1}\r{in2}\r"
+    );
+    let text = text.as_str();
+    let resources = mapped(text);
+    assert_valid(&resources);
+    let procedure = of_type(&resources, "Procedure")[0];
+    assert_eq!(procedure["status"], "completed");
+    assert_eq!(procedure["code"]["coding"][0]["code"], "80146002");
+    assert_eq!(procedure["performedDateTime"], "2024-01-01T09:30:00Z");
+    assert_eq!(procedure["performer"][0]["actor"]["display"], "Sam Cutter");
+    let coverage = of_type(&resources, "Coverage")[0];
+    assert_eq!(coverage["identifier"][0]["value"], "POL-9");
+    assert!(
+        coverage["identifier"][0]["system"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:fhirlift:hl7v2:coverage:")
+    );
+    assert_eq!(coverage["subscriberId"], "MB-12");
+    assert_eq!(coverage["relationship"]["coding"][0]["code"], "self");
+    assert_eq!(coverage["period"]["start"], "2024-01-01");
+    let payor = of_type(&resources, "Organization")[0];
+    assert_eq!(payor["name"], "Blue Cross Blue Shield of Texas");
+    assert_eq!(payor["identifier"][0]["value"], "Org-12345");
+    let payor_url = &resources
+        .iter()
+        .find(|r| r.resource_type == "Organization")
+        .unwrap()
+        .full_url;
+    assert_eq!(coverage["payor"][0]["reference"], *payor_url);
+    // a replay maps to the same identities
+    let again = mapped(text);
+    let ids = |rs: &[MappedResource]| -> Vec<(String, String)> {
+        rs.iter().map(|r| r.identity.clone()).collect()
+    };
+    assert_eq!(ids(&resources), ids(&again));
+}
+
+/// A segment with the given fields (1-based) and the others empty.
+fn segment(name: &str, fields: &[(usize, &str)]) -> String {
+    let last = fields.iter().map(|f| f.0).max().unwrap_or(0);
+    let mut out = vec![String::new(); last + 1];
+    out[0] = name.to_owned();
+    for (n, value) in fields {
+        out[*n] = (*value).to_owned();
+    }
+    out.join("|")
+}

@@ -1,0 +1,218 @@
+//! The rest of a patient's record in ADT messages: PR1 → Procedure, and
+//! IN1 (with IN2) → Coverage with its payor Organization.
+
+use fhirlift_hl7v2::Segment;
+use fhirlift_hl7v2::fhir::{self, Composite};
+use serde_json::{Value, json};
+
+use super::*;
+
+impl Mapper<'_, '_> {
+    /// PR1 → Procedure: code PR1-3, performed PR1-5, performers PR1-12
+    /// (else PR1-11), identity PR1-19 (else the visit's or patient's value
+    /// + `-PR1-<code>`, with the day when there is one). A procedure in an
+    /// ADT message has happened: status `completed`.
+    pub(super) fn procedure(
+        &mut self,
+        pr1: &Segment<'_>,
+        patient: &Local,
+        encounter: Option<&Local>,
+        position: usize,
+    ) {
+        let Some(code) = self
+            .codeable(pr1, 3)
+            .or_else(|| self.text(pr1, 4, 1).map(|t| json!({ "text": t })))
+        else {
+            return; // Procedure.code is what the procedure is: none, nothing to say
+        };
+        let (system, value) = match self.entity_id(pr1, 19) {
+            Some((_, s, v)) => (s, v),
+            None => {
+                let key = self.text(pr1, 3, 1).unwrap_or_else(|| position.to_string());
+                let day = self
+                    .text(pr1, 5, 1)
+                    .map(|d| d.chars().take(8).collect::<String>());
+                let suffix = match day {
+                    Some(day) => format!("PR1-{key}-{day}"),
+                    None => format!("PR1-{key}"),
+                };
+                Self::derived(encounter.unwrap_or(patient), &suffix)
+            }
+        };
+        let mut p = resource("Procedure");
+        p.insert(
+            "identifier".into(),
+            json!([{ "system": system, "value": value }]),
+        );
+        p.insert("status".into(), json!("completed"));
+        p.insert("code".into(), code);
+        p.insert("subject".into(), patient.reference());
+        if let Some(e) = encounter {
+            p.insert("encounter".into(), e.reference());
+        }
+        if let Some(at) = self.datetime(pr1, 5) {
+            p.insert("performedDateTime".into(), at);
+        }
+        let performers: Vec<Value> = [12, 11]
+            .into_iter()
+            .flat_map(|n| self.reps(pr1, n))
+            .filter_map(|raw| self.practitioner_reference(raw))
+            .map(|actor| json!({ "actor": actor }))
+            .collect();
+        if !performers.is_empty() {
+            p.insert("performer".into(), Value::Array(performers));
+        }
+        self.push("Procedure", system, value, Value::Object(p));
+    }
+
+    /// IN1 (+ the IN2 after it) → Coverage, paid by an Organization for
+    /// IN1-3/IN1-4. Identity: the payor's company id with the policy number
+    /// IN1-36 (else the member id IN2-61 or the insured's id IN1-49, else
+    /// the patient's value + `-IN1-<set id>`), in a system of the payor:
+    /// one policy of one payor is one Coverage, whichever message says it.
+    pub(super) fn coverage(
+        &mut self,
+        in1: &Segment<'_>,
+        in2: Option<&Segment<'_>>,
+        patient: &Local,
+    ) {
+        let set = self.text(in1, 1, 1).unwrap_or_else(|| "1".into());
+        let payor = self.payor(in1);
+        let payor_key = payor
+            .as_ref()
+            .map(|(_, key)| key.clone())
+            .unwrap_or_else(|| "unknown-payor".into());
+        let member = in2
+            .and_then(|s| self.text(s, 61, 1))
+            .or_else(|| self.text(in1, 49, 1));
+        let (system, value) = match self.text(in1, 36, 1).or_else(|| member.clone()) {
+            Some(number) => (format!("urn:fhirlift:hl7v2:coverage:{payor_key}"), number),
+            None => Self::derived(patient, &format!("IN1-{set}")),
+        };
+        let mut c = resource("Coverage");
+        c.insert(
+            "identifier".into(),
+            json!([{ "system": system, "value": value }]),
+        );
+        c.insert("status".into(), json!("active"));
+        if let Some(kind) = self.codeable(in1, 15) {
+            c.insert("type".into(), kind);
+        }
+        let relationship = self.text(in1, 17, 1);
+        let is_self = matches!(relationship.as_deref(), Some("SEL" | "01" | "18"));
+        if is_self {
+            c.insert("subscriber".into(), patient.reference());
+        } else if let Some(name) = self.raw(in1, 16).map(|r| Composite::new(r, &self.d)) {
+            let display: Vec<String> = [2, 1]
+                .iter()
+                .filter_map(|&n| name.sub(n, 1).or_else(|| name.get(n)))
+                .collect();
+            if !display.is_empty() {
+                c.insert("subscriber".into(), json!({ "display": display.join(" ") }));
+            }
+        }
+        if let Some(m) = member {
+            c.insert("subscriberId".into(), json!(m));
+        }
+        c.insert("beneficiary".into(), patient.reference());
+        if let Some(code) = relationship.as_deref().map(subscriber_relationship) {
+            c.insert(
+                "relationship".into(),
+                json!({ "coding": [{ "system": format!("{THO}subscriber-relationship"), "code": code }] }),
+            );
+        }
+        let start = self.date(in1, 12);
+        let end = self.date(in1, 13);
+        if start.is_some() || end.is_some() {
+            let mut period = serde_json::Map::new();
+            if let Some(s) = start {
+                period.insert("start".into(), s);
+            }
+            if let Some(e) = end {
+                period.insert("end".into(), e);
+            }
+            c.insert("period".into(), Value::Object(period));
+        }
+        let payor_reference = match &payor {
+            Some((org, _)) => org.reference(),
+            None => {
+                json!({ "display": self.text(in1, 4, 1).unwrap_or_else(|| "unknown payor".into()) })
+            }
+        };
+        c.insert("payor".into(), json!([payor_reference]));
+        let mut classes = Vec::new();
+        if let Some(group) = self.text(in1, 8, 1) {
+            let mut class = json!({
+                "type": { "coding": [{ "system": format!("{THO}coverage-class"), "code": "group" }] },
+                "value": group,
+            });
+            if let Some(name) = self.text(in1, 9, 1) {
+                class["name"] = json!(name);
+            }
+            classes.push(class);
+        }
+        if let Some(plan) = self.text(in1, 2, 1) {
+            let mut class = json!({
+                "type": { "coding": [{ "system": format!("{THO}coverage-class"), "code": "plan" }] },
+                "value": plan,
+            });
+            if let Some(name) = self.text(in1, 2, 2) {
+                class["name"] = json!(name);
+            }
+            classes.push(class);
+        }
+        if !classes.is_empty() {
+            c.insert("class".into(), Value::Array(classes));
+        }
+        c.insert(
+            "order".into(),
+            json!(set.parse::<u64>().ok().filter(|n| *n > 0).unwrap_or(1)),
+        );
+        self.push("Coverage", system, value, Value::Object(c));
+    }
+
+    /// The payor of an IN1: an Organization on IN1-3 (the company id, with
+    /// its authority), named IN1-4; and the key its coverages are scoped by.
+    fn payor(&mut self, in1: &Segment<'_>) -> Option<(Local, String)> {
+        let raw = self.raw(in1, 3)?;
+        let mut id = fhir::identifier(raw, &self.d, &self.o.authorities)?;
+        self.default_system(&mut id);
+        let system = id.get("system")?.as_str()?.to_owned();
+        let value = id.get("value")?.as_str()?.to_owned();
+        let mut org = resource("Organization");
+        org.insert("identifier".into(), json!([id]));
+        org.insert("active".into(), json!(true));
+        if let Some(name) = self.text(in1, 4, 1) {
+            org.insert("name".into(), json!(name));
+        }
+        if let Some(address) = self.raw(in1, 5).and_then(|r| fhir::address(r, &self.d)) {
+            org.insert("address".into(), json!([address]));
+        }
+        let key: String = format!("{system}|{value}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Some((
+            self.push("Organization", system, value, Value::Object(org)),
+            key,
+        ))
+    }
+}
+
+/// Table 0063 (IN1-17, the insured's relationship to the patient) → the
+/// subscriber-relationship code system.
+fn subscriber_relationship(code: &str) -> &'static str {
+    match code.trim() {
+        "SEL" | "01" | "18" => "self",
+        "SPO" | "DOM" | "02" => "spouse",
+        "CHD" | "FCH" | "SCH" | "03" | "19" => "child",
+        "PAR" | "MTH" | "FTH" => "parent",
+        _ => "other",
+    }
+}
