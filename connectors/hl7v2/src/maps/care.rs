@@ -10,8 +10,8 @@ use super::*;
 impl Mapper<'_, '_> {
     /// PR1 → Procedure: code PR1-3, performed PR1-5, performers PR1-12
     /// (else PR1-11), identity PR1-19 (else the visit's or patient's value
-    /// + `-PR1-<code>`, with the day when there is one). A procedure in an
-    /// ADT message has happened: status `completed`.
+    /// with `-PR1-<code>` and the day when there is one). A procedure in
+    /// an ADT message has happened: status `completed`.
     pub(super) fn procedure(
         &mut self,
         pr1: &Segment<'_>,
