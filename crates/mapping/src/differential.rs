@@ -66,15 +66,21 @@ fn lookup() -> Arc<LookupTable> {
 
 /// The two leaves rendered by one path: their JSON, or `error`.
 fn render(expr: &str, engine_only: bool) -> String {
-    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
-    let env = ENV.get_or_init(crate::functions::environment);
     let quoted = |s: String| format!("'{}'", s.replace('\'', "''"));
     let yaml = format!(
         "text: {}\ntyped: {}\n",
         quoted(format!("{{{{ {expr} }}}}")),
         quoted(format!("= {expr}"))
     );
-    let node = crate::yaml::parse(Path::new("differential.yaml"), &yaml).unwrap();
+    render_yaml(&yaml, engine_only, expr)
+}
+
+/// A YAML template rendered against the test record by one path: its
+/// JSON, or `error`.
+fn render_yaml(yaml: &str, engine_only: bool, expr: &str) -> String {
+    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
+    let env = ENV.get_or_init(crate::functions::environment);
+    let node = crate::yaml::parse(Path::new("differential.yaml"), yaml).unwrap();
     let record = Arc::new(record());
     let lookups = vec![lookup()];
     let vars = vec![(
@@ -204,4 +210,42 @@ fn every_native_shape_agrees_with_minijinja() {
         r#"{"text":"Patient?identifier=http://clinic.example/mrn|p-1","typed":{"reference":"Patient?identifier=http://clinic.example/mrn|p-1"}}"#,
     );
     check("ref('Patient', 'http://clinic.example/mrn', empty)", "");
+}
+
+/// `when:` on an object or list item leaves just that part out when it is
+/// false (issue 20: optional identifiers and codings needed a guard on
+/// every leaf); a list named `when` (Timing.repeat.when) stays an element.
+#[test]
+fn when_leaves_out_an_object_or_list_item() {
+    let yaml = r#"
+identifier:
+  - system: "{{ src }}"
+    value: "{{ id }}"
+  - when: "empty"
+    system: http://hl7.org/fhir/sid/us-ssn
+    value: "{{ id }}"
+  - when: "sex == 'F'"
+    system: urn:sex
+    value: "{{ sex }}"
+valueQuantity:
+  when: "num > 100"
+  value: "= num"
+repeat:
+  when: [MORN]
+"#;
+    for engine_only in [false, true] {
+        let json: serde_json::Value =
+            serde_json::from_str(&render_yaml(yaml, engine_only, "when")).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "identifier": [
+                    { "system": "http://clinic.example/mrn", "value": "p-1" },
+                    { "system": "urn:sex", "value": "F" }
+                ],
+                "repeat": { "when": ["MORN"] }
+            }),
+            "engine_only {engine_only}"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //! a typed value (number, bool, object). Simple column, variable and lookup
 //! paths are resolved at compile time to positions and read directly; any
 //! other expression goes through minijinja, compiled once. Empty results
-//! drop their field, and parents left empty are dropped too.
+//! drop their field, and parents left empty are dropped too. An object or
+//! list item with its own `when:` is left out when the condition is false.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub(crate) enum Tmpl {
     Array(Vec<Tmpl>),
     Text(Vec<Seg>, Leaf),
     Typed(Eval, Leaf),
+    /// An object or list item with its own `when:`: left out when false.
+    When(Eval, Pos, Box<Tmpl>),
 }
 
 /// A `when:` condition, compiled.
@@ -216,6 +219,36 @@ impl<'a> Compiler<'a> {
 
     pub fn compile(&mut self, node: &Node, path: &str) -> Tmpl {
         match &node.kind {
+            NodeKind::Map(entries)
+                if entries
+                    .iter()
+                    .any(|(k, v)| k.key_text() == "when" && v.as_str().is_some()) =>
+            {
+                // `when:` on an object or list item: the rest of it, kept
+                // only when the condition holds (a list named `when`, as
+                // Timing.repeat.when, is an element, not a condition)
+                let mut condition = Condition::Always;
+                let mut rest = Vec::with_capacity(entries.len() - 1);
+                for (k, v) in entries {
+                    match v.as_str() {
+                        Some(expr) if k.key_text() == "when" => {
+                            let expr = expr.trim_start_matches('=').trim();
+                            condition = self.compile_condition(expr, v);
+                        }
+                        _ => rest.push((k.clone(), v.clone())),
+                    }
+                }
+                let inner = Node {
+                    pos: node.pos.clone(),
+                    kind: NodeKind::Map(rest),
+                };
+                let body = self.compile(&inner, path);
+                match condition {
+                    Condition::Always => body,
+                    Condition::Never => Tmpl::Const(None),
+                    Condition::Check(eval, pos) => Tmpl::When(eval, pos, Box::new(body)),
+                }
+            }
             NodeKind::Map(entries) => Tmpl::Object(
                 entries
                     .iter()

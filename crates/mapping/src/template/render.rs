@@ -497,6 +497,13 @@ impl Tmpl {
                 Ok(any)
             }
             Tmpl::Typed(eval, leaf) => eval.write_typed(scope, out, leaf),
+            Tmpl::When(condition, pos, body) => {
+                if condition.truthy(scope, pos)? {
+                    body.write(scope, buf)
+                } else {
+                    Ok(false)
+                }
+            }
         }
     }
 }
