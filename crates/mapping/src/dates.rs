@@ -244,11 +244,16 @@ pub fn to_fhir_date(input: &str, format: Option<&str>) -> Result<String, DateErr
 }
 
 /// A FHIR `dateTime`. A date alone stays a date (FHIR allows it); a time
-/// needs an offset, from the input or `default_offset` (`Z`, `+02:00`).
+/// needs an offset: from the input, else `default_offset` (`Z`, `+02:00`),
+/// else the offset an IANA `zone` (`America/New_York`, from the system's
+/// time zone database, as the HL7v2 map reads its `zone:`) had at that
+/// moment, daylight saving included (a time that happens twice takes the
+/// earlier, one skipped by the clocks the later: jiff's `compatible`).
 pub fn to_fhir_datetime(
     input: &str,
     format: Option<&str>,
     default_offset: Option<&str>,
+    zone: Option<&str>,
 ) -> Result<String, DateError> {
     let trimmed = input.trim();
     let mut p = parse(trimmed, format)?;
@@ -256,15 +261,21 @@ pub fn to_fhir_datetime(
         return to_fhir_date(trimmed, format);
     };
     if p.offset.is_none() {
-        let Some(d) = default_offset else {
-            return Err(DateError(format!(
-                "{trimmed:?} has a time but no UTC offset; FHIR needs one: pass it, e.g. fhir_datetime(offset='+01:00')"
-            )));
-        };
-        p.offset = Some(
-            parse_offset(d.as_bytes())
+        p.offset = Some(match (default_offset, zone) {
+            (Some(_), Some(_)) => {
+                return Err(DateError(
+                    "fhir_datetime takes an offset or a zone, not both".into(),
+                ));
+            }
+            (Some(d), None) => parse_offset(d.as_bytes())
                 .ok_or_else(|| DateError(format!("offset {d:?} is not Z or ±hh:mm")))?,
-        );
+            (None, Some(z)) => zone_offset(z, &p, month, day, hour)?,
+            (None, None) => {
+                return Err(DateError(format!(
+                    "{trimmed:?} has a time but no UTC offset; FHIR needs one: pass it, e.g. fhir_datetime(offset='+01:00') or fhir_datetime(zone='Europe/Berlin')"
+                )));
+            }
+        });
     }
     let mut out = format!(
         "{:04}-{month:02}-{day:02}T{hour:02}:{:02}:{:02}",
@@ -286,6 +297,32 @@ pub fn to_fhir_datetime(
         )),
     }
     Ok(out)
+}
+
+/// The offset (minutes east of UTC) `zone` had at the parsed local time.
+fn zone_offset(zone: &str, p: &Parts, month: u32, day: u32, hour: u32) -> Result<i32, DateError> {
+    let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
+        DateError(format!(
+            "zone {zone:?} is not a time zone of the system's database (an IANA name such as America/New_York)"
+        ))
+    })?;
+    let int = |v: u32| i8::try_from(v).map_err(|_| DateError("a date part out of range".into()));
+    let year = i16::try_from(p.year).map_err(|_| DateError("a year out of range".into()))?;
+    let local = jiff::civil::DateTime::new(
+        year,
+        int(month)?,
+        int(day)?,
+        int(hour)?,
+        int(p.minute.unwrap_or(0))?,
+        int(p.second.unwrap_or(0))?,
+        0,
+    )
+    .map_err(|e| DateError(format!("not a time: {e}")))?;
+    let zoned = tz
+        .to_ambiguous_zoned(local)
+        .compatible()
+        .map_err(|e| DateError(format!("no such time in {zone}: {e}")))?;
+    Ok(zoned.offset().seconds() / 60)
 }
 
 #[cfg(test)]
@@ -337,31 +374,48 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_gives_the_offset_of_its_day_daylight_saving_included() {
+        let ny = |t: &str| to_fhir_datetime(t, None, None, Some("America/New_York")).unwrap();
+        assert_eq!(ny("2023-01-15 09:30"), "2023-01-15T09:30:00-05:00");
+        assert_eq!(ny("2023-07-15 09:30"), "2023-07-15T09:30:00-04:00");
+        // 02:30 on 12 March 2023 never happened in New York: the later offset
+        assert_eq!(ny("2023-03-12 02:30"), "2023-03-12T02:30:00-04:00");
+        // an offset in the input wins; a date alone stays a date
+        assert_eq!(ny("2023-07-15T09:30:00Z"), "2023-07-15T09:30:00Z");
+        assert_eq!(ny("2023-07-15"), "2023-07-15");
+        let bad =
+            to_fhir_datetime("2023-07-15 09:30", None, None, Some("Mars/Olympus")).unwrap_err();
+        assert!(bad.0.contains("Mars/Olympus"), "{}", bad.0);
+        let both = to_fhir_datetime("2023-07-15 09:30", None, Some("Z"), Some("UTC")).unwrap_err();
+        assert!(both.0.contains("not both"), "{}", both.0);
+    }
+
+    #[test]
     fn datetimes_keep_or_require_an_offset() {
         assert_eq!(
-            to_fhir_datetime("2023-06-15 09:30", None, Some("+02:00")).unwrap(),
+            to_fhir_datetime("2023-06-15 09:30", None, Some("+02:00"), None).unwrap(),
             "2023-06-15T09:30:00+02:00"
         );
         assert_eq!(
-            to_fhir_datetime("2023-06-15T09:30:15.250-0500", None, None).unwrap(),
+            to_fhir_datetime("2023-06-15T09:30:15.250-0500", None, None, None).unwrap(),
             "2023-06-15T09:30:15.250-05:00"
         );
         assert_eq!(
-            to_fhir_datetime("20230615093000", None, Some("Z")).unwrap(),
+            to_fhir_datetime("20230615093000", None, Some("Z"), None).unwrap(),
             "2023-06-15T09:30:00Z"
         );
         assert_eq!(
-            to_fhir_datetime("2023-06-15", None, None).unwrap(),
+            to_fhir_datetime("2023-06-15", None, None, None).unwrap(),
             "2023-06-15"
         );
         assert!(
-            to_fhir_datetime("2023-06-15 09:30", None, None)
+            to_fhir_datetime("2023-06-15 09:30", None, None, None)
                 .unwrap_err()
                 .0
                 .contains("offset")
         );
         assert_eq!(
-            to_fhir_datetime("15/06/2023 9:05", Some("DD/MM/YYYY hh:mm"), Some("Z")).unwrap(),
+            to_fhir_datetime("15/06/2023 9:05", Some("DD/MM/YYYY hh:mm"), Some("Z"), None).unwrap(),
             "2023-06-15T09:05:00Z"
         );
     }

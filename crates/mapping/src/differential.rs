@@ -180,6 +180,11 @@ fn every_native_shape_agrees_with_minijinja() {
         "seen | fhir_datetime(offset='+01:00')",
         r#"{"text":"2023-06-15T09:30:00+01:00","typed":"2023-06-15T09:30:00+01:00"}"#,
     );
+    check(
+        "seen | fhir_datetime(zone='America/New_York')",
+        r#"{"text":"2023-06-15T09:30:00-04:00","typed":"2023-06-15T09:30:00-04:00"}"#,
+    );
+    check("seen | fhir_datetime(zone='Nowhere/Else')", "error");
     check("seen | fhir_datetime", "error");
     // codes: keyword and dict forms, trimmed keys, defaults, chains
     check(

@@ -108,6 +108,7 @@ fn fhir_date(value: Mj, format: Option<String>) -> Result<Mj, Error> {
 
 fn fhir_datetime(value: Mj, format: Option<String>, kwargs: Kwargs) -> Result<Mj, Error> {
     let offset: Option<String> = kwargs.get("offset")?;
+    let zone: Option<String> = kwargs.get("zone")?;
     let format = match format {
         Some(f) => Some(f),
         None => kwargs.get("format")?,
@@ -116,9 +117,14 @@ fn fhir_datetime(value: Mj, format: Option<String>, kwargs: Kwargs) -> Result<Mj
     if is_empty(&value) {
         return Ok(Mj::from(()));
     }
-    dates::to_fhir_datetime(&text_arg(&value), format.as_deref(), offset.as_deref())
-        .map(Mj::from)
-        .map_err(|e| invalid(e.0))
+    dates::to_fhir_datetime(
+        &text_arg(&value),
+        format.as_deref(),
+        offset.as_deref(),
+        zone.as_deref(),
+    )
+    .map(Mj::from)
+    .map_err(|e| invalid(e.0))
 }
 
 fn reference(resource_type: String, system: Mj, value: Mj) -> Result<Mj, Error> {

@@ -42,6 +42,7 @@ pub(crate) enum Native {
     FhirDateTime {
         format: Option<String>,
         offset: Option<String>,
+        zone: Option<String>,
     },
     Code {
         map: HashMap<String, serde_json::Value>,
@@ -524,14 +525,20 @@ impl<'a> Compiler<'a> {
                     None => None,
                 };
                 let mut offset = None;
+                let mut zone = None;
                 for (k, v) in &named {
                     match k.as_str() {
                         "format" => format = Some(text(v)?),
                         "offset" => offset = Some(text(v)?),
+                        "zone" => zone = Some(text(v)?),
                         _ => return None,
                     }
                 }
-                Some(Native::FhirDateTime { format, offset })
+                Some(Native::FhirDateTime {
+                    format,
+                    offset,
+                    zone,
+                })
             }
             "code" => {
                 let mut map = HashMap::new();

@@ -225,11 +225,18 @@ impl Native {
             Native::FhirDate(format) => dates::to_fhir_date(&text, format.as_deref())
                 .map(serde_json::Value::String)
                 .map_err(|e| e.0),
-            Native::FhirDateTime { format, offset } => {
-                dates::to_fhir_datetime(&text, format.as_deref(), offset.as_deref())
-                    .map(serde_json::Value::String)
-                    .map_err(|e| e.0)
-            }
+            Native::FhirDateTime {
+                format,
+                offset,
+                zone,
+            } => dates::to_fhir_datetime(
+                &text,
+                format.as_deref(),
+                offset.as_deref(),
+                zone.as_deref(),
+            )
+            .map(serde_json::Value::String)
+            .map_err(|e| e.0),
             Native::Code { map, default } => {
                 let key = text.trim();
                 map.get(key)
