@@ -19,6 +19,8 @@
 //! - [`transport`]: where requests go ([`transport::RequestSink`]) and what
 //!   comes back ([`transport::Settled`]); [`content`]: whether what a
 //!   server stores is what would be written (resolve and verify).
+//! - [`terminology`]: code system names and ids → FHIR system URIs, shared
+//!   by the mapping function `system_uri` and the HL7v2 map.
 //!
 //! API boundary: connectors, the plugin SDK and the plugin ABI depend on
 //! this crate alone. Architecture invariant: it does no I/O and depends on
@@ -38,6 +40,7 @@ pub mod record;
 pub mod registry;
 pub mod settings;
 pub mod spelling;
+pub mod terminology;
 pub mod transport;
 
 #[doc(hidden)]

@@ -186,6 +186,13 @@ fn every_native_shape_agrees_with_minijinja() {
     );
     check("seen | fhir_datetime(zone='Nowhere/Else')", "error");
     check("seen | fhir_datetime", "error");
+    // terminology: names, ids and OIDs to system URIs
+    check(
+        "system_uri('SNOMED')",
+        r#"{"text":"http://snomed.info/sct","typed":"http://snomed.info/sct"}"#,
+    );
+    check("system_uri(empty)", "");
+    check("system_uri(sex)", "error");
     // codes: keyword and dict forms, trimmed keys, defaults, chains
     check(
         "sex | code(F='female', M='male')",

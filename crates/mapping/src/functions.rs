@@ -29,6 +29,7 @@ pub(crate) const LOCALS_KEY: &str = "__fhirlift_locals";
 pub(crate) const GLOBAL_NAMES: &[&str] = &[
     "ref",
     "local",
+    "system_uri",
     "range",
     "dict",
     "namespace",
@@ -138,6 +139,32 @@ fn reference(resource_type: String, system: Mj, value: Mj) -> Result<Mj, Error> 
     Ok(Mj::from_pairs([("reference", Mj::from(url))]))
 }
 
+/// `system_uri('SNOMED')`: the FHIR system URI of a code system name or
+/// id (OMOP vocabulary ids, HL7 v2 table 0396 names, OIDs:
+/// `fhirlift_core::terminology`, the table the HL7v2 map reads). Empty in,
+/// empty out; an unknown name is an error naming the nearest known one
+/// (write the URI itself for a local system).
+fn system_uri(name: Mj) -> Result<Mj, Error> {
+    if is_empty(&name) {
+        return Ok(Mj::from(()));
+    }
+    let text = text_arg(&name);
+    match fhirlift_core::terminology::system_uri(&text) {
+        Some(uri) => Ok(Mj::from(uri)),
+        None => {
+            let hint = fhirlift_core::spelling::nearest(
+                text.trim(),
+                fhirlift_core::terminology::known_names(),
+            )
+            .map(|n| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+            Err(invalid(format!(
+                "system_uri: {text:?} is no code system fhirlift knows{hint}; write the system's URI instead, or map the name with code(...)"
+            )))
+        }
+    }
+}
+
 /// The message for `ref(...)` without a system.
 pub(crate) fn empty_ref_system(resource_type: &str) -> String {
     format!(
@@ -163,6 +190,7 @@ pub fn environment() -> Environment<'static> {
     env.add_filter("fhir_datetime", fhir_datetime);
     env.add_function("ref", reference);
     env.add_function("local", local);
+    env.add_function("system_uri", system_uri);
     for registration in fhirlift_core::functions::registered() {
         let family = registration.family;
         let functions = registration.functions;

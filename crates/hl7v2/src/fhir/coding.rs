@@ -6,7 +6,6 @@ use serde_json::{Map, Value};
 
 use super::Composite;
 use super::datatypes::{CODING_SYSTEM_FALLBACK_BASE, dashed, is_oid, text};
-use super::tables::THO;
 use crate::Delimiters;
 
 /// The CWE triplets: (code, display, system name, version).
@@ -127,32 +126,12 @@ pub fn coding(raw: &str, d: &Delimiters) -> Option<Value> {
 }
 
 /// §4: v2 coding-system names → URI (any case): LN, SCT / SNM3 / SCT2,
-/// UCUM, CVX, MVX, NDC, RXNORM, I10, I10C, I9C, C4, CDCREC, and `HL7nnnn`
-/// (exactly four digits) → THO `v2-nnnn`.
+/// UCUM, CVX, MVX, NDC, RXNORM, I10, I10C, I9C, C4, CDCREC, `HL7nnnn`
+/// (exactly four digits) → THO `v2-nnnn`, and the other names and OIDs of
+/// the same systems: `fhirlift_core::terminology`, the table mappings'
+/// `system_uri()` reads too.
 pub fn coding_system(name: &str) -> Option<String> {
-    let upper = name.trim().to_ascii_uppercase();
-    let uri = match upper.as_str() {
-        "LN" => "http://loinc.org",
-        "SCT" | "SNM3" | "SCT2" => "http://snomed.info/sct",
-        "UCUM" => "http://unitsofmeasure.org",
-        "CVX" => "http://hl7.org/fhir/sid/cvx",
-        "MVX" => "http://hl7.org/fhir/sid/mvx",
-        "NDC" => "http://hl7.org/fhir/sid/ndc",
-        "RXNORM" => "http://www.nlm.nih.gov/research/umls/rxnorm",
-        "I10" => "http://hl7.org/fhir/sid/icd-10",
-        "I10C" => "http://hl7.org/fhir/sid/icd-10-cm",
-        "I9C" => "http://hl7.org/fhir/sid/icd-9-cm",
-        "C4" => "http://www.ama-assn.org/go/cpt",
-        "CDCREC" => "urn:oid:2.16.840.1.113883.6.238",
-        _ => {
-            let digits = upper.strip_prefix("HL7")?;
-            if digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Some(format!("{THO}v2-{digits}"));
-            }
-            return None;
-        }
-    };
-    Some(uri.to_owned())
+    fhirlift_core::terminology::system_uri(name)
 }
 
 /// OBX-6 style CWE units → (unit, system, code) for a Quantity: unit = .2
@@ -273,9 +252,14 @@ mod tests {
             free,
             Some(json!({ "coding": [{ "code": "1-8", "display": "Cortisol" }] }))
         );
+        // an OID: the known system's URI (LOINC's), else urn:oid
         assert_eq!(
             coding("X^x^2.16.840.1.113883.6.1", &d()).unwrap()["system"],
-            "urn:oid:2.16.840.1.113883.6.1"
+            "http://loinc.org"
+        );
+        assert_eq!(
+            coding("X^x^2.16.840.1.113883.19.5", &d()).unwrap()["system"],
+            "urn:oid:2.16.840.1.113883.19.5"
         );
         assert_eq!(
             coding("X^x^https://example.org/codes", &d()).unwrap()["system"],
