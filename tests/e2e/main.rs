@@ -10,6 +10,7 @@ mod medplum;
 mod network;
 mod plugins;
 mod postgres;
+mod postgres_schema;
 mod real_medplum;
 mod rejects;
 mod report;

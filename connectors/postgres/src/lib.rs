@@ -73,8 +73,7 @@ fn create(
     let settings: SourceSettings =
         fhirlift_core::settings::read("PostgreSQL", "source", settings, SOURCE_SETTINGS)?;
     let url = settings.connection_string(context)?;
-    // libpq's six sslmodes: tokio-postgres parses three
-    let (url, sslmode) = tls::take_sslmode(&url);
+    let (url, sslmode) = tls::take_sslmode(&url); // libpq's six sslmodes; tokio-postgres parses three
     let sslmode = match sslmode.as_deref() {
         None => tls::SslMode::Prefer,
         Some(m) => tls::SslMode::parse(m).ok_or_else(|| {
@@ -93,6 +92,7 @@ fn create(
             &format!("the connection string is not valid: {e}"),
         )
     })?;
+    settings.apply_schema(&mut config)?;
     let fetch = fetch_size(settings.fetch, "source.fetch")?.unwrap_or(DEFAULT_FETCH);
     let ca_file = settings.tls_ca_file.map(|f| context.base_dir.join(f));
     // a Unix socket never uses TLS (as libpq)

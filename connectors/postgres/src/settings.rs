@@ -23,12 +23,21 @@ pub(crate) struct SourceSettings {
     pub(crate) fetch: Option<u64>,
     /// A CA certificate file for a private CA.
     pub(crate) tls_ca_file: Option<String>,
+    /// The schema unqualified table names are looked up in first (the
+    /// connection's `search_path`: the schema, then `public`).
+    pub(crate) schema: Option<String>,
     #[allow(dead_code)]
     connector: Option<serde_json::Value>,
 }
 
-pub(crate) const SOURCE_SETTINGS: &[&str] =
-    &["url_env", "url_file", "fetch", "tls_ca_file", "connector"];
+pub(crate) const SOURCE_SETTINGS: &[&str] = &[
+    "url_env",
+    "url_file",
+    "fetch",
+    "tls_ca_file",
+    "schema",
+    "connector",
+];
 
 /// A stream's settings as written.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -51,6 +60,35 @@ pub(crate) fn fetch_size(fetch: Option<u64>, what: &str) -> Result<Option<usize>
 }
 
 impl SourceSettings {
+    /// Sets `search_path` for every connection when `schema:` names one
+    /// (as a server option at connection start, after any the connection
+    /// string gives): `cdm.person` can then be written `person`.
+    pub(crate) fn apply_schema(
+        &self,
+        config: &mut tokio_postgres::Config,
+    ) -> Result<(), ConnectorError> {
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let plain = !schema.is_empty()
+            && schema
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '$'));
+        if !plain {
+            return Err(setting(
+                "source.schema",
+                "names one schema: letters, digits, _ and $ (write cdm, not cdm.person or a list)",
+            ));
+        }
+        let option = format!("-c search_path={schema},public");
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {option}"),
+            _ => option,
+        };
+        config.options(&options);
+        Ok(())
+    }
+
     /// The connection string: from the file `url_file` names (relative to
     /// the migration file), else from the environment variable `url_env`
     /// names (`FHIRLIFT_PG_URL` by default). Never printed.
