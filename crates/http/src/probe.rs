@@ -17,6 +17,9 @@ use crate::outcomes::is_transient;
 use fhirlift_core::group::{encode_query_part, escape_search_value};
 use fhirlift_core::transport::SampledIdentity;
 
+/// Pages of one probe search followed before its answer is taken as whole.
+const MAX_PROBE_PAGES: usize = 50;
+
 /// A question asked before a run could not be answered: the reason (a
 /// status, a transport failure), never patient data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,42 +193,127 @@ pub(super) async fn missing_from_server(
             encode_query_part(&escape_search_value(&s.value), &mut url);
         }
         url.push_str(&format!("&_count={}", identities.len() * 2));
-        let bundle = match patiently(http, &url, true).await {
-            Answer::Http {
-                status: 200..=299,
-                body,
-                ..
-            } if crate::reader::is_searchset(&body) => body,
-            Answer::Http {
-                status: 200..=299,
-                body,
-                ..
-            } => return Err(crate::reader::not_a_searchset_reason(resource_type, &body).into()),
-            Answer::Http { status, body, .. } => {
-                return Err(format!(
-                    "a search of {resource_type} by identifier answered {status} ({})",
-                    crate::outcomes::outcome_text(&body)
-                )
-                .into());
+        // every page: an identifier several resources share (two messages
+        // naming one patient by different first identifiers) can fill the
+        // first page, and an identity on a later page is not gone
+        let mut held: std::collections::HashSet<(String, String)> = Default::default();
+        let mut next = Some(url);
+        let mut pages = 0;
+        while let Some(page) = next.take() {
+            pages += 1;
+            let bundle = match patiently(http, &page, true).await {
+                Answer::Http {
+                    status: 200..=299,
+                    body,
+                    ..
+                } if crate::reader::is_searchset(&body) => body,
+                Answer::Http {
+                    status: 200..=299,
+                    body,
+                    ..
+                } => {
+                    return Err(crate::reader::not_a_searchset_reason(resource_type, &body).into());
+                }
+                Answer::Http { status, body, .. } => {
+                    return Err(format!(
+                        "a search of {resource_type} by identifier answered {status} ({})",
+                        crate::outcomes::outcome_text(&body)
+                    )
+                    .into());
+                }
+                Answer::AuthRefused(why) | Answer::Transport(why) => return Err(why.into()),
+            };
+            held.extend(
+                bundle["entry"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| e["resource"]["identifier"].as_array().into_iter().flatten())
+                    .filter_map(|i| {
+                        Some((
+                            i["system"].as_str()?.to_owned(),
+                            i["value"].as_str()?.to_owned(),
+                        ))
+                    }),
+            );
+            if pages < MAX_PROBE_PAGES {
+                next = crate::reader::next_link(&bundle).map(str::to_owned);
             }
-            Answer::AuthRefused(why) | Answer::Transport(why) => return Err(why.into()),
-        };
-        let held: std::collections::HashSet<(&str, &str)> = bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|e| e["resource"]["identifier"].as_array().into_iter().flatten())
-            .filter_map(|i| Some((i["system"].as_str()?, i["value"].as_str()?)))
-            .collect();
-        let gone = identities
+        }
+        let unheld: Vec<&&SampledIdentity> = identities
             .iter()
-            .filter(|s| !held.contains(&(s.system.as_str(), s.value.as_str())))
+            .filter(|s| !held.contains(&(s.system.clone(), s.value.clone())))
+            .collect();
+        // an identity no resource holds any more, whose resource is still
+        // there by id, was not lost by the server: another record of the
+        // migration rewrote that resource with other identifiers (two
+        // source identities of one patient, say). Said, not re-sent.
+        let still_there = still_there(http, resource_type, &unheld).await?;
+        for s in unheld.iter().filter(|s| {
+            s.server_id
+                .as_ref()
+                .is_some_and(|id| still_there.contains(id))
+        }) {
+            tracing::warn!(
+                resource_type,
+                system = %s.system,
+                value = %s.value,
+                "the resource the ledger placed this identity on no longer carries it: \
+                 another record of this migration rewrote it with other identifiers \
+                 (two source identities for one resource); fhirlift verify lists such drift"
+            );
+        }
+        let gone = unheld
+            .iter()
+            .filter(|s| {
+                !s.server_id
+                    .as_ref()
+                    .is_some_and(|id| still_there.contains(id))
+            })
             .count();
         if gone > 0 {
             missing.insert(resource_type.to_owned(), (gone, identities.len()));
         }
     }
     Ok(missing)
+}
+
+/// Which of the identities' server ids exist (one `_id` search).
+async fn still_there(
+    http: &Http,
+    resource_type: &str,
+    identities: &[&&SampledIdentity],
+) -> Result<std::collections::HashSet<String>, ProbeError> {
+    let ids: Vec<&str> = identities
+        .iter()
+        .filter_map(|s| s.server_id.as_deref())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut url = format!("{}/{resource_type}?_id=", http.base);
+    for (n, id) in ids.iter().enumerate() {
+        if n > 0 {
+            url.push(',');
+        }
+        encode_query_part(id, &mut url);
+    }
+    url.push_str(&format!("&_elements=id&_count={}", ids.len() + 10));
+    match patiently(http, &url, true).await {
+        Answer::Http {
+            status: 200..=299,
+            body,
+            ..
+        } if crate::reader::is_searchset(&body) => Ok(body["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+            .collect()),
+        // a server that cannot search by _id: count them as gone (re-send)
+        Answer::Http { .. } => Ok(Default::default()),
+        Answer::AuthRefused(why) | Answer::Transport(why) => Err(why.into()),
+    }
 }
 
 #[cfg(test)]

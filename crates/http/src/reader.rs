@@ -286,7 +286,7 @@ async fn follow(
     )))
 }
 
-fn next_link(body: &Value) -> Option<&str> {
+pub(crate) fn next_link(body: &Value) -> Option<&str> {
     body["link"]
         .as_array()
         .into_iter()
