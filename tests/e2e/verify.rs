@@ -241,3 +241,35 @@ fn a_deleted_an_edited_a_duplicated_and_an_orphaned_resource_are_named_with_thei
         check.stdout
     );
 }
+
+/// A resource without an identifier (`write: create`) cannot be found
+/// again: verify counts it as unverifiable, says so, and does not fail.
+#[test]
+fn resources_without_an_identifier_are_counted_as_unverifiable() {
+    let server = TestServer::start(SandboxConfig::default());
+    let dir = scratch("verify-unverifiable");
+    let config = guide_copy(&dir);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let extra = "      - resourceType: Basic\n        write: create\n        code:\n          text: imported\n\n  conditions:";
+    std::fs::write(
+        &config,
+        text.replacen("\n  conditions:", &format!("\n{extra}"), 1),
+    )
+    .unwrap();
+    let run = migrate(&config, &server.url(), &dir, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let check = verify(&config, &server.url(), &dir.join("verify.ndjson"));
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains(
+            "2 resources are written with write: create: no identifier finds them, so they are not verified"
+        ),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("9 identities verified"),
+        "{}",
+        check.stdout
+    );
+}

@@ -117,7 +117,12 @@ pub(crate) async fn check_batch(
         }
         for op in &group.operations {
             let Some(identity) = &op.identity else {
-                continue; // a plain create: nothing identifies it on the server
+                // a plain create: nothing identifies it on the server
+                let mut finding = Finding::new(Kind::Unverifiable, op.resource_type.clone());
+                finding.stream = Some(pending.stream.to_string());
+                finding.record = Some(group.provenance.to_string());
+                findings.push(finding);
+                continue;
             };
             let mut finding = Finding::new(Kind::Equal, op.resource_type.clone());
             finding.stream = Some(pending.stream.to_string());

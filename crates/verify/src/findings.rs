@@ -34,6 +34,9 @@ pub enum Kind {
     /// A record that does not map (it would be rejected): nothing of it
     /// can be on the server.
     Unmapped,
+    /// A resource written with `write: create`: no identifier to find it
+    /// by, so not verified (counted, never a failure).
+    Unverifiable,
 }
 
 impl Kind {
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Dangling => "dangling",
             Kind::Orphan => "orphan",
             Kind::Unmapped => "unmapped",
+            Kind::Unverifiable => "unverifiable",
         }
     }
 }
@@ -103,6 +107,7 @@ pub struct Counts {
     pub dangling: u64,
     pub orphan: u64,
     pub unmapped: u64,
+    pub unverifiable: u64,
 }
 
 impl Counts {
@@ -115,6 +120,7 @@ impl Counts {
             Kind::Dangling => &self.dangling,
             Kind::Orphan => &self.orphan,
             Kind::Unmapped => &self.unmapped,
+            Kind::Unverifiable => &self.unverifiable,
         }
     }
 
@@ -127,6 +133,7 @@ impl Counts {
             Kind::Dangling => &mut self.dangling,
             Kind::Orphan => &mut self.orphan,
             Kind::Unmapped => &mut self.unmapped,
+            Kind::Unverifiable => &mut self.unverifiable,
         };
         *slot += 1;
     }
@@ -225,6 +232,13 @@ impl VerifySummary {
         } else {
             0.0
         };
+        let unverifiable = self.total(Kind::Unverifiable);
+        if unverifiable > 0 {
+            writeln!(
+                out,
+                "{unverifiable} resources are written with write: create: no identifier finds them, so they are not verified"
+            )?;
+        }
         writeln!(
             out,
             "{} identities verified in {:.2} s ({rate:.0}/s, {} searches); {}",

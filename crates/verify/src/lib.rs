@@ -208,7 +208,7 @@ impl VerifyRun {
             ) {
                 self.summary.identities += 1;
             }
-            if finding.finding != Kind::Equal {
+            if !matches!(finding.finding, Kind::Equal | Kind::Unverifiable) {
                 tracing::debug!(
                     finding = finding.finding.name(),
                     resource_type = %finding.resource_type,
