@@ -49,6 +49,11 @@ impl Mapper<'_, '_> {
                     }
                 }
                 "PR1" => self.procedure(s, &patient, encounter.as_ref(), i),
+                "ROL" => {
+                    if let Some(enc) = encounter.clone() {
+                        self.encounter_role(s, &enc);
+                    }
+                }
                 "IN1" => {
                     let in2 = segments.get(i + 1).filter(|n| n.name() == "IN2");
                     self.coverage(s, in2, &patient);

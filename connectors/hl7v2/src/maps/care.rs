@@ -1,5 +1,6 @@
-//! The rest of a patient's record in ADT messages: PR1 → Procedure, and
-//! IN1 (with IN2) → Coverage with its payor Organization.
+//! The rest of a patient's record in ADT messages: PR1 → Procedure, ROL
+//! → the visit's participants, and IN1 (with IN2) → Coverage with its
+//! payor Organization.
 
 use fhirlift_hl7v2::Segment;
 use fhirlift_hl7v2::fhir::{self, Composite};
@@ -63,6 +64,32 @@ impl Mapper<'_, '_> {
             p.insert("performer".into(), Value::Array(performers));
         }
         self.push("Procedure", system, value, Value::Object(p));
+    }
+
+    /// ROL (in a visit) → a participant of the Encounter: type ROL-3,
+    /// individual ROL-4 (a logical reference), period ROL-5/ROL-6.
+    pub(super) fn encounter_role(&mut self, rol: &Segment<'_>, encounter: &Local) {
+        let Some(individual) = self
+            .raw(rol, 4)
+            .and_then(|raw| self.practitioner_reference(raw))
+        else {
+            return;
+        };
+        let mut participant = serde_json::Map::new();
+        if let Some(role) = self.codeable(rol, 3) {
+            participant.insert("type".into(), json!([role]));
+        }
+        let mut period = serde_json::Map::new();
+        for (n, key) in [(5, "start"), (6, "end")] {
+            if let Some(at) = self.datetime(rol, n) {
+                period.insert(key.into(), at);
+            }
+        }
+        if !period.is_empty() {
+            participant.insert("period".into(), Value::Object(period));
+        }
+        participant.insert("individual".into(), individual);
+        self.append(encounter, "participant", Value::Object(participant));
     }
 
     /// IN1 (+ the IN2 after it) → Coverage, paid by an Organization for

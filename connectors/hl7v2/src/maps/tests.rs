@@ -381,9 +381,9 @@ fn siu_schedules_become_appointments_with_their_participants() {
     }
 }
 
-/// ADT's PR1 and IN1/IN2 were dropped (PR1 in 4, IN1 in 6 corpus messages):
-/// a Procedure, and a Coverage paid by an Organization, on identities a
-/// replay finds again.
+/// ADT's PR1, ROL and IN1/IN2 were dropped (PR1 in 4, ROL in 6, IN1 in 6
+/// corpus messages): a Procedure, a participant of the visit, and a
+/// Coverage paid by an Organization, on identities a replay finds again.
 #[test]
 fn adt_procedures_and_coverage() {
     let in1 = segment(
@@ -404,15 +404,23 @@ fn adt_procedures_and_coverage() {
         ],
     );
     let in2 = segment("IN2", &[(61, "MB-12")]);
+    let pv1 = segment("PV1", &[(1, "1"), (2, "I"), (19, "V77^^^HOSP^VN")]);
     let text = format!(
         "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A01|A1|P|2.5.1\r\
          PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
-         PV1|1|I|W1^1^1|||||||||||||||||V77^^^HOSP^VN\r\
+         {pv1}\r\
+         ROL|1|AD|AT^Attending^HL70443|555^Welby^Marcus|20240101080000\r\
          PR1|1||80146002^Appendectomy^SCT||20240101093000|||||||1234^Cutter^Sam\r{in1}\r{in2}\r"
     );
     let text = text.as_str();
     let resources = mapped(text);
     assert_valid(&resources);
+    // ROL in the visit: a participant of the Encounter
+    let encounter = of_type(&resources, "Encounter")[0];
+    let participant = encounter["participant"].as_array().unwrap().last().unwrap();
+    assert_eq!(participant["individual"]["display"], "Marcus Welby");
+    assert_eq!(participant["type"][0]["coding"][0]["code"], "AT");
+    assert_eq!(participant["period"]["start"], "2024-01-01T08:00:00Z");
     let procedure = of_type(&resources, "Procedure")[0];
     assert_eq!(procedure["status"], "completed");
     assert_eq!(procedure["code"]["coding"][0]["code"], "80146002");
