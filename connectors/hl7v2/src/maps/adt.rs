@@ -17,7 +17,7 @@ impl Mapper<'_, '_> {
             .ok_or_else(|| MapFailure(format!("ADT^{event} without a PID segment")))?;
         let patient = self.patient(&pid)?;
         let mut encounter = None;
-        if !matches!(event, "A28" | "A31")
+        if !matches!(event, "A28" | "A31" | "A60")
             && let Some(pv1) = self.m.segment("PV1")
         {
             encounter = self.encounter(&pv1, &patient, Some(event));
@@ -42,7 +42,10 @@ impl Mapper<'_, '_> {
                 }
                 "PD1" => self.primary_care(s, &patient),
                 "NK1" => self.related_person(s, &patient, i),
-                "AL1" => self.allergy(s, &patient, i),
+                "AL1" => {
+                    self.allergy(s, &patient, i, 6);
+                }
+                "IAM" => self.allergy_update(s, &patient, i),
                 "DG1" => {
                     if let Some(d) = self.condition(s, &patient, encounter.as_ref(), i) {
                         diagnoses.push(d);
@@ -559,7 +562,15 @@ impl Mapper<'_, '_> {
         self.push("RelatedPerson", system, value, Value::Object(r));
     }
 
-    pub(super) fn allergy(&mut self, al1: &Segment<'_>, patient: &Local, position: usize) {
+    /// AL1 (or IAM: the same fields 2-5, onset at `onset`) →
+    /// AllergyIntolerance, on the patient + allergen code.
+    pub(super) fn allergy(
+        &mut self,
+        al1: &Segment<'_>,
+        patient: &Local,
+        position: usize,
+        onset: usize,
+    ) -> Local {
         let code = self.codeable(al1, 3);
         let key = self
             .text(al1, 3, 1)
@@ -594,7 +605,7 @@ impl Mapper<'_, '_> {
             a.insert("code".into(), c);
         }
         a.insert("patient".into(), patient.reference());
-        if let Some(onset) = self.date(al1, 6) {
+        if let Some(onset) = self.date(al1, onset) {
             a.insert("onsetDateTime".into(), onset);
         }
         let manifestations: Vec<Value> = self
@@ -613,7 +624,7 @@ impl Mapper<'_, '_> {
             }
             a.insert("reaction".into(), json!([reaction]));
         }
-        self.push("AllergyIntolerance", system, value, Value::Object(a));
+        self.push("AllergyIntolerance", system, value, Value::Object(a))
     }
 
     /// DG1 → Condition; returns its Encounter.diagnosis entry.

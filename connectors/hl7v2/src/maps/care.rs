@@ -92,6 +92,38 @@ impl Mapper<'_, '_> {
         self.append(encounter, "participant", Value::Object(participant));
     }
 
+    /// IAM (ADT^A60) → the AllergyIntolerance AL1 would write for the same
+    /// allergen (the same identity: an update of it), onset IAM-11, IAM-7
+    /// kept as an identifier; action D (delete) → verificationStatus
+    /// `entered-in-error` (and no clinicalStatus, as R4 requires).
+    pub(super) fn allergy_update(&mut self, iam: &Segment<'_>, patient: &Local, position: usize) {
+        let allergy = self.allergy(iam, patient, position, 11);
+        let unique = self.entity_id(iam, 7).map(|(id, _, _)| id);
+        let deleted = self.text(iam, 6, 1).as_deref() == Some("D");
+        let Some(&at) = self.seen.get(&(
+            allergy.resource_type,
+            allergy.system.clone(),
+            allergy.value.clone(),
+        )) else {
+            return;
+        };
+        let Some(obj) = self.out[at].resource.as_object_mut() else {
+            return;
+        };
+        if let Some(id) = unique
+            && let Some(list) = obj.get_mut("identifier").and_then(Value::as_array_mut)
+        {
+            list.push(id);
+        }
+        if deleted {
+            obj.remove("clinicalStatus");
+            obj.insert(
+                "verificationStatus".into(),
+                json!({ "coding": [{ "system": format!("{THO}allergyintolerance-verification"), "code": "entered-in-error" }] }),
+            );
+        }
+    }
+
     /// IN1 (+ the IN2 after it) → Coverage, paid by an Organization for
     /// IN1-3/IN1-4. Identity: the payor's company id with the policy number
     /// IN1-36 (else the member id IN2-61 or the insured's id IN1-49, else

@@ -90,7 +90,7 @@ const MDM_EVENTS: &[&str] = &[
 /// ADT events with the A01 structure that the map covers.
 const ADT_EVENTS: &[&str] = &[
     "A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13",
-    "A14", "A15", "A16", "A28", "A31",
+    "A14", "A15", "A16", "A28", "A31", "A60",
 ];
 
 const THO: &str = "http://terminology.hl7.org/CodeSystem/";

@@ -464,3 +464,41 @@ fn segment(name: &str, fields: &[(usize, &str)]) -> String {
     }
     out.join("|")
 }
+
+/// ADT^A60 (allergy updates, IAM) had no map: each IAM updates the
+/// AllergyIntolerance the same allergen's AL1 writes, and a delete marks
+/// it entered-in-error.
+#[test]
+fn a60_allergy_updates_update_the_al1_allergy() {
+    let al1 = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A01|A1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         AL1|1|DA|PEN^Penicillin^L|SV|Hives\r",
+    );
+    let update = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401021200||ADT^A60|A2|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         IAM|1|DA|PEN^Penicillin^L|MI|Rash|D|ALG-9^EHR||||20230101\r",
+    );
+    assert_valid(&update);
+    let identity = |rs: &[MappedResource]| {
+        rs.iter()
+            .find(|r| r.resource_type == "AllergyIntolerance")
+            .unwrap()
+            .identity
+            .clone()
+    };
+    assert_eq!(identity(&al1), identity(&update), "the same allergy");
+    assert!(
+        of_type(&update, "Encounter").is_empty(),
+        "A60 is about the person"
+    );
+    let allergy = of_type(&update, "AllergyIntolerance")[0];
+    assert_eq!(
+        allergy["verificationStatus"]["coding"][0]["code"],
+        "entered-in-error"
+    );
+    assert!(allergy.get("clinicalStatus").is_none());
+    assert_eq!(allergy["onsetDateTime"], "2023-01-01");
+    assert_eq!(allergy["identifier"][1]["value"], "ALG-9");
+}
