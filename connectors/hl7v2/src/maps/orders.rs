@@ -85,6 +85,35 @@ impl Mapper<'_, '_> {
         Ok(())
     }
 
+    /// An order number as the value of a `resource_type` identity, unique
+    /// in this message: several OBRs of one message may share the order
+    /// number, and each is its own report or request, told apart by its
+    /// set id (else its place) on a value derived from the number. Never
+    /// one resource for two OBRs.
+    pub(super) fn unique_order_value(
+        &self,
+        resource_type: &'static str,
+        system: &str,
+        number: String,
+        obr: &Segment<'_>,
+    ) -> String {
+        let taken = |value: &String| {
+            self.seen
+                .contains_key(&(resource_type, system.to_owned(), value.clone()))
+        };
+        if !taken(&number) {
+            return number;
+        }
+        let set = self.text(obr, 1, 1).unwrap_or_default();
+        let mut value = format!("{number}-OBR-{set}");
+        let mut n = 1;
+        while taken(&value) {
+            n += 1;
+            value = format!("{number}-OBR-{set}-{n}");
+        }
+        value
+    }
+
     /// Writes what the order gathered (its specimens) into its request.
     pub(super) fn close_order(&mut self, order: &mut Option<Order>) {
         if let Some(o) = order.take()
@@ -149,10 +178,17 @@ impl Mapper<'_, '_> {
                 identifiers.push(typed(id, kind));
             }
         }
-        let (system, value) = match (&placer, &filler) {
-            (Some((_, s, v)), _) => (order_system(s, "PLAC"), v.clone()),
-            (None, Some((_, s, v))) => (order_system(s, "FILL"), v.clone()),
-            (None, None) => (
+        let number = match (&placer, &filler) {
+            (Some((_, s, v)), _) => Some((order_system(s, "PLAC"), v.clone())),
+            (None, Some((_, s, v))) => Some((order_system(s, "FILL"), v.clone())),
+            (None, None) => None,
+        };
+        let (system, value) = match number {
+            Some((system, v)) => {
+                let value = self.unique_order_value("ServiceRequest", &system, v, obr);
+                (system, value)
+            }
+            None => (
                 self.facility_system
                     .clone()
                     .unwrap_or_else(|| patient.system.clone()),

@@ -183,28 +183,8 @@ impl Mapper<'_, '_> {
             (None, None) => None,
         };
         let (system, value) = match order {
-            Some((s, v))
-                if self
-                    .seen
-                    .contains_key(&("DiagnosticReport", s.clone(), v.clone())) =>
-            {
-                // several OBRs of one message share the order number: each
-                // is its own report, told apart by its set id (else its
-                // place), on an identifier derived from the order number
-                let set = self.text(obr, 1, 1).unwrap_or_default();
-                let mut value = format!("{v}-OBR-{set}");
-                let mut n = 1;
-                while self
-                    .seen
-                    .contains_key(&("DiagnosticReport", s.clone(), value.clone()))
-                {
-                    n += 1;
-                    value = format!("{v}-OBR-{set}-{n}");
-                }
-                identifiers.insert(0, json!({ "system": s, "value": value }));
-                (s.clone(), value)
-            }
             Some((s, v)) => {
+                let v = self.unique_order_value("DiagnosticReport", &s, v, obr);
                 identifiers.insert(0, json!({ "system": s, "value": v }));
                 (s, v)
             }

@@ -61,6 +61,15 @@ fn three_obrs_sharing_an_order_number_are_three_reports_with_six_results() {
         assert_eq!(typed.len(), 2, "{:?}", report.resource["identifier"]);
         assert_eq!(report.resource["result"].as_array().unwrap().len(), 2);
     }
+    // regression: the orders shared the placer number too and became one
+    // ServiceRequest (the last OBR's code) that all three reports were
+    // based on; each OBR is its own request
+    let requests = of("ServiceRequest");
+    assert_eq!(requests.len(), 3);
+    for (report, request) in reports.iter().zip(&requests) {
+        assert_eq!(report.resource["basedOn"][0]["reference"], request.full_url);
+        assert_eq!(report.resource["code"], request.resource["code"]);
+    }
     assert_eq!(reports[0].identity.1, "FL77");
     assert_eq!(reports[1].identity.1, "FL77-OBR-2");
     assert_eq!(reports[2].identity.1, "FL77-OBR-3");
