@@ -273,3 +273,52 @@ fn resources_without_an_identifier_are_counted_as_unverifiable() {
         check.stdout
     );
 }
+
+/// Regression: in a message archive a later message about a patient
+/// replaces the earlier one (`later-wins`). verify compared every message
+/// with what the server holds and called the earlier ones `different`
+/// (48 Patients of the shared corpus on the real Medplum); only the last
+/// record writing an identity is what the server should hold.
+#[test]
+fn in_an_update_feed_only_the_last_record_of_an_identity_is_compared() {
+    let server = TestServer::start(SandboxConfig::default());
+    let dir = scratch("verify-later-wins");
+    std::fs::create_dir_all(dir.join("archive")).unwrap();
+    std::fs::write(
+        dir.join("archive/feed.hl7"),
+        "MSH|^~\\&|EHR|FAC|||20240101120000||ADT^A08^ADT_A01|M1|P|2.5.1\r\
+         PID|1||MRN1^^^FAC^MR||Old^Name||19800101|F\r\
+         MSH|^~\\&|EHR|FAC|||20240101130000||ADT^A08^ADT_A01|M2|P|2.5.1\r\
+         PID|1||MRN1^^^FAC^MR||New^Name||19800101|F\r",
+    )
+    .unwrap();
+    let config = dir.join("migration.yaml");
+    std::fs::write(
+        &config,
+        "source:\n  connector: hl7v2\nstreams:\n  adt:\n    from: archive/*.hl7\n    map: hl7v2\n",
+    )
+    .unwrap();
+    let run = migrate(&config, &server.url(), &dir, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let check = verify(&config, &server.url(), &dir.join("verify.ndjson"));
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("1 identities verified"),
+        "{}",
+        check.stdout
+    );
+    // and a later edit on the server is still found
+    let (id, mut patient) = server.sandbox.with_store(|s| {
+        let p = s.resources("Patient")[0].clone();
+        (p["id"].as_str().unwrap().to_owned(), p)
+    });
+    patient["gender"] = json!("male");
+    let (status, _) = send(
+        reqwest::Method::PUT,
+        format!("{}/Patient/{id}", server.url()),
+        &patient,
+    );
+    assert!(status < 300);
+    let check = verify(&config, &server.url(), &dir.join("verify.ndjson"));
+    assert_eq!(check.code, 2, "{}", check.stdout);
+}

@@ -251,6 +251,14 @@ fn unwritten_references(deps: &[StreamDeps], config: &MigrationConfig) -> Vec<Co
     unwritten
 }
 
+impl PlannedStream {
+    /// Whether a later record writing an identity replaces an earlier one
+    /// (`collisions: later-wins`): what the server then holds is the last.
+    pub fn later_wins(&self) -> bool {
+        self.collisions == CollisionPolicy::LaterWins
+    }
+}
+
 impl Plan {
     /// Checks a migration against its source: the connector exists, every
     /// stream opens, every column an expression uses exists, phases order.

@@ -43,6 +43,31 @@ impl Known {
 pub(crate) struct Pending {
     pub stream: Arc<str>,
     pub group: WriteGroup,
+    /// The record's place in the source, counted over every stream.
+    pub ordinal: u64,
+}
+
+/// Where a later record replaces an earlier one (`later-wins`): per
+/// identity key, the ordinal of the last record writing it. An earlier
+/// record's resource is not what the server should hold, so it is not
+/// compared.
+pub(crate) type Winners = HashMap<u128, u64>;
+
+/// The key of an identity in [`Winners`].
+pub(crate) fn identity_key(resource_type: &str, system: &str, value: &str) -> u128 {
+    fhirlift_core::group::stable_hash128(&[resource_type, system, value])
+}
+
+/// Whether an operation of the record `ordinal` is replaced by a later
+/// record of the source.
+fn superseded(winners: &Winners, identity: &Identity, ordinal: u64) -> bool {
+    winners
+        .get(&identity_key(
+            &identity.resource_type,
+            &identity.system,
+            &identity.value,
+        ))
+        .is_some_and(|last| *last != ordinal)
 }
 
 /// Checks a batch: one finding per operation with an identity, plus one
@@ -50,6 +75,7 @@ pub(crate) struct Pending {
 pub(crate) async fn check_batch(
     reader: &ServerReader,
     known: &Mutex<Known>,
+    winners: &Winners,
     batch: Vec<Pending>,
 ) -> Result<Vec<Finding>, ReadError> {
     // 1. what the server holds for each identity the batch writes
@@ -75,11 +101,20 @@ pub(crate) async fn check_batch(
         }
     }
     // 2. the identities the mapped resources refer to, not known yet
+    // each mapped resource parsed once, for its references and the comparison
+    let mut parsed: Vec<Vec<Value>> = batch
+        .iter()
+        .map(|p| {
+            p.group
+                .operations
+                .iter()
+                .map(|op| op.resource.to_value())
+                .collect()
+        })
+        .collect();
     let mut references: Vec<Identity> = Vec::new();
-    for pending in &batch {
-        for op in &pending.group.operations {
-            conditional_references(&op.resource.to_value(), &mut references);
-        }
+    for resource in parsed.iter().flatten() {
+        conditional_references(resource, &mut references);
     }
     let unknown: Vec<&Identity> = {
         let known = lock(known);
@@ -103,7 +138,7 @@ pub(crate) async fn check_batch(
     // 3. compare, group by group
     let mut findings = Vec::new();
     let mut stored_refs: Vec<(usize, String, String)> = Vec::new();
-    for pending in &batch {
+    for (pending, resources) in batch.iter().zip(parsed.iter_mut()) {
         let group = &pending.group;
         // a group's own urn:uuid references, to the stored ids
         let mut local: HashMap<String, String> = HashMap::new();
@@ -115,7 +150,16 @@ pub(crate) async fn check_batch(
                 local.insert(url.clone(), format!("{}/{stored_id}", op.resource_type));
             }
         }
-        for op in &group.operations {
+        for (op, mapped) in group.operations.iter().zip(resources.iter_mut()) {
+            // what a later record replaces is not what the server should
+            // hold (it still placed the group's urn:uuids, above)
+            if op
+                .identity
+                .as_ref()
+                .is_some_and(|id| superseded(winners, id, pending.ordinal))
+            {
+                continue;
+            }
             let Some(identity) = &op.identity else {
                 // a plain create: nothing identifies it on the server
                 let mut finding = Finding::new(Kind::Unverifiable, op.resource_type.clone());
@@ -137,10 +181,9 @@ pub(crate) async fn check_batch(
             match stored {
                 [] => finding.finding = Kind::Missing,
                 [one] => {
-                    let mut mapped = op.resource.to_value();
                     {
                         let known = lock(known);
-                        rewrite_references(&mut mapped, &|r| {
+                        rewrite_references(mapped, &|r| {
                             if r.starts_with("urn:uuid:") {
                                 return local.get(r).cloned();
                             }
@@ -154,10 +197,10 @@ pub(crate) async fn check_batch(
                             Some(format!("{}/{stored}", id.resource_type))
                         });
                     }
-                    let paths = differences(&mapped, one);
+                    let paths = differences(mapped, one);
                     if !paths.is_empty() {
                         finding.finding = Kind::Different;
-                        finding.values = Some(values_at(&mapped, one, &paths));
+                        finding.values = Some(values_at(mapped, one, &paths));
                         finding.paths = paths;
                     }
                     let mut refs = Vec::new();

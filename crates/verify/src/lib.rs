@@ -11,6 +11,9 @@
 //! is gone is [`Kind::Dangling`]; with `orphans`, a resource in one of the
 //! migration's identifier systems that no record maps to is
 //! [`Kind::Orphan`]; a record that does not map is [`Kind::Unmapped`].
+//! Where a later record replaces an earlier one (`collisions:
+//! later-wins`, message archives), only the last record writing an
+//! identity is compared: a first pass maps the source to find it.
 //!
 //! It needs no ledger (another machine, a lost ledger). Data flows one
 //! way: source → mapper → searches → findings; the mapping runs on the
@@ -27,12 +30,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fhirlift_core::group::stable_hash128;
 use fhirlift_http::{ReadError, ServerReader};
 use fhirlift_pipeline::{MappedRecord, Plan};
 use tokio::task::JoinHandle;
 
-use crate::check::{Known, Pending, check_batch};
+use crate::check::{Known, Pending, Winners, check_batch, identity_key};
 pub use crate::findings::{Counts, Finding, FindingWriter, Kind, VerifySummary};
 
 /// Identities per batch (one search per type, each of at most 100).
@@ -85,6 +87,7 @@ pub fn verify(
         running: VecDeque::new(),
         failed: None,
     };
+    let winners = Arc::new(winners(plan)?);
     let known = Arc::new(Mutex::new(Known::default()));
     let limit = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
     let mut systems: BTreeSet<(String, String)> = BTreeSet::new();
@@ -97,14 +100,17 @@ pub fn verify(
             .expect("the semaphore is never closed");
         let reader = reader.clone();
         let known = known.clone();
+        let winners = winners.clone();
         run.running.push_back(runtime.spawn(async move {
-            let found = check_batch(&reader, &known, batch).await;
+            let found = check_batch(&reader, &known, &winners, batch).await;
             drop(permit);
             found
         }));
     };
+    let mut ordinal = 0u64;
     plan.map_each(&mut |planned, record| {
         let stream: Arc<str> = planned.source.stream.clone();
+        ordinal += 1;
         match record {
             MappedRecord::Group(group) => {
                 for op in &group.operations {
@@ -116,7 +122,11 @@ pub fn verify(
                         }
                     }
                 }
-                batch.push(Pending { stream, group });
+                batch.push(Pending {
+                    stream,
+                    group,
+                    ordinal,
+                });
                 if identities >= BATCH_IDENTITIES {
                     identities = 0;
                     dispatch(std::mem::take(&mut batch), &mut run);
@@ -183,8 +193,33 @@ pub fn verify(
     Ok(summary)
 }
 
-fn identity_key(resource_type: &str, system: &str, value: &str) -> u128 {
-    stable_hash128(&[resource_type, system, value])
+/// For the streams where a later record replaces an earlier one
+/// (`collisions: later-wins`, the default for message archives): the last
+/// record writing each identity, from a first pass that only maps (no
+/// request; 24 bytes per identity). Empty when no stream is such.
+fn winners(plan: &Plan) -> Result<Winners, VerifyError> {
+    let mut winners = Winners::new();
+    if !plan.streams.iter().any(|s| s.later_wins()) {
+        return Ok(winners);
+    }
+    let mut ordinal = 0u64;
+    plan.map_each(&mut |planned, record| {
+        ordinal += 1;
+        if let (true, MappedRecord::Group(group)) = (planned.later_wins(), &record) {
+            for id in group
+                .operations
+                .iter()
+                .filter_map(|op| op.identity.as_ref())
+            {
+                winners.insert(
+                    identity_key(&id.resource_type, &id.system, &id.value),
+                    ordinal,
+                );
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(winners)
 }
 
 /// The findings so far and the batches being searched.
