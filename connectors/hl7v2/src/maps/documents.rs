@@ -42,11 +42,12 @@ impl Mapper<'_, '_> {
                 _ => {}
             }
         }
-        let patient =
-            patient.ok_or_else(|| MapFailure(format!("MDM^{event} without a PID segment")))?;
+        let patient = patient.ok_or_else(|| {
+            MapFailure(format!("MDM^{event} without a PID segment{MISSING_HINT}"))
+        })?;
         let txa = txa.ok_or_else(|| {
             MapFailure(format!(
-                "MDM^{event} without a TXA segment (the document's header)"
+                "MDM^{event} without a TXA segment (the document's header){MISSING_HINT}"
             ))
         })?;
         let (identifier, system, value) = match self.entity_id(&txa, 12) {

@@ -141,6 +141,9 @@ pub enum MessageMap {
     },
 }
 
+/// What a map failure for a missing segment says to do.
+const MISSING_HINT: &str = "; the resources of this message hang on that segment: fix the message at its source, or map it with emit: entries of your own";
+
 /// A message that cannot be mapped (no patient identifier, ...). The text
 /// may quote the message: it goes to the rejects file, never to logs.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -45,7 +45,9 @@ impl Mapper<'_, '_> {
                 "OBR" => {
                     self.close_order(&mut order);
                     let p = patient.clone().ok_or_else(|| {
-                        MapFailure(format!("{message_type}: an OBR comes before any PID"))
+                        MapFailure(format!(
+                            "{message_type}: an OBR comes before any PID{MISSING_HINT}"
+                        ))
                     })?;
                     orders += 1;
                     order = self
@@ -80,7 +82,9 @@ impl Mapper<'_, '_> {
         }
         self.close_order(&mut order);
         if patient.is_none() {
-            return Err(MapFailure(format!("{message_type} without a PID segment")));
+            return Err(MapFailure(format!(
+                "{message_type} without a PID segment{MISSING_HINT}"
+            )));
         }
         Ok(())
     }

@@ -14,10 +14,9 @@ impl Mapper<'_, '_> {
     /// The Patient and one Appointment.
     pub(super) fn appointment(&mut self, event: &str) -> Result<(), MapFailure> {
         let segments: Vec<Segment<'_>> = self.m.segments().collect();
-        let sch = *segments
-            .iter()
-            .find(|s| s.name() == "SCH")
-            .ok_or_else(|| MapFailure(format!("SIU^{event} without an SCH segment")))?;
+        let sch = *segments.iter().find(|s| s.name() == "SCH").ok_or_else(|| {
+            MapFailure(format!("SIU^{event} without an SCH segment{MISSING_HINT}"))
+        })?;
         let mut patient: Option<Local> = None;
         let mut participants: Vec<Value> = Vec::new();
         let mut services: Vec<Value> = Vec::new();
@@ -78,8 +77,9 @@ impl Mapper<'_, '_> {
                 _ => {}
             }
         }
-        let patient =
-            patient.ok_or_else(|| MapFailure(format!("SIU^{event} without a PID segment")))?;
+        let patient = patient.ok_or_else(|| {
+            MapFailure(format!("SIU^{event} without a PID segment{MISSING_HINT}"))
+        })?;
         let placer = self.entity_id(&sch, 1);
         let filler = self.entity_id(&sch, 2);
         let typed = |id: &(Value, String, String), code: &str| {
