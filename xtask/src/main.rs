@@ -238,6 +238,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .env(TEST_PG_URL_VAR, &url);
     medplum.pass_to(&mut doc);
     run(bins)?;
+    // Each test binary leaves its folders under target/test-scratch (named
+    // by process id, kept for looking into a failure); the plugin tests
+    // alone copy hundreds of megabytes there. Only the last run's are kept.
+    let scratch = root().join("target/test-scratch");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("clearing the last run's {}", scratch.display()))?;
+    }
     let mut tally = Tally::default();
     let outcome = tally.run(all).and_then(|()| tally.run(doc));
     drop(medplum);
