@@ -27,10 +27,10 @@ const FILE_BUDGET: usize = 800;
 /// Split them, then take them off.
 const OVER_BUDGET: &[(&str, usize)] = &[
     ("connectors/hl7v2/tests/fhir_converter.rs", 1297),
-    ("connectors/postgres/src/lib.rs", 908),
+    ("connectors/postgres/src/lib.rs", 903),
     ("crates/core/src/planner.rs", 1002),
     ("crates/hl7v2/src/fhir/datatypes.rs", 1003),
-    ("crates/runner/src/lib.rs", 881),
+    ("crates/runner/src/lib.rs", 864),
     ("crates/sandbox/src/bundle.rs", 852),
     ("crates/sandbox/tests/fhir.rs", 889),
     ("tests/e2e/postgres.rs", 820),

@@ -37,6 +37,7 @@ fhirlift_core::register_connector! {
     name: "csv",
     description: "a directory of CSV (or other delimited) files, one stream per file",
     create: create,
+    settings: settings_schema,
 }
 
 fn create(
@@ -112,6 +113,43 @@ struct CsvSettings {
 
 /// What `source:` takes besides [`SETTINGS`].
 const SOURCE_ONLY: &[&str] = &["connector", "path"];
+
+/// [`SETTINGS`] as JSON Schema (the table of the crate docs), and `path`
+/// for `source:`.
+fn settings_schema() -> fhirlift_core::settings::SettingsSchema {
+    use serde_json::json;
+    let text = |what: &str| json!({ "type": "string", "description": what });
+    let stream = [
+        (
+            "delimiter",
+            text("one ASCII character (\"\\t\" for tab); default ,"),
+        ),
+        ("quote", text("one ASCII character; default \"")),
+        (
+            "header",
+            json!({ "type": "boolean", "description": "the first row names the columns; default true" }),
+        ),
+        (
+            "columns",
+            json!({ "type": "array", "items": { "type": "string" }, "description": "column names when header: false" }),
+        ),
+        (
+            "encoding",
+            text(
+                "utf-8 (the default; a BOM is skipped), latin1, windows-1252, or any WHATWG label",
+            ),
+        ),
+    ];
+    let path = (
+        "path",
+        text("the folder holding the files, relative to the migration file; default its folder"),
+    );
+    let source: Vec<_> = stream.iter().cloned().chain([path]).collect();
+    fhirlift_core::settings::SettingsSchema {
+        source: fhirlift_core::settings::SettingsSchema::object(&source),
+        stream: fhirlift_core::settings::SettingsSchema::object(&stream),
+    }
+}
 
 impl Options {
     fn read(
@@ -419,6 +457,21 @@ impl Reading<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_settings_schema_names_the_settings_read() {
+        use fhirlift_core::settings::SettingsSchema;
+        let schema = settings_schema();
+        assert_eq!(SettingsSchema::names(&schema.stream), SETTINGS);
+        // `connector` is the migration file's, never handed to the connector
+        let source: Vec<&str> = SETTINGS
+            .iter()
+            .chain(SOURCE_ONLY)
+            .copied()
+            .filter(|k| *k != "connector")
+            .collect();
+        assert_eq!(SettingsSchema::names(&schema.source), source);
+    }
 
     fn read_all(dir: &std::path::Path, file: &str, options: serde_json::Value) -> Vec<SourceEvent> {
         read_from(dir, file, options, None).unwrap()

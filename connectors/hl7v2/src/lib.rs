@@ -49,6 +49,7 @@ fhirlift_core::register_connector! {
     name: "hl7v2",
     description: "archives of HL7 v2 messages (plain, batch FHS/BHS or MLLP files), one record per message",
     create: create,
+    settings: settings_schema,
 }
 
 /// The columns of every hl7v2 stream.
@@ -76,6 +77,19 @@ struct SourceSettings {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StreamSettings {}
+
+/// [`SourceSettings`] and [`StreamSettings`] as JSON Schema.
+fn settings_schema() -> fhirlift_core::settings::SettingsSchema {
+    use fhirlift_core::settings::SettingsSchema;
+    let path = serde_json::json!({
+        "type": "string",
+        "description": "the folder `from:` resolves against, relative to the migration file; default its folder",
+    });
+    SettingsSchema {
+        source: SettingsSchema::object(&[("path", path)]),
+        stream: SettingsSchema::object(&[]),
+    }
+}
 
 /// An unknown setting, with where the map's settings go.
 fn map_settings_go_under_map(e: ConnectorError) -> ConnectorError {

@@ -57,6 +57,7 @@ use tokio_postgres::{Client, IsolationLevel, NoTls};
 
 use settings::{
     DEFAULT_FETCH, SOURCE_SETTINGS, STREAM_SETTINGS, SourceSettings, StreamSettings, fetch_size,
+    setting,
 };
 use types::Raw;
 
@@ -64,6 +65,7 @@ fhirlift_core::register_connector! {
     name: "postgres",
     description: "tables and SQL queries of a PostgreSQL database, streamed with a server-side cursor",
     create: create,
+    settings: settings::schema,
 }
 
 fn create(
@@ -136,13 +138,6 @@ fn create(
         ),
     };
     Ok(Box::new(PostgresConnector { config, fetch, tls }))
-}
-
-fn setting(what: &str, message: &str) -> ConnectorError {
-    ConnectorError::Setting {
-        what: what.to_owned(),
-        message: message.to_owned(),
-    }
 }
 
 /// A PostgreSQL database: one connection per stream.

@@ -1,10 +1,19 @@
 //! The connector's settings, as written under `source:` and under a
-//! stream, read with core's one rule for settings.
+//! stream, read with core's one rule for settings; [`schema`] is the same
+//! settings as JSON Schema, for editors.
 
 use fhirlift_core::ConnectorContext;
 use fhirlift_core::connector::ConnectorError;
+use fhirlift_core::settings::SettingsSchema;
+use serde_json::json;
 
-use crate::setting;
+/// A setting the user must fix.
+pub(crate) fn setting(what: &str, message: &str) -> ConnectorError {
+    ConnectorError::Setting {
+        what: what.to_owned(),
+        message: message.to_owned(),
+    }
+}
 
 /// Where the connection string is when `source:` does not say.
 pub(crate) const DEFAULT_URL_ENV: &str = "FHIRLIFT_PG_URL";
@@ -47,6 +56,43 @@ pub(crate) struct StreamSettings {
 }
 
 pub(crate) const STREAM_SETTINGS: &[&str] = &["fetch"];
+
+/// [`SourceSettings`] and [`StreamSettings`] as JSON Schema.
+pub(crate) fn schema() -> SettingsSchema {
+    let text = |what: &str| json!({ "type": "string", "description": what });
+    let fetch = (
+        "fetch",
+        json!({
+            "type": "integer", "minimum": 1, "maximum": 1_000_000,
+            "description": format!("rows per round trip (a server-side cursor); default {DEFAULT_FETCH}"),
+        }),
+    );
+    let source = [
+        (
+            "url_env",
+            text(&format!(
+                "the environment variable holding the connection string; default {DEFAULT_URL_ENV}"
+            )),
+        ),
+        (
+            "url_file",
+            text("a file holding the connection string, relative to the migration file"),
+        ),
+        fetch.clone(),
+        (
+            "tls_ca_file",
+            text("a PEM file of the CA that signed the server's certificate"),
+        ),
+        (
+            "schema",
+            text("the schema unqualified table names are looked up in first (then public)"),
+        ),
+    ];
+    SettingsSchema {
+        source: SettingsSchema::object(&source),
+        stream: SettingsSchema::object(&[fetch]),
+    }
+}
 
 pub(crate) fn fetch_size(fetch: Option<u64>, what: &str) -> Result<Option<usize>, ConnectorError> {
     match fetch {
@@ -124,5 +170,23 @@ impl SourceSettings {
                 })?
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_names_the_settings_read() {
+        let schema = schema();
+        // `connector` is the migration file's, never handed to the connector
+        let source: Vec<&str> = SOURCE_SETTINGS
+            .iter()
+            .copied()
+            .filter(|k| *k != "connector")
+            .collect();
+        assert_eq!(SettingsSchema::names(&schema.source), source);
+        assert_eq!(SettingsSchema::names(&schema.stream), STREAM_SETTINGS);
     }
 }

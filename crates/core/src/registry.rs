@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::connector::{ConnectorContext, ConnectorError, SourceConnector};
 use crate::mapper::{BuiltinMapContext, ResourceMapper};
+use crate::settings::SettingsSchema;
 
 /// Builds a built-in map from the stream's `map:` settings.
 pub type CreateMap = fn(&BuiltinMapContext<'_>) -> Result<Box<dyn ResourceMapper>, String>;
@@ -48,28 +49,42 @@ pub struct ConnectorRegistration {
     pub version: &'static str,
     pub description: &'static str,
     pub create: CreateConnector,
+    /// Its settings as JSON Schema, for editors ([`SettingsSchema::any`]
+    /// when it does not say).
+    pub settings: fn() -> SettingsSchema,
 }
 
 inventory::collect!(ConnectorRegistration);
 
-/// Registers a connector under a name. Use once per connector crate:
+/// Registers a connector under a name. Use once per connector crate;
+/// `settings` (optional) gives its settings as JSON Schema:
 ///
 /// ```ignore
 /// fhirlift_core::register_connector! {
 ///     name: "csv",
 ///     description: "a directory of CSV files",
 ///     create: create_csv_connector,
+///     settings: csv_settings_schema,
 /// }
 /// ```
 #[macro_export]
 macro_rules! register_connector {
     (name: $name:expr, description: $description:expr, create: $create:expr $(,)?) => {
+        $crate::register_connector! {
+            name: $name,
+            description: $description,
+            create: $create,
+            settings: $crate::settings::SettingsSchema::any,
+        }
+    };
+    (name: $name:expr, description: $description:expr, create: $create:expr, settings: $settings:expr $(,)?) => {
         $crate::inventory::submit! {
             $crate::registry::ConnectorRegistration {
                 name: $name,
                 version: env!("CARGO_PKG_VERSION"),
                 description: $description,
                 create: $create,
+                settings: $settings,
             }
         }
     };
@@ -111,6 +126,8 @@ pub struct ConnectorEntry {
     pub description: String,
     pub origin: ConnectorOrigin,
     pub create: CreateConnectorFn,
+    /// Its settings as JSON Schema (`fhirlift schema`).
+    pub settings: SettingsSchema,
 }
 
 impl fmt::Debug for ConnectorEntry {
@@ -131,6 +148,7 @@ impl From<&'static ConnectorRegistration> for ConnectorEntry {
             description: r.description.to_owned(),
             origin: ConnectorOrigin::BuiltIn,
             create: Arc::new(r.create),
+            settings: (r.settings)(),
         }
     }
 }
@@ -266,12 +284,14 @@ mod tests {
         version: "1",
         description: "first",
         create: never,
+        settings: SettingsSchema::any,
     };
     static B: ConnectorRegistration = ConnectorRegistration {
         name: "same",
         version: "1",
         description: "second",
         create: never,
+        settings: SettingsSchema::any,
     };
 
     #[test]
@@ -291,6 +311,7 @@ mod tests {
             description: "a plugin".into(),
             origin: ConnectorOrigin::Plugin { file: file.into() },
             create: Arc::new(never),
+            settings: SettingsSchema::any(),
         };
         let err = registry
             .add(plugin("same", "a.so"))

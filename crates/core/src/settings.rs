@@ -3,12 +3,56 @@
 //! nearest known name and the whole list ([`unknown_setting`]); the known
 //! ones are read into the connector's own type with serde ([`read`]), a
 //! `#[serde(deny_unknown_fields)]` struct whose fields are all optional,
-//! and a value of the wrong type names its setting.
+//! and a value of the wrong type names its setting. [`SettingsSchema`] is
+//! the same settings as JSON Schema, for editors (`fhirlift schema`).
 
 use serde::de::DeserializeOwned;
 
 use crate::connector::ConnectorError;
 use crate::spelling::nearest;
+
+/// A connector's settings as JSON Schema: what `source:` takes (besides
+/// `connector`) and what a stream or a lookup takes (besides the keys
+/// every stream has: `from`, `key`, `emit`, ...). `fhirlift schema` puts
+/// them in the migration file's schema under the connector's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsSchema {
+    pub source: serde_json::Value,
+    pub stream: serde_json::Value,
+}
+
+impl SettingsSchema {
+    /// Any settings: what a connector that describes none takes.
+    pub fn any() -> SettingsSchema {
+        SettingsSchema {
+            source: serde_json::Value::Bool(true),
+            stream: serde_json::Value::Bool(true),
+        }
+    }
+
+    /// An object of these settings and no other (`name`, its schema).
+    pub fn object(settings: &[(&str, serde_json::Value)]) -> serde_json::Value {
+        let properties: serde_json::Map<String, serde_json::Value> = settings
+            .iter()
+            .map(|(name, schema)| ((*name).to_owned(), schema.clone()))
+            .collect();
+        serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false,
+        })
+    }
+
+    /// The setting names a schema made by [`SettingsSchema::object`]
+    /// lists, for a connector's test that they are the ones it reads.
+    pub fn names(schema: &serde_json::Value) -> Vec<&str> {
+        schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+}
 
 /// The message for a setting `key` that `connector` does not know.
 pub fn unknown_setting(connector: &str, key: &str, known: &[&str]) -> String {

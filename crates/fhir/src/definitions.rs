@@ -90,6 +90,33 @@ impl ElementDef {
     pub fn is_list(&self) -> bool {
         self.max != Some(1) && self.max != Some(0)
     }
+
+    /// The names it is written with in JSON, and the type of each: a
+    /// choice `value[x]` is `valueString` (string), `valueQuantity`
+    /// (Quantity), ...
+    pub fn json_names(&self) -> Vec<(String, &str)> {
+        match self.choice_stem() {
+            Some(stem) => self
+                .types
+                .iter()
+                .map(|t| (format!("{stem}{}", capitalized(t)), t.as_str()))
+                .collect(),
+            None => self
+                .types
+                .first()
+                .map(|t| vec![(self.name.clone(), t.as_str())])
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `Quantity` for `Quantity`, `DateTime` for `dateTime`.
+fn capitalized(type_name: &str) -> String {
+    let mut chars = type_name.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
 }
 
 /// The R4 definitions, parsed on first use.

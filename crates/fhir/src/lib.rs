@@ -7,6 +7,8 @@
 //!   committed and compiled in: no network, no files at run time.
 //! - [`validate`]: a resource against them, as a list of [`Issue`]s with
 //!   their rule and FHIRPath location; `primitives` checks the formats.
+//! - [`schema`]: their element names as JSON Schema, for editors
+//!   (`fhirlift schema`).
 //!
 //! Architecture invariant: no I/O and no panics on any JSON (a property
 //! test feeds it arbitrary values). Usable by the pipeline, `check`,
@@ -14,6 +16,7 @@
 
 pub mod definitions;
 mod primitives;
+pub mod schema;
 pub mod validate;
 
 pub use validate::{Issue, Rule, Severity, unresolved_references, validate};

@@ -325,14 +325,7 @@ impl Walker {
                 let known: Vec<String> = def
                     .elements
                     .iter()
-                    .flat_map(|e| match e.choice_stem() {
-                        Some(stem) => e
-                            .types
-                            .iter()
-                            .map(|t| format!("{stem}{}", capitalized(t)))
-                            .collect(),
-                        None => vec![e.name.clone()],
-                    })
+                    .flat_map(|e| e.json_names().into_iter().map(|(name, _)| name))
                     .collect();
                 self.issue_below(
                     Rule::UnknownElement,
@@ -553,14 +546,6 @@ fn is_capitalized(type_name: &str, key_part: &str) -> bool {
         return false;
     };
     t.to_ascii_uppercase() == k && type_name[t.len_utf8()..] == key_part[k.len_utf8()..]
-}
-
-fn capitalized(type_name: &str) -> String {
-    let mut chars = type_name.chars();
-    match chars.next() {
-        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
-        None => String::new(),
-    }
 }
 
 /// `: did you mean X?` for the nearest of `known`, when one is near.

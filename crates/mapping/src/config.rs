@@ -465,7 +465,7 @@ fn read_target(node: &Node, errors: &mut Vec<ConfigError>) -> TargetConfig {
 }
 
 /// The keys a stream holds besides its connector's settings.
-const STREAM_KEYS: &[&str] = &[
+pub(crate) const STREAM_KEYS: &[&str] = &[
     "from",
     "key",
     "transaction",

@@ -7,6 +7,7 @@
 //!   implements core's [`ResourceMapper`](fhirlift_core::ResourceMapper);
 //!   `template` compiles FHIR-shaped YAML once, `functions` and `filters`
 //!   are what expressions may call, `dates` the date conversions.
+//! - [`schema`]: the migration file as JSON Schema, for editors.
 //!
 //! API boundary: the pipeline compiles streams here and sees only core's
 //! mapper contract afterwards. Architecture invariant: nothing here does
@@ -19,6 +20,7 @@ mod differential;
 mod filters;
 mod functions;
 mod overrides;
+pub mod schema;
 pub mod stream;
 mod template;
 pub mod yaml;

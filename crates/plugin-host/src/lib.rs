@@ -178,6 +178,11 @@ impl LoadedPlugin {
     /// The registry entry: `create` builds a [`connector::PluginConnector`].
     pub fn entry(&self) -> ConnectorEntry {
         let info = self.info.clone();
+        // the ABI describes `source:` only; a stream's settings stay open
+        let mut settings = fhirlift_core::settings::SettingsSchema::any();
+        if !info.config_schema.is_null() {
+            settings.source = info.config_schema.clone();
+        }
         ConnectorEntry {
             name: info.name.clone(),
             version: info.version.clone(),
@@ -203,6 +208,7 @@ impl LoadedPlugin {
                 ))
                     as Box<dyn fhirlift_core::SourceConnector>)
             }),
+            settings,
         }
     }
 }

@@ -27,6 +27,7 @@ mod html_report;
 mod interrupt;
 mod progress;
 mod report;
+mod schema;
 mod verify;
 
 // Links the built-in connectors named in Cargo.toml (see build.rs).
@@ -57,6 +58,9 @@ struct Cli {
 enum Command {
     /// List the connectors this build knows, and the plugins it finds.
     Connectors,
+    /// Print a JSON Schema of migration files, for an editor's YAML
+    /// language server: `fhirlift schema > migration.schema.json`.
+    Schema,
     /// Validate the migration against its source and print the plan.
     Check {
         /// The migration file.
@@ -478,31 +482,10 @@ fn execute(
 ) -> anyhow::Result<u8> {
     match command {
         Command::Connectors => {
-            let registry = plugins.registry(Path::new(""))?;
-            let rows: Vec<_> = registry.iter().map(|c| (c, c.origin.to_string())).collect();
-            let name_w = rows.iter().map(|(c, _)| c.name.len()).fold(12, usize::max);
-            let origin_w = rows.iter().map(|(_, o)| o.len()).fold(10, usize::max);
-            writeln!(
-                out,
-                "{:<name_w$} {:<origin_w$} {:<9} description",
-                "name", "origin", "version"
-            )?;
-            for (c, origin) in rows {
-                writeln!(
-                    out,
-                    "{:<name_w$} {:<origin_w$} {:<9} {}",
-                    c.name, origin, c.version, c.description
-                )?;
-            }
-            let mut maps = registry.maps().peekable();
-            if maps.peek().is_some() {
-                writeln!(out, "\nbuilt-in maps (a stream's `map:`):")?;
-                for m in maps {
-                    writeln!(out, "{:<12} {}", m.name, m.description)?;
-                }
-            }
+            report::write_connectors(out, &plugins.registry(Path::new(""))?)?;
             Ok(0)
         }
+        Command::Schema => schema::print(&plugins.registry(Path::new(""))?, out),
         Command::Check {
             config,
             no_count,

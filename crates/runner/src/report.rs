@@ -1,10 +1,38 @@
-//! What the command prints: the plan, and the summary of a run.
+//! What the command prints: the connectors, the plan, and the summary of a run.
 //!
 //! Only counts, stream names and provenance are printed: never record data.
 
 use std::io::Write;
 
+use fhirlift_core::registry::Registry;
 use fhirlift_pipeline::{Plan, RunSummary};
+
+/// The connectors (built in and plugins) and built-in maps a registry knows.
+pub fn write_connectors(out: &mut dyn Write, registry: &Registry) -> std::io::Result<()> {
+    let rows: Vec<_> = registry.iter().map(|c| (c, c.origin.to_string())).collect();
+    let name_w = rows.iter().map(|(c, _)| c.name.len()).fold(12, usize::max);
+    let origin_w = rows.iter().map(|(_, o)| o.len()).fold(10, usize::max);
+    writeln!(
+        out,
+        "{:<name_w$} {:<origin_w$} {:<9} description",
+        "name", "origin", "version"
+    )?;
+    for (c, origin) in rows {
+        writeln!(
+            out,
+            "{:<name_w$} {:<origin_w$} {:<9} {}",
+            c.name, origin, c.version, c.description
+        )?;
+    }
+    let mut maps = registry.maps().peekable();
+    if maps.peek().is_some() {
+        writeln!(out, "\nbuilt-in maps (a stream's `map:`):")?;
+        for m in maps {
+            writeln!(out, "{:<12} {}", m.name, m.description)?;
+        }
+    }
+    Ok(())
+}
 
 /// The phases and streams of a plan.
 pub fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
