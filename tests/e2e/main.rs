@@ -16,6 +16,7 @@ mod rejects;
 mod report;
 mod rerun;
 mod sandbox;
+mod schema;
 mod support;
 mod synthea;
 mod validation;
