@@ -113,6 +113,13 @@ pub struct Operation {
     /// Where the mapping file wrote each element, when a template rendered
     /// it: validation issues name their mapping line with it.
     pub template: Option<std::sync::Arc<crate::pos::TemplatePlaces>>,
+    /// An amendment (a merge's `active: false` and `link`, a deletion's
+    /// `entered-in-error`): its elements go onto the resource the target
+    /// stores ([`crate::content::amend`]) instead of replacing it, so that
+    /// what other records wrote there is kept. Nothing stored: written as
+    /// given. The sender reads the stored resource first, whatever the
+    /// strategy.
+    pub amends: bool,
 }
 
 /// A resource as the target acknowledged it: its server id and version.
@@ -139,6 +146,20 @@ impl Operation {
             stored: None,
             mapped_hash: None,
             template: None,
+            amends: false,
+        }
+    }
+
+    /// An amendment of the resource stored under `identity`
+    /// ([`Operation::amends`]), written on it like [`Operation::update_on`].
+    pub fn amend_on(
+        identity: Identity,
+        full_url: Option<String>,
+        resource: ResourceJson,
+    ) -> Operation {
+        Operation {
+            amends: true,
+            ..Operation::update_on(identity, full_url, resource)
         }
     }
 }

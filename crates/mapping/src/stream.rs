@@ -317,6 +317,7 @@ impl StreamMapper {
             stored: None,
             mapped_hash: None,
             template: Some(entry.places.clone()),
+            amends: false,
         });
         Ok(())
     }
