@@ -79,6 +79,48 @@ pub fn rewrite_references(value: &mut Value, target: &dyn Fn(&str) -> Option<Str
     }
 }
 
+/// What the target holds once `amendment` goes onto `stored`
+/// ([`crate::group::Operation::amends`]): each top-level element of the
+/// amendment replaces the stored one, except a list, which gains the
+/// amendment's items it lacks (compared by [`same_content`], so a reference
+/// the server gave a `display` still matches; an identifier by its system
+/// and value). Applying the same amendment
+/// twice gives what applying it once gave. `id` and `meta` stay the
+/// stored ones.
+pub fn amend(stored: &Value, amendment: &Value) -> Value {
+    let mut out = stored.clone();
+    let (Some(to), Some(from)) = (out.as_object_mut(), amendment.as_object()) else {
+        return amendment.clone();
+    };
+    for (key, value) in from {
+        if matches!(key.as_str(), "resourceType" | "id" | "meta") {
+            continue;
+        }
+        match (to.get_mut(key), value) {
+            (Some(Value::Array(held)), Value::Array(items)) => {
+                for item in items {
+                    let holds = |h: &Value| match (item, h) {
+                        // an identifier is held when its system and value are
+                        (Value::Object(_), Value::Object(_)) if key == "identifier" => {
+                            item.get("system") == h.get("system")
+                                && item.get("value") == h.get("value")
+                        }
+                        (Value::Object(_), Value::Object(_)) => same_content(item, h),
+                        _ => item == h,
+                    };
+                    if !held.iter().any(holds) {
+                        held.push(item.clone());
+                    }
+                }
+            }
+            _ => {
+                to.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Whether `stored` already holds `new`'s content.
 pub fn same_content(new: &Value, stored: &Value) -> bool {
     let mut walk = Walk {
@@ -194,6 +236,43 @@ impl Walk {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_amendment_keeps_what_it_does_not_name_and_applies_once() {
+        let stored = json!({
+            "resourceType": "Patient", "id": "p1", "meta": { "versionId": "3" },
+            "identifier": [{ "system": "s", "value": "1" }],
+            "name": [{ "family": "Kept" }],
+            "active": true,
+            "link": [{ "other": { "reference": "Patient/p0", "display": "x" }, "type": "seealso" }]
+        });
+        let amendment = json!({
+            "resourceType": "Patient",
+            "identifier": [{ "system": "s", "value": "1", "use": "old" }],
+            "active": false,
+            "link": [
+                { "other": { "reference": "Patient/p0" }, "type": "seealso" },
+                { "other": { "reference": "Patient/p2" }, "type": "replaced-by" }
+            ]
+        });
+        let once = amend(&stored, &amendment);
+        assert_eq!(
+            once,
+            json!({
+                "resourceType": "Patient", "id": "p1", "meta": { "versionId": "3" },
+                "identifier": [{ "system": "s", "value": "1" }],
+                "name": [{ "family": "Kept" }],
+                "active": false,
+                "link": [
+                    { "other": { "reference": "Patient/p0", "display": "x" }, "type": "seealso" },
+                    { "other": { "reference": "Patient/p2" }, "type": "replaced-by" }
+                ]
+            })
+        );
+        assert!(!same_content(&once, &stored));
+        assert_eq!(amend(&once, &amendment), once, "twice is once");
+        assert!(same_content(&amend(&once, &amendment), &once));
+    }
 
     #[test]
     fn stored_content_ignores_what_the_server_adds() {

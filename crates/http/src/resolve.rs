@@ -37,7 +37,7 @@ use crate::client::{Answer, Http};
 use crate::quota::Quota;
 use crate::reader::{is_searchset, not_a_searchset};
 use fhirlift_core::content::{
-    conditional_references, held_identities, rewrite_references, same_content,
+    amend, conditional_references, held_identities, rewrite_references, same_content,
 };
 use fhirlift_core::group::{
     Identity, StoredAt, encode_query_part, escape_search_value, parse_conditional_url,
@@ -113,6 +113,9 @@ pub(super) struct Resolver {
     /// strategy on a server that resolves conditional references only in
     /// transactions).
     references_only: bool,
+    /// Only requests holding an amendment need it (the conditional strategy
+    /// on a server that resolves conditional references everywhere).
+    amendments_only: bool,
 }
 
 #[derive(Default)]
@@ -145,6 +148,9 @@ struct PlannedOp {
     stored: Option<StoredAt>,
     /// The planned bundle entry (fullUrl, request, resource).
     entry: Value,
+    /// It amends what is stored ([`fhirlift_core::group::Operation::amends`]):
+    /// always searched, never placed by the ledger alone.
+    amends: bool,
 }
 
 /// A top-level entry of the planned request: one write, or a transaction.
@@ -198,11 +204,23 @@ impl Resolver {
         }
     }
 
+    /// A resolver for amendments alone: writes and references go as
+    /// planned, an amendment is read and written by id.
+    pub(super) fn amendments_only() -> Resolver {
+        Resolver {
+            references_only: true,
+            amendments_only: true,
+            ..Resolver::default()
+        }
+    }
+
     /// Whether a planned request needs resolving at all: a references-only
     /// resolver has nothing to do for a request without conditional
-    /// references (found by a byte scan, without parsing).
+    /// references (found by a byte scan, without parsing) or amendments.
     pub(super) fn needed_for(&self, request: &Request) -> bool {
-        !self.references_only || has_conditional_reference(&request.body)
+        !self.references_only
+            || request.groups.iter().any(|g| g.amends.contains(&true))
+            || (!self.amendments_only && has_conditional_reference(&request.body))
     }
 
     /// Resolves a planned request: searches, then decides each write.
@@ -235,7 +253,7 @@ impl Resolver {
         let unknown_systems = |systems: &HashMap<(String, String), SystemState>| {
             let mut unknown: Vec<(String, String)> = Vec::new();
             for op in units.iter().flat_map(|u| &u.ops) {
-                if placing && op.stored.is_some() {
+                if placing && op.stored.is_some() && !op.amends {
                     continue;
                 }
                 if let Some(id) = &op.identity {
@@ -274,7 +292,7 @@ impl Resolver {
         // where the ledger says this request's identities are stored
         let mut placed: HashMap<Identity, Found> = HashMap::new();
         if placing {
-            for op in units.iter().flat_map(|u| &u.ops) {
+            for op in units.iter().flat_map(|u| &u.ops).filter(|op| !op.amends) {
                 if let (Some(id), Some(at)) = (&op.identity, &op.stored) {
                     placed.insert(
                         id.clone(),
@@ -299,7 +317,7 @@ impl Resolver {
             };
             for op in units.iter().flat_map(|u| &u.ops) {
                 if let Some(id) = &op.identity
-                    && !self.references_only
+                    && (!self.references_only || op.amends)
                     && !placed.contains_key(id)
                 {
                     let cached = cache.map.contains_key(&identity_key(id));
@@ -453,12 +471,16 @@ impl Resolver {
                     }
                 });
                 let entry = match (s, &op.identity) {
-                    _ if self.references_only => {
+                    _ if self.references_only && !(op.amends && s.is_some()) => {
                         let mut entry = op.entry.clone();
                         entry["resource"] = resource;
                         entry
                     }
                     (Some(f), _) => {
+                        if op.amends {
+                            // never placed by the ledger alone: read just now
+                            resource = amend(&f.resource, &resource);
+                        }
                         if f.placed_by_ledger() {
                             from_ledger = true;
                         } else if same_content(&resource, &f.resource) {
@@ -657,10 +679,9 @@ fn plan_units(request: &Request) -> Result<Vec<Unit>, String> {
                     .flatten();
                 // the group's operation this entry carries, if it is the same identity
                 let at = e.first_op + k;
-                let stored =
-                    group.stored.get(at).cloned().flatten().filter(|_| {
-                        identity.is_some() && group.identities.get(at) == Some(&identity)
-                    });
+                let ours = identity.is_some() && group.identities.get(at) == Some(&identity);
+                let stored = group.stored.get(at).cloned().flatten().filter(|_| ours);
+                let amends = ours && group.amends.get(at) == Some(&true);
                 PlannedOp {
                     resource_type: entry["resource"]["resourceType"]
                         .as_str()
@@ -669,6 +690,7 @@ fn plan_units(request: &Request) -> Result<Vec<Unit>, String> {
                     identity,
                     stored,
                     entry,
+                    amends,
                 }
             })
             .collect();

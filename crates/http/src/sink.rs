@@ -72,7 +72,8 @@ impl SenderSink {
             resolver: match (config.strategy, config.resolve_references) {
                 (WriteStrategy::Resolve, _) => Some(Arc::new(Resolver::default())),
                 (WriteStrategy::Conditional, true) => Some(Arc::new(Resolver::references_only())),
-                (WriteStrategy::Conditional, false) => None,
+                // amendments are read and written by id, whatever the strategy
+                (WriteStrategy::Conditional, false) => Some(Arc::new(Resolver::amendments_only())),
             },
             busy: std::collections::HashMap::new(),
             window: Window::new(config.max_in_flight),

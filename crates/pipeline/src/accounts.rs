@@ -284,7 +284,8 @@ impl Accounts<'_> {
     ) -> Result<Claimed, SinkError> {
         let me = claim_of(&self.summaries[index].stream, group);
         for (op, &hash) in group.operations.iter().zip(hashes) {
-            let Some(id) = &op.identity else {
+            // an amendment keeps what the others wrote: no collision
+            let Some(id) = op.identity.as_ref().filter(|_| !op.amends) else {
                 continue;
             };
             let Some(first) = self

@@ -59,9 +59,17 @@ pub(crate) fn validate(
         .collect();
     let mut issues: Vec<(usize, fhirlift_fhir::Issue)> = Vec::new();
     for (i, resource) in resources.iter().enumerate() {
+        // an amendment names only what it changes: the resource it goes
+        // onto holds the rest (a top-level required element among it)
+        let partial = group.operations[i].amends;
         issues.extend(
             fhirlift_fhir::validate(resource)
                 .into_iter()
+                .filter(|issue| {
+                    !(partial
+                        && issue.rule == fhirlift_fhir::Rule::Required
+                        && issue.location.matches('.').count() == 1)
+                })
                 .map(|issue| (i, issue)),
         );
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value, json};
 
 use fhirlift_core::content::{
-    conditional_references, differences, held_identities, rewrite_references,
+    amend, conditional_references, differences, held_identities, rewrite_references,
 };
 use fhirlift_core::group::{Identity, WriteGroup, parse_conditional_url};
 use fhirlift_http::{ReadError, ServerReader};
@@ -47,11 +47,20 @@ pub(crate) struct Pending {
     pub ordinal: u64,
 }
 
-/// Where a later record replaces an earlier one (`later-wins`): per
-/// identity key, the ordinal of the last record writing it. An earlier
-/// record's resource is not what the server should hold, so it is not
-/// compared.
-pub(crate) type Winners = HashMap<u128, u64>;
+/// What a first pass over the source says of identities written more than
+/// once.
+#[derive(Default)]
+pub(crate) struct Winners {
+    /// Where a later record replaces an earlier one (`later-wins`): per
+    /// identity key, the ordinal of the last record writing it whole. An
+    /// earlier record's resource is not what the server should hold, so it
+    /// is not compared.
+    pub last: HashMap<u128, u64>,
+    /// Per identity key, the elements amendments write on it
+    /// ([`fhirlift_core::group::Operation::amends`]): each amendment checks
+    /// them, the whole writes of that identity do not.
+    pub amended: HashMap<u128, Vec<String>>,
+}
 
 /// The key of an identity in [`Winners`].
 pub(crate) fn identity_key(resource_type: &str, system: &str, value: &str) -> u128 {
@@ -62,12 +71,28 @@ pub(crate) fn identity_key(resource_type: &str, system: &str, value: &str) -> u1
 /// record of the source.
 fn superseded(winners: &Winners, identity: &Identity, ordinal: u64) -> bool {
     winners
+        .last
         .get(&identity_key(
             &identity.resource_type,
             &identity.system,
             &identity.value,
         ))
         .is_some_and(|last| *last != ordinal)
+}
+
+/// What `stored` would hold without the amendments that wrote `names` on
+/// it: those elements as `mapped` has them (or absent).
+fn unamended(stored: &Value, mapped: &Value, names: &[String]) -> Value {
+    let mut out = stored.clone();
+    if let Some(obj) = out.as_object_mut() {
+        for name in names {
+            match mapped.get(name) {
+                Some(v) => obj.insert(name.clone(), v.clone()),
+                None => obj.remove(name),
+            };
+        }
+    }
+    out
 }
 
 /// Checks a batch: one finding per operation with an identity, plus one
@@ -153,10 +178,11 @@ pub(crate) async fn check_batch(
         for (op, mapped) in group.operations.iter().zip(resources.iter_mut()) {
             // what a later record replaces is not what the server should
             // hold (it still placed the group's urn:uuids, above)
-            if op
-                .identity
-                .as_ref()
-                .is_some_and(|id| superseded(winners, id, pending.ordinal))
+            if !op.amends
+                && op
+                    .identity
+                    .as_ref()
+                    .is_some_and(|id| superseded(winners, id, pending.ordinal))
             {
                 continue;
             }
@@ -197,7 +223,19 @@ pub(crate) async fn check_batch(
                             Some(format!("{}/{stored}", id.resource_type))
                         });
                     }
-                    let paths = differences(mapped, one);
+                    let paths = if op.amends {
+                        differences(&amend(one, mapped), one)
+                    } else {
+                        let key = identity_key(
+                            &identity.resource_type,
+                            &identity.system,
+                            &identity.value,
+                        );
+                        match winners.amended.get(&key) {
+                            Some(names) => differences(mapped, &unamended(one, mapped, names)),
+                            None => differences(mapped, one),
+                        }
+                    };
                     if !paths.is_empty() {
                         finding.finding = Kind::Different;
                         finding.values = Some(values_at(mapped, one, &paths));

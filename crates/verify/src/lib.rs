@@ -198,7 +198,7 @@ pub fn verify(
 /// record writing each identity, from a first pass that only maps (no
 /// request; 24 bytes per identity). Empty when no stream is such.
 fn winners(plan: &Plan) -> Result<Winners, VerifyError> {
-    let mut winners = Winners::new();
+    let mut winners = Winners::default();
     if !plan.streams.iter().any(|s| s.later_wins()) {
         return Ok(winners);
     }
@@ -206,15 +206,21 @@ fn winners(plan: &Plan) -> Result<Winners, VerifyError> {
     plan.map_each(&mut |planned, record| {
         ordinal += 1;
         if let (true, MappedRecord::Group(group)) = (planned.later_wins(), &record) {
-            for id in group
-                .operations
-                .iter()
-                .filter_map(|op| op.identity.as_ref())
-            {
-                winners.insert(
-                    identity_key(&id.resource_type, &id.system, &id.value),
-                    ordinal,
-                );
+            for op in &group.operations {
+                let Some(id) = &op.identity else { continue };
+                let key = identity_key(&id.resource_type, &id.system, &id.value);
+                if !op.amends {
+                    winners.last.insert(key, ordinal);
+                    continue;
+                }
+                let names = winners.amended.entry(key).or_default();
+                if let Some(obj) = op.resource.to_value().as_object() {
+                    for name in obj.keys().filter(|k| *k != "resourceType") {
+                        if !names.contains(name) {
+                            names.push(name.clone());
+                        }
+                    }
+                }
             }
         }
         ControlFlow::Continue(())
