@@ -7,6 +7,7 @@ mod golden;
 mod hl7v2;
 mod ledger;
 mod medplum;
+mod merges;
 mod network;
 mod plugins;
 mod postgres;

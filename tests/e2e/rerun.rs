@@ -14,7 +14,12 @@ use crate::support::{corpus, total};
 /// `fhirlift migrate` into the embedded sandbox saved in `dir/store`, with
 /// the ledger, report and rejects in `dir`.
 fn migrate_into_store(config: &Path, dir: &Path) -> Outcome {
-    fhirlift([
+    migrate_into_store_with(config, dir, &[])
+}
+
+/// [`migrate_into_store`] with more arguments.
+pub(crate) fn migrate_into_store_with(config: &Path, dir: &Path, extra: &[&str]) -> Outcome {
+    let mut args: Vec<std::ffi::OsString> = vec![
         "migrate".into(),
         "-c".into(),
         config.as_os_str().to_owned(),
@@ -26,7 +31,9 @@ fn migrate_into_store(config: &Path, dir: &Path) -> Outcome {
         dir.join("report.json").into_os_string(),
         "--rejects".into(),
         dir.join("rejects.ndjson").into_os_string(),
-    ])
+    ];
+    args.extend(extra.iter().map(Into::into));
+    fhirlift(args)
 }
 
 fn report(dir: &Path) -> Value {
@@ -55,7 +62,7 @@ fn store_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The stored resources of a type, by id, as JSON.
-fn stored(dir: &Path, resource_type: &str) -> BTreeMap<String, Value> {
+pub(crate) fn stored(dir: &Path, resource_type: &str) -> BTreeMap<String, Value> {
     let Ok(text) = std::fs::read_to_string(dir.join(format!("store/{resource_type}.ndjson")))
     else {
         return BTreeMap::new();
@@ -74,7 +81,7 @@ fn a08(control_id: &str, family: &str) -> String {
     )
 }
 
-fn hl7_migration(dir: &Path, from: &str) -> PathBuf {
+pub(crate) fn hl7_migration(dir: &Path, from: &str) -> PathBuf {
     let config = dir.join("migration.yaml");
     std::fs::write(
         &config,

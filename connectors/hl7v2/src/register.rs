@@ -156,7 +156,12 @@ impl ResourceMapper for Hl7Mapper {
                     system,
                     value,
                 };
-                Operation::update_on(
+                let write = if r.amends {
+                    Operation::amend_on
+                } else {
+                    Operation::update_on
+                };
+                write(
                     identity,
                     Some(r.full_url),
                     ResourceJson::from_value(&r.resource),

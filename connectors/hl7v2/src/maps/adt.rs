@@ -1,4 +1,4 @@
-//! ADT (A01-A08, A11-A14, A28, A31) and the segments every family shares:
+//! ADT (A01-A16, A25-A28, A31, A41) and the segments every family shares:
 //! PID → Patient (PD1 → generalPractitioner), PV1 → Encounter, NK1 →
 //! RelatedPerson, AL1 → AllergyIntolerance, DG1 → Condition; PR1 and
 //! IN1/IN2 are in `care.rs`.
@@ -17,7 +17,7 @@ impl Mapper<'_, '_> {
             .ok_or_else(|| MapFailure(format!("ADT^{event} without a PID segment")))?;
         let patient = self.patient(&pid)?;
         let mut encounter = None;
-        if !matches!(event, "A28" | "A31" | "A60")
+        if !matches!(event, "A28" | "A31" | "A41" | "A60")
             && let Some(pv1) = self.m.segment("PV1")
         {
             encounter = self.encounter(&pv1, &patient, Some(event));
@@ -95,7 +95,7 @@ impl Mapper<'_, '_> {
 
     /// The Patient's identifiers (PID-2, -3, -4, SSN, driver's licence) and
     /// its identity: the first of them with a system and a value.
-    fn patient_identifiers(
+    pub(super) fn patient_identifiers(
         &self,
         pid: &Segment<'_>,
     ) -> Result<(Vec<Value>, (String, String)), MapFailure> {
@@ -345,12 +345,14 @@ impl Mapper<'_, '_> {
         let end = self.datetime(pv1, 45);
         // the event first (A03 → finished, ...), then a discharge time, then the class
         let status = event
-            .and_then(|e| {
-                if e == "A08" {
-                    None
-                } else {
-                    tables::encounter_status_from_event(e)
-                }
+            .and_then(|e| match e {
+                "A08" => None,
+                // the guide has no row: a cancelled pending discharge or
+                // transfer leaves the patient in, a cancelled pending
+                // admission never happened (MAPPING.md)
+                "A25" | "A26" => Some("in-progress"),
+                "A27" => Some("cancelled"),
+                _ => tables::encounter_status_from_event(e),
             })
             .or_else(|| end.as_ref().map(|_| "finished"))
             .or_else(|| {

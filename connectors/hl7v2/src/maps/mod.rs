@@ -4,10 +4,14 @@
 //! mapping sheet (`HL7V2-TO-FHIR.md`); where the guide and Microsoft's
 //! FHIR-Converter differ, the guide wins unless ARCHITECTURE.md says why not.
 //!
-//! - ADT (A01-A08, A11-A14, A28, A31): PID → Patient, PV1 → Encounter
-//!   (not for A28/A31, which are about the person), NK1 → RelatedPerson,
+//! - ADT (A01-A16, A25-A28, A31, A41): PID → Patient, PV1 → Encounter
+//!   (not for A28/A31/A41, which are about the person), NK1 → RelatedPerson,
 //!   AL1 → AllergyIntolerance, DG1 → Condition (and Encounter.diagnosis),
 //!   PR1 → Procedure, IN1 (+IN2) → Coverage and its payor Organization.
+//! - ADT A40 (merge patient): the surviving Patient (PID) `replaces` the
+//!   retired one (MRG), which is amended to `active: false`, `replaced-by`;
+//!   A29 (delete person) amends the Patient to `active: false`, A23 (delete
+//!   visit) the Encounter to `entered-in-error`: nothing is ever deleted.
 //! - ORU^R01: per patient group a Patient (and Encounter); per OBR a
 //!   ServiceRequest (the order) and a DiagnosticReport based on it; per OBX
 //!   an Observation, with the NTEs after it as notes; NTEs after the OBR
@@ -38,6 +42,7 @@
 mod adt;
 mod care;
 mod documents;
+mod merges;
 mod orders;
 mod oru;
 mod scheduling;
@@ -90,7 +95,7 @@ const MDM_EVENTS: &[&str] = &[
 /// ADT events with the A01 structure that the map covers.
 const ADT_EVENTS: &[&str] = &[
     "A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13",
-    "A14", "A15", "A16", "A28", "A31", "A60",
+    "A14", "A15", "A16", "A25", "A26", "A27", "A28", "A31", "A41", "A60",
 ];
 
 const THO: &str = "http://terminology.hl7.org/CodeSystem/";
@@ -129,6 +134,9 @@ pub struct MappedResource {
     /// The identifier the resource is written on (system, value).
     pub identity: (String, String),
     pub resource: Value,
+    /// It amends the stored resource (a merge, a deletion) instead of
+    /// replacing it: [`fhirlift_core::group::Operation::amends`].
+    pub amends: bool,
 }
 
 /// What a message maps to.
@@ -161,6 +169,9 @@ pub fn map_message(message: &Message<'_>, options: &MapOptions) -> Result<Messag
     let mut m = Mapper::new(message, options);
     match (kind.as_str(), event.as_str()) {
         ("ADT", e) if ADT_EVENTS.contains(&e) => m.adt(e)?,
+        ("ADT", "A40") => m.merge()?,
+        ("ADT", "A23") => m.visit_deleted()?,
+        ("ADT", "A29") => m.person_deleted()?,
         ("ORU", "R01") => m.oru()?,
         ("VXU", "V04") => m.vxu()?,
         ("ORM", "O01") | ("OML", "O21") => m.orders(&message_type)?,
@@ -365,6 +376,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             full_url,
             identity: (system.clone(), value.clone()),
             resource,
+            amends: false,
         };
         match self
             .seen
@@ -377,6 +389,21 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 self.out.push(mapped);
             }
         }
+        local
+    }
+
+    /// Adds an amendment of the resource stored under the identity
+    /// ([`MappedResource::amends`]).
+    fn push_amendment(
+        &mut self,
+        resource_type: &'static str,
+        system: String,
+        value: String,
+        resource: Value,
+    ) -> Local {
+        let local = self.push(resource_type, system.clone(), value.clone(), resource);
+        let at = self.seen[&(resource_type, system, value)];
+        self.out[at].amends = true;
         local
     }
 

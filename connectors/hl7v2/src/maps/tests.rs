@@ -511,3 +511,146 @@ fn a60_allergy_updates_update_the_al1_allergy() {
     assert_eq!(allergy["onsetDateTime"], "2023-01-01");
     assert_eq!(allergy["identifier"][1]["value"], "ALG-9");
 }
+
+/// ADT^A40 had no map (2 MRG in the unseen archives): each patient group
+/// links its survivor (PID) to the Patient it retires (MRG-1), which is
+/// an amendment (`active: false`, `replaced-by`), never a replacement.
+#[test]
+fn a40_links_each_survivor_to_the_patient_it_retires() {
+    let resources = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A40^ADT_A39|M1|P|2.5.1\r\
+         EVN|A40|202401011200\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         MRG|456^^^HOSP^MR\r\
+         PID|1||789^^^HOSP^MR||Roe^Ann||19700101|F\r\
+         MRG|790^^^HOSP^MR~791^^^HOSP^MR\r",
+    );
+    assert_valid(&resources);
+    let patients: Vec<&MappedResource> = resources
+        .iter()
+        .filter(|r| r.resource_type == "Patient")
+        .collect();
+    assert_eq!(patients.len(), 4);
+    let [survivor, retired, survivor2, retired2] = patients.as_slice() else {
+        unreachable!()
+    };
+    assert!(!survivor.amends && !survivor2.amends);
+    assert!(retired.amends && retired2.amends);
+    assert_eq!(retired.identity.1, "456");
+    assert_eq!(retired2.identity.1, "790");
+    assert_eq!(retired2.resource["identifier"].as_array().unwrap().len(), 2);
+    assert_eq!(retired.resource["active"], false);
+    assert!(
+        retired.resource.get("name").is_none(),
+        "only what the merge says"
+    );
+    assert_eq!(survivor.resource["link"][0]["type"], "replaces");
+    assert_eq!(
+        survivor.resource["link"][0]["other"]["reference"],
+        retired.full_url
+    );
+    assert_eq!(retired.resource["link"][0]["type"], "replaced-by");
+    assert_eq!(
+        retired.resource["link"][0]["other"]["reference"],
+        survivor.full_url
+    );
+    assert_eq!(
+        survivor2.resource["link"][0]["other"]["reference"],
+        retired2.full_url
+    );
+    assert_eq!(survivor.resource["name"][0]["family"], "Doe");
+}
+
+#[test]
+fn a40_without_mrg_or_merging_a_patient_into_itself_is_refused_with_why() {
+    let fails = |text: &str| {
+        let message = Message::parse(text.as_bytes(), 0).unwrap();
+        map_message(&message, &MapOptions::default()).unwrap_err().0
+    };
+    let no_mrg = fails(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A40|M1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane\r",
+    );
+    assert!(no_mrg.contains("group 1 has no MRG"), "{no_mrg}");
+    let itself = fails(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A40|M1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane\r\
+         MRG|123^^^HOSP^MR\r",
+    );
+    assert!(itself.contains("nothing to merge"), "{itself}");
+}
+
+/// A29 and A23 delete nothing: they mark the Patient inactive and the
+/// Encounter entered-in-error, as amendments of what is stored.
+#[test]
+fn deletions_mark_instead_of_deleting() {
+    let person = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A29^ADT_A21|D1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane\r\
+         PV1|1|I|||||||||||||||||V1^^^HOSP\r",
+    );
+    assert_eq!(person.len(), 1);
+    assert!(person[0].amends);
+    assert_eq!(person[0].resource["active"], false);
+    assert!(person[0].resource.get("name").is_none());
+    let visit = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A23^ADT_A21|D2|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane\r\
+         PV1|1|I|||||||||||||||||V1^^^HOSP\r",
+    );
+    assert_eq!(visit.len(), 1);
+    assert!(visit[0].amends);
+    assert_eq!(visit[0].resource_type, "Encounter");
+    assert_eq!(visit[0].identity.1, "V1");
+    assert_eq!(visit[0].resource["status"], "entered-in-error");
+    // the same identity the visit's admission wrote
+    let admitted = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A01|D0|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane\r\
+         PV1|1|I|||||||||||||||||V1^^^HOSP\r",
+    );
+    let encounter = admitted
+        .iter()
+        .find(|r| r.resource_type == "Encounter")
+        .unwrap();
+    assert_eq!(encounter.identity, visit[0].identity);
+    assert_eq!(
+        encounter.resource["identifier"][0],
+        visit[0].resource["identifier"][0]
+    );
+}
+
+/// A25–A27 (cancel a pending discharge, transfer, admission) and A41
+/// (merge account) were skipped; they update the patient and the visit.
+#[test]
+fn cancelled_pending_events_and_account_merges_are_mapped() {
+    for (event, status) in [
+        ("A25", "in-progress"),
+        ("A26", "in-progress"),
+        ("A27", "cancelled"),
+    ] {
+        let resources = mapped(&format!(
+            "MSH|^~\\&|ADT|FAC|||202401011200||ADT^{event}|C1|P|2.5.1\r\
+             PID|1||123^^^HOSP^MR||Doe^Jane\r\
+             PV1|1|I|||||||||||||||||V1^^^HOSP\r"
+        ));
+        assert_valid(&resources);
+        assert_eq!(
+            of_type(&resources, "Encounter")[0]["status"],
+            status,
+            "{event}"
+        );
+    }
+    let account = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A41^ADT_A39|C2|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane\r\
+         MRG|||ACC1^^^HOSP\r\
+         PV1|1|I|||||||||||||||||V1^^^HOSP\r",
+    );
+    assert_eq!(of_type(&account, "Patient").len(), 1);
+    assert!(
+        of_type(&account, "Encounter").is_empty(),
+        "A41 is about accounts"
+    );
+    assert!(account.iter().all(|r| !r.amends));
+}
