@@ -20,11 +20,19 @@ impl Mapper<'_, '_> {
         encounter: Option<&Local>,
         position: usize,
     ) {
-        let Some(code) = self
-            .codeable(pr1, 3)
-            .or_else(|| self.text(pr1, 4, 1).map(|t| json!({ "text": t })))
-        else {
-            return; // Procedure.code is what the procedure is: none, nothing to say
+        // PR1-4 (the description) is the code's text unless PR1-3.9 gives one
+        let description = self.text(pr1, 4, 1);
+        let code = match (self.codeable(pr1, 3), description) {
+            (Some(mut code), Some(text)) => {
+                if code.get("text").is_none() {
+                    code["text"] = json!(text);
+                }
+                code
+            }
+            (Some(code), None) => code,
+            (None, Some(text)) => json!({ "text": text }),
+            // Procedure.code is what the procedure is: none, nothing to say
+            (None, None) => return,
         };
         let (system, value) = match self.entity_id(pr1, 19) {
             Some((_, s, v)) => (s, v),
@@ -170,8 +178,11 @@ impl Mapper<'_, '_> {
                 c.insert("subscriber".into(), json!({ "display": display.join(" ") }));
             }
         }
-        if let Some(m) = member {
-            c.insert("subscriberId".into(), json!(m));
+        // the insured's id (IN1-49); the patient's member number (IN2-61)
+        // only when the patient is the subscriber
+        let subscriber_id = self.text(in1, 49, 1).or_else(|| member.filter(|_| is_self));
+        if let Some(id) = subscriber_id {
+            c.insert("subscriberId".into(), json!(id));
         }
         c.insert("beneficiary".into(), patient.reference());
         if let Some(code) = relationship.as_deref().map(subscriber_relationship) {

@@ -354,6 +354,15 @@ impl<'m, 'o> Mapper<'m, 'o> {
         Some((id, system, value))
     }
 
+    /// An EI at field `n` → Identifier, with the facility's system when it
+    /// names no authority, and without one when neither is known.
+    fn order_number(&self, s: &Segment<'_>, n: usize) -> Option<Value> {
+        let mut id = fhir::entity_identifier(self.raw(s, n)?, &self.d, &self.o.authorities)?;
+        self.default_system(&mut id);
+        id.get("value")?;
+        Some(id)
+    }
+
     // ---- writing ----
 
     /// Adds a resource (built with [`resource`], so `resourceType` comes first).

@@ -164,27 +164,42 @@ impl Mapper<'_, '_> {
         place: usize,
     ) -> Option<Local> {
         let code = self.codeable(obr, 4)?;
+        // a number without an authority is kept as an identifier, never
+        // an identity (it could name another facility's order)
         let from_either = |n: usize| {
-            orc.and_then(|o| self.entity_id(o, n))
-                .or_else(|| self.entity_id(obr, n))
+            orc.and_then(|o| self.order_number(o, n))
+                .or_else(|| self.order_number(obr, n))
         };
         let placer = from_either(2);
         let filler = from_either(3);
-        let group = orc.and_then(|o| self.entity_id(o, 4));
-        let typed = |id: &(Value, String, String), code: &str| {
-            let mut v = id.0.clone();
-            v["type"] = json!({ "coding": [{ "system": format!("{THO}v2-0203"), "code": code }] });
-            v
-        };
+        let group = orc.and_then(|o| self.order_number(o, 4));
+        // the alternate placer number (OBR-53, else ORC-33: a CX)
+        let alternate = (self.identifiers(obr, 53).into_iter().next())
+            .or_else(|| orc.and_then(|o| self.identifiers(o, 33).into_iter().next()));
         let mut identifiers = Vec::new();
-        for (id, kind) in [(&placer, "PLAC"), (&filler, "FILL"), (&group, "PGN")] {
+        for (id, kind) in [
+            (&placer, "PLAC"),
+            (&filler, "FILL"),
+            (&group, "PGN"),
+            (&alternate, "PLAC"),
+        ] {
             if let Some(id) = id {
-                identifiers.push(typed(id, kind));
+                let mut v = id.clone();
+                v["type"] =
+                    json!({ "coding": [{ "system": format!("{THO}v2-0203"), "code": kind }] });
+                identifiers.push(v);
             }
         }
-        let number = match (&placer, &filler) {
-            (Some((_, s, v)), _) => Some((order_system(s, "PLAC"), v.clone())),
-            (None, Some((_, s, v))) => Some((order_system(s, "FILL"), v.clone())),
+        let scoped = |id: &Option<Value>| {
+            let id = id.as_ref()?;
+            Some((
+                id.get("system")?.as_str()?.to_owned(),
+                id.get("value")?.as_str()?.to_owned(),
+            ))
+        };
+        let number = match (scoped(&placer), scoped(&filler)) {
+            (Some((s, v)), _) => Some((order_system(&s, "PLAC"), v)),
+            (None, Some((s, v))) => Some((order_system(&s, "FILL"), v)),
             (None, None) => None,
         };
         let (system, value) = match number {
@@ -263,9 +278,33 @@ impl Mapper<'_, '_> {
                 (json!({ "system": system, "value": value }), system, value)
             }
         };
+        // the other part of the EIP, the accession id (SPM-31) and other
+        // ids (SPM-32) are kept beside the identity
+        let mut identifiers = vec![identifier];
+        let others = [ei(1), ei(2)].into_iter().flatten();
+        let more = self
+            .identifiers(spm, 31)
+            .into_iter()
+            .chain(self.identifiers(spm, 32));
+        for id in others.chain(more) {
+            let held = identifiers
+                .iter()
+                .any(|h| h.get("value") == id.get("value") && h.get("system") == id.get("system"));
+            if !held {
+                identifiers.push(id);
+            }
+        }
         let mut r = resource("Specimen");
-        r.insert("identifier".into(), json!([identifier]));
-        if let Some(t) = self.codeable(spm, 4) {
+        r.insert("identifier".into(), Value::Array(identifiers));
+        if let Some(mut t) = self.codeable(spm, 4) {
+            // a bare code is table 0487's (the guide's SpecimenType map)
+            for coding in t["coding"].as_array_mut().into_iter().flatten() {
+                if coding.get("system").is_none()
+                    && let Some(obj) = coding.as_object_mut()
+                {
+                    obj.insert("system".into(), json!(format!("{THO}v2-0487")));
+                }
+            }
             r.insert("type".into(), t);
         }
         r.insert("subject".into(), patient.reference());
