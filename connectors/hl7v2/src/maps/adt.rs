@@ -61,6 +61,12 @@ impl Mapper<'_, '_> {
                     let in2 = segments.get(i + 1).filter(|n| n.name() == "IN2");
                     self.coverage(s, in2, &patient);
                 }
+                "GT1" => self.guarantor(s, &patient, i),
+                "PV2" => {
+                    if let Some(enc) = encounter.clone() {
+                        self.visit_details(s, &enc);
+                    }
+                }
                 _ => {}
             }
         }
@@ -514,17 +520,8 @@ impl Mapper<'_, '_> {
         r.insert("active".into(), json!(true));
         r.insert("patient".into(), patient.reference());
         let mut relationships = Vec::new();
-        if let Some(mut rel) = relationship {
-            let code = self.text(nk1, 3, 1);
-            if let Some((sys, mapped)) = code.as_deref().and_then(tables::relationship) {
-                // keep the v2 original beside the mapped code (guide advice)
-                let mut codings = vec![json!({ "system": sys, "code": mapped })];
-                if let Some(original) = rel.get("coding").and_then(Value::as_array) {
-                    codings.extend(original.iter().cloned());
-                }
-                rel["coding"] = Value::Array(codings);
-            }
-            relationships.push(rel);
+        if relationship.is_some() {
+            relationships.extend(self.relationship(nk1, 3));
         }
         if let Some(role) = self.text(nk1, 7, 1) {
             relationships
@@ -562,6 +559,22 @@ impl Mapper<'_, '_> {
             r.insert("period".into(), Value::Object(period));
         }
         self.push("RelatedPerson", system, value, Value::Object(r));
+    }
+
+    /// A relationship (table 0063) at field `n` → CodeableConcept: the
+    /// v3 RoleCode the table maps it to, the v2 original beside it (guide
+    /// advice).
+    pub(super) fn relationship(&self, s: &Segment<'_>, n: usize) -> Option<Value> {
+        let mut rel = self.codeable(s, n)?;
+        let code = self.text(s, n, 1);
+        if let Some((sys, mapped)) = code.as_deref().and_then(tables::relationship) {
+            let mut codings = vec![json!({ "system": sys, "code": mapped })];
+            if let Some(original) = rel.get("coding").and_then(Value::as_array) {
+                codings.extend(original.iter().cloned());
+            }
+            rel["coding"] = Value::Array(codings);
+        }
+        Some(rel)
     }
 
     /// AL1 (or IAM: the same fields 2-5, onset at `onset`) →

@@ -1,9 +1,10 @@
 //! The rest of a patient's record in ADT messages: PR1 → Procedure, ROL
-//! → the visit's participants, and IN1 (with IN2) → Coverage with its
-//! payor Organization.
+//! → the visit's participants, IN1 (with IN2) → Coverage with its payor
+//! Organization, GT1 → a guarantor RelatedPerson, PV2 → the visit's
+//! reason, length and priority.
 
 use fhirlift_hl7v2::Segment;
-use fhirlift_hl7v2::fhir::{self, Composite};
+use fhirlift_hl7v2::fhir::{self, Composite, tables};
 use serde_json::{Value, json};
 
 use super::*;
@@ -284,5 +285,100 @@ fn subscriber_relationship(code: &str) -> &'static str {
         "CHD" | "FCH" | "SCH" | "03" | "19" => "child",
         "PAR" | "MTH" | "FTH" => "parent",
         _ => "other",
+    }
+}
+
+impl Mapper<'_, '_> {
+    /// GT1 → a RelatedPerson of the patient with the guarantor role (v3
+    /// RoleCode GUAR, and GT1-11's relationship beside it), when the
+    /// guarantor is someone else: a patient guaranteeing their own account
+    /// (GT1-11 SEL) adds nothing (no Account is written; MAPPING.md).
+    /// Identity: the patient's value + `-GT1-<set id>`; GT1-2 (the
+    /// guarantor number) is kept as an identifier.
+    pub(super) fn guarantor(&mut self, gt1: &Segment<'_>, patient: &Local, position: usize) {
+        let relationship = self.text(gt1, 11, 1);
+        if matches!(relationship.as_deref(), Some("SEL" | "01" | "18")) {
+            return;
+        }
+        let names = self.list(gt1, 3, fhir::human_name);
+        if names.is_empty() {
+            return;
+        }
+        let set_id = self.text(gt1, 1, 1).unwrap_or_else(|| position.to_string());
+        let (system, value) = Self::derived(patient, &format!("GT1-{set_id}"));
+        let mut identifiers = vec![json!({ "system": system, "value": value })];
+        identifiers.extend(self.identifiers(gt1, 2));
+        let mut r = resource("RelatedPerson");
+        r.insert("identifier".into(), Value::Array(identifiers));
+        r.insert("active".into(), json!(true));
+        r.insert("patient".into(), patient.reference());
+        let mut relationships = vec![json!({ "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+            "code": "GUAR",
+            "display": "guarantor",
+        }] })];
+        relationships.extend(self.relationship(gt1, 11));
+        r.insert("relationship".into(), Value::Array(relationships));
+        r.insert("name".into(), Value::Array(names));
+        let mut telecom = self.list(gt1, 6, |x, d| fhir::contact_point(x, d, Some("home")));
+        telecom.extend(self.list(gt1, 7, |x, d| fhir::contact_point(x, d, Some("work"))));
+        if !telecom.is_empty() {
+            r.insert("telecom".into(), Value::Array(telecom));
+        }
+        if let Some(g) = self.text(gt1, 9, 1).and_then(|c| tables::gender(&c)) {
+            r.insert("gender".into(), json!(g));
+        }
+        if let Some(b) = self.date(gt1, 8) {
+            r.insert("birthDate".into(), b);
+        }
+        let addresses = self.list(gt1, 5, fhir::address);
+        if !addresses.is_empty() {
+            r.insert("address".into(), Value::Array(addresses));
+        }
+        let mut period = serde_json::Map::new();
+        if let Some(s) = self.date(gt1, 13) {
+            period.insert("start".into(), s);
+        }
+        if let Some(e) = self.date(gt1, 14) {
+            period.insert("end".into(), e);
+        }
+        if !period.is_empty() {
+            r.insert("period".into(), Value::Object(period));
+        }
+        self.push("RelatedPerson", system, value, Value::Object(r));
+    }
+
+    /// PV2 → the visit's Encounter: the admit reason (PV2-3) as reasonCode,
+    /// the actual length of stay (PV2-11, days) as length, the visit
+    /// priority (PV2-25, table 0217) as priority.
+    pub(super) fn visit_details(&mut self, pv2: &Segment<'_>, encounter: &Local) {
+        let reason = self.codeable(pv2, 3);
+        let days = self.text(pv2, 11, 1).and_then(|d| d.parse::<u32>().ok());
+        let priority = self.text(pv2, 25, 1);
+        let Some(&at) = self.seen.get(&(
+            encounter.resource_type,
+            encounter.system.clone(),
+            encounter.value.clone(),
+        )) else {
+            return;
+        };
+        let Some(e) = self.out[at].resource.as_object_mut() else {
+            return;
+        };
+        if let Some(reason) = reason {
+            e.insert("reasonCode".into(), json!([reason]));
+        }
+        if let Some(days) = days {
+            e.insert(
+                "length".into(),
+                json!({ "value": days, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d" }),
+            );
+        }
+        if let Some(code) = priority {
+            e.insert(
+                "priority".into(),
+                json!({ "coding": [{ "system": format!("{THO}v2-0217"), "code": code }] }),
+            );
+        }
     }
 }

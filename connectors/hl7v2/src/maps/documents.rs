@@ -81,7 +81,7 @@ impl Mapper<'_, '_> {
         }
         if let Some(mut kind) = self.codeable(&txa, 2) {
             // a bare code of table 0270 (DS, CN, ...) names its system
-            if let Some(coding) = kind["coding"].as_array_mut() {
+            if let Some(coding) = kind.get_mut("coding").and_then(Value::as_array_mut) {
                 for c in coding.iter_mut().filter(|c| c.get("system").is_none()) {
                     c["system"] = json!(format!("{THO}v2-0270"));
                 }

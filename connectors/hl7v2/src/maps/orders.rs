@@ -298,7 +298,8 @@ impl Mapper<'_, '_> {
         r.insert("identifier".into(), Value::Array(identifiers));
         if let Some(mut t) = self.codeable(spm, 4) {
             // a bare code is table 0487's (the guide's SpecimenType map)
-            for coding in t["coding"].as_array_mut().into_iter().flatten() {
+            let codings = t.get_mut("coding").and_then(Value::as_array_mut);
+            for coding in codings.into_iter().flatten() {
                 if coding.get("system").is_none()
                     && let Some(obj) = coding.as_object_mut()
                 {

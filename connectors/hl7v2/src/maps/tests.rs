@@ -654,3 +654,30 @@ fn cancelled_pending_events_and_account_merges_are_mapped() {
     );
     assert!(account.iter().all(|r| !r.amends));
 }
+
+/// GT1 (4 in the unseen archives) and PV2 (11) were dropped: a guarantor
+/// who is not the patient is a RelatedPerson with the GUAR role; PV2 gives
+/// the visit its reason, length and priority.
+#[test]
+fn gt1_guarantors_and_pv2_visit_details_are_kept() {
+    let resources = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A01|G1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         PV1|1|I|||||||||||||||||V1^^^HOSP\r\
+         PV2|||CP^Chest pain^L||||||||3||||||||||||||R\r\
+         GT1|1|G77^^^HOSP|Doe^John||1 Main St^^Town^ST^12345|555-1234||19780202|M||SPO^Spouse^HL70063\r\
+         GT1|2||Doe^Jane||||||||SEL^Self^HL70063\r",
+    );
+    assert_valid(&resources);
+    let guarantors = of_type(&resources, "RelatedPerson");
+    assert_eq!(guarantors.len(), 1, "a self-guarantor adds nothing");
+    let g = guarantors[0];
+    assert_eq!(g["relationship"][0]["coding"][0]["code"], "GUAR");
+    assert_eq!(g["name"][0]["family"], "Doe");
+    assert_eq!(g["gender"], "male");
+    assert_eq!(g["identifier"][1]["value"], "G77");
+    let encounter = of_type(&resources, "Encounter")[0];
+    assert_eq!(encounter["reasonCode"][0]["coding"][0]["code"], "CP");
+    assert_eq!(encounter["length"]["value"], 3);
+    assert_eq!(encounter["priority"]["coding"][0]["code"], "R");
+}
