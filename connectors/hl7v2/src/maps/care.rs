@@ -192,8 +192,8 @@ impl Mapper<'_, '_> {
                 json!({ "coding": [{ "system": format!("{THO}subscriber-relationship"), "code": code }] }),
             );
         }
-        let start = self.date(in1, 12);
-        let end = self.date(in1, 13);
+        let start = self.datetime(in1, 12);
+        let end = self.datetime(in1, 13);
         if start.is_some() || end.is_some() {
             let mut period = serde_json::Map::new();
             if let Some(s) = start {

@@ -18,7 +18,9 @@ pub(super) struct Order {
 impl Mapper<'_, '_> {
     /// ORM^O01 and OML^O21: the Patient (and Encounter), per ORC with its
     /// OBR a ServiceRequest, NTE after the OBR as its notes, DG1 as its
-    /// reasons, SPM as its specimens.
+    /// reasons, SPM as its specimens, OBX as Observations it names as its
+    /// supporting information (NTE after an OBX its notes); IN1 (+IN2) a
+    /// Coverage, as in ADT.
     pub(super) fn orders(&mut self, message_type: &str) -> Result<(), MapFailure> {
         let segments: Vec<Segment<'_>> = self.m.segments().collect();
         let mut patient: Option<Local> = None;
@@ -26,10 +28,13 @@ impl Mapper<'_, '_> {
         let mut orc: Option<Segment<'_>> = None;
         let mut order: Option<Order> = None;
         let mut orders = 0;
-        for s in &segments {
+        let mut obx_index = 0;
+        let mut last_obs: Option<Local> = None;
+        for (i, s) in segments.iter().enumerate() {
             match s.name() {
                 "PID" => {
                     self.close_order(&mut order);
+                    (last_obs, obx_index) = (None, 0);
                     patient = Some(self.patient(s)?);
                     encounter = None;
                 }
@@ -40,10 +45,12 @@ impl Mapper<'_, '_> {
                 }
                 "ORC" => {
                     self.close_order(&mut order);
+                    (last_obs, obx_index) = (None, 0);
                     orc = Some(*s);
                 }
                 "OBR" => {
                     self.close_order(&mut order);
+                    (last_obs, obx_index) = (None, 0);
                     let p = patient.clone().ok_or_else(|| {
                         MapFailure(format!(
                             "{message_type}: an OBR comes before any PID{MISSING_HINT}"
@@ -59,9 +66,31 @@ impl Mapper<'_, '_> {
                     orc = None;
                 }
                 "NTE" => {
-                    if let Some(o) = &order {
+                    if let Some(o) = &last_obs {
+                        let o = o.clone();
+                        self.note(s, &o);
+                    } else if let Some(o) = &order {
                         let request = o.request.clone();
                         self.note(s, &request);
+                    }
+                }
+                // an observation the order comes with (a question's answer,
+                // a vital sign): its supporting information
+                "OBX" => {
+                    if let (Some(p), Some(o)) = (&patient, &order) {
+                        obx_index += 1;
+                        let (p, request) = (p.clone(), o.request.clone());
+                        last_obs =
+                            self.observation(s, &p, encounter.as_ref(), &request, obx_index, None);
+                        if let Some(obs) = &last_obs {
+                            self.append(&request, "supportingInfo", obs.reference());
+                        }
+                    }
+                }
+                "IN1" => {
+                    if let Some(p) = patient.clone() {
+                        let in2 = segments.get(i + 1).filter(|n| n.name() == "IN2");
+                        self.coverage(s, in2, &p);
                     }
                 }
                 "DG1" => {
@@ -126,6 +155,17 @@ impl Mapper<'_, '_> {
             for s in o.specimens {
                 self.append(&o.request, "specimen", s);
             }
+        }
+    }
+
+    /// Sets the element `key` of a resource of this message.
+    pub(super) fn set_element(&mut self, on: &Local, key: &str, value: Value) {
+        if let Some(&at) = self
+            .seen
+            .get(&(on.resource_type, on.system.clone(), on.value.clone()))
+            && let Some(obj) = self.out[at].resource.as_object_mut()
+        {
+            obj.insert(key.into(), value);
         }
     }
 

@@ -681,3 +681,47 @@ fn gt1_guarantors_and_pv2_visit_details_are_kept() {
     assert_eq!(encounter["length"]["value"], 3);
     assert_eq!(encounter["priority"]["coding"][0]["code"], "R");
 }
+
+/// OBX and IN1 in orders, PV1 and OBX before any RXA in VXU were
+/// dropped: an order's OBX is its supporting information, its IN1 a
+/// Coverage; a VXU's visit is the immunizations' encounter, and its
+/// patient-level OBX an Observation of that visit.
+#[test]
+fn order_and_vaccination_context_segments_are_kept() {
+    let order = mapped(
+        "MSH|^~\\&|EHR|FAC|||202401011200||OML^O21|O1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         IN1|1|PLAN1|PAYOR1^^^HOSP|Acme Health||||||||||||||||||||||||||||||||POL9\r\
+         ORC|NW|PL1^EHR\r\
+         OBR|1|PL1^EHR||CBC^Blood count^L\r\
+         OBX|1|NM|HT^Height^L||170|cm\r\
+         NTE|1||measured today\r",
+    );
+    assert_valid(&order);
+    let request = of_type(&order, "ServiceRequest")[0];
+    let obs: Vec<&MappedResource> = order
+        .iter()
+        .filter(|r| r.resource_type == "Observation")
+        .collect();
+    assert_eq!(obs.len(), 1);
+    assert_eq!(request["supportingInfo"][0]["reference"], obs[0].full_url);
+    assert_eq!(obs[0].resource["note"][0]["text"], "measured today");
+    assert!(request.get("note").is_none(), "the NTE is the OBX's");
+    assert_eq!(of_type(&order, "Coverage").len(), 1);
+
+    let vxu = mapped(
+        "MSH|^~\\&|EHR|FAC|||202401011200||VXU^V04|V1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         PV1|1|R|||||||||||||||||V9^^^HOSP\r\
+         OBX|1|CE|64994-7^Eligibility^LN||V02^VFC eligible^HL70064\r\
+         ORC|RE||IZ-1^EHR\r\
+         RXA|0|1|20240101||08^HepB^CVX|0.5|mL\r",
+    );
+    assert_valid(&vxu);
+    let encounter = vxu.iter().find(|r| r.resource_type == "Encounter").unwrap();
+    let immunization = of_type(&vxu, "Immunization")[0];
+    assert_eq!(immunization["encounter"]["reference"], encounter.full_url);
+    let eligibility = of_type(&vxu, "Observation")[0];
+    assert_eq!(eligibility["encounter"]["reference"], encounter.full_url);
+    assert!(eligibility.get("partOf").is_none());
+}

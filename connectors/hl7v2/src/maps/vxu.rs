@@ -18,11 +18,18 @@ impl Mapper<'_, '_> {
         let mut orc: Option<Segment<'_>> = None;
         let mut immunization: Option<Local> = None;
         let mut last_obs: Option<Local> = None;
+        let mut encounter: Option<Local> = None;
         let mut obx_index = 0;
         for (i, s) in segments.iter().enumerate() {
             match s.name() {
                 "PD1" => self.primary_care(s, &patient),
                 "NK1" => self.related_person(s, &patient, i),
+                // the visit the vaccines were given in
+                "PV1" => encounter = self.encounter(s, &patient, None),
+                "IN1" => {
+                    let in2 = segments.get(i + 1).filter(|n| n.name() == "IN2");
+                    self.coverage(s, in2, &patient);
+                }
                 "ORC" => {
                     orc = Some(*s);
                     immunization = None;
@@ -34,17 +41,26 @@ impl Mapper<'_, '_> {
                         .take_while(|n| !matches!(n.name(), "RXA" | "ORC"))
                         .find(|n| n.name() == "RXR")
                         .copied();
-                    immunization =
-                        Some(self.immunization(s, orc.as_ref(), rxr.as_ref(), &patient)?);
+                    let given = self.immunization(s, orc.as_ref(), rxr.as_ref(), &patient)?;
+                    if let Some(e) = &encounter {
+                        self.set_element(&given, "encounter", e.reference());
+                    }
+                    immunization = Some(given);
                     last_obs = None;
                 }
                 "OBX" => {
                     obx_index += 1;
-                    let Some(imm) = &immunization else {
-                        continue;
+                    last_obs = match immunization.clone() {
+                        Some(imm) => {
+                            self.observation(s, &patient, None, &imm, obx_index, Some(&imm))
+                        }
+                        // about the patient (before any RXA): the visit's or theirs
+                        None => {
+                            let parent = encounter.clone().unwrap_or_else(|| patient.clone());
+                            let e = encounter.clone();
+                            self.observation(s, &patient, e.as_ref(), &parent, obx_index, None)
+                        }
                     };
-                    let imm = imm.clone();
-                    last_obs = self.observation(s, &patient, None, &imm, obx_index, Some(&imm));
                 }
                 "NTE" => {
                     if let Some(o) = &last_obs {
