@@ -26,6 +26,7 @@ impl Mapper<'_, '_> {
         let mut diagnoses = Vec::new();
         let mut last_obs: Option<Local> = None;
         let mut obx_index = 0;
+        let mut in_visit = false;
         for (i, s) in segments.iter().enumerate() {
             match s.name() {
                 "OBX" => {
@@ -52,11 +53,12 @@ impl Mapper<'_, '_> {
                     }
                 }
                 "PR1" => self.procedure(s, &patient, encounter.as_ref(), i),
-                "ROL" => {
-                    if let Some(enc) = encounter.clone() {
-                        self.encounter_role(s, &enc);
-                    }
-                }
+                "PV1" => in_visit = true,
+                // after PV1 the visit's people, before it the patient's
+                "ROL" => match encounter.clone().filter(|_| in_visit) {
+                    Some(enc) => self.encounter_role(s, &enc),
+                    None => self.care_team_role(s, &patient),
+                },
                 "IN1" => {
                     let in2 = segments.get(i + 1).filter(|n| n.name() == "IN2");
                     self.coverage(s, in2, &patient);

@@ -78,15 +78,57 @@ impl Mapper<'_, '_> {
     /// ROL (in a visit) → a participant of the Encounter: type ROL-3,
     /// individual ROL-4 (a logical reference), period ROL-5/ROL-6.
     pub(super) fn encounter_role(&mut self, rol: &Segment<'_>, encounter: &Local) {
-        let Some(individual) = self
-            .raw(rol, 4)
-            .and_then(|raw| self.practitioner_reference(raw))
-        else {
+        if let Some(participant) = self.role_participant(rol, "type", "individual") {
+            self.append(encounter, "participant", participant);
+        }
+    }
+
+    /// ROL outside a visit (after PID, PD1) → the patient's CareTeam (one
+    /// per patient: the patient's value + `-CareTeam`), each person a
+    /// participant with their role (ROL-3), as the guide's ROL map says.
+    pub(super) fn care_team_role(&mut self, rol: &Segment<'_>, patient: &Local) {
+        let Some(participant) = self.role_participant(rol, "role", "member") else {
             return;
         };
+        let (system, value) = Self::derived(patient, "CareTeam");
+        let key = ("CareTeam", system.clone(), value.clone());
+        let team = match self.seen.get(&key) {
+            Some(&at) => self.out[at].full_url.clone(),
+            None => {
+                let mut t = resource("CareTeam");
+                t.insert(
+                    "identifier".into(),
+                    json!([{ "system": system, "value": value }]),
+                );
+                t.insert("status".into(), json!("active"));
+                t.insert("subject".into(), patient.reference());
+                self.push("CareTeam", system.clone(), value.clone(), Value::Object(t))
+                    .full_url
+            }
+        };
+        let local = Local {
+            resource_type: "CareTeam",
+            full_url: team,
+            system,
+            value,
+        };
+        self.append(&local, "participant", participant);
+    }
+
+    /// A ROL's person (ROL-4, a logical reference), role (ROL-3) and
+    /// period (ROL-5/-6), under the element names of its target.
+    fn role_participant(
+        &self,
+        rol: &Segment<'_>,
+        role_key: &str,
+        person_key: &str,
+    ) -> Option<Value> {
+        let person = self
+            .raw(rol, 4)
+            .and_then(|raw| self.practitioner_reference(raw))?;
         let mut participant = serde_json::Map::new();
         if let Some(role) = self.codeable(rol, 3) {
-            participant.insert("type".into(), json!([role]));
+            participant.insert(role_key.into(), json!([role]));
         }
         let mut period = serde_json::Map::new();
         for (n, key) in [(5, "start"), (6, "end")] {
@@ -97,8 +139,8 @@ impl Mapper<'_, '_> {
         if !period.is_empty() {
             participant.insert("period".into(), Value::Object(period));
         }
-        participant.insert("individual".into(), individual);
-        self.append(encounter, "participant", Value::Object(participant));
+        participant.insert(person_key.into(), person);
+        Some(Value::Object(participant))
     }
 
     /// IAM (ADT^A60) → the AllergyIntolerance AL1 would write for the same

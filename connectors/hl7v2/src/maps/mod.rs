@@ -7,7 +7,9 @@
 //! - ADT (A01-A16, A25-A28, A31, A41): PID → Patient, PV1 → Encounter
 //!   (not for A28/A31/A41, which are about the person), NK1 → RelatedPerson,
 //!   AL1 → AllergyIntolerance, DG1 → Condition (and Encounter.diagnosis),
-//!   PR1 → Procedure, IN1 (+IN2) → Coverage and its payor Organization.
+//!   PR1 → Procedure, IN1 (+IN2) → Coverage and its payor Organization,
+//!   GT1 → a guarantor RelatedPerson, ROL → the visit's participants (after
+//!   PV1) or the patient's CareTeam (before it), PV2 → the visit's details.
 //! - ADT A40 (merge patient): the surviving Patient (PID) `replaces` the
 //!   retired one (MRG), which is amended to `active: false`, `replaced-by`;
 //!   A29 (delete person) amends the Patient to `active: false`, A23 (delete
@@ -84,6 +86,7 @@ pub const EMITTED_TYPES: &[&str] = &[
     "Procedure",
     "Coverage",
     "Organization",
+    "CareTeam",
 ];
 
 /// MDM events: original (T01-T02), status change (T03-T04), addendum

@@ -725,3 +725,27 @@ fn order_and_vaccination_context_segments_are_kept() {
     assert_eq!(eligibility["encounter"]["reference"], encounter.full_url);
     assert!(eligibility.get("partOf").is_none());
 }
+
+/// ROL outside a visit (6 in the unseen archives, after PID) was dropped:
+/// it is the patient's CareTeam; after PV1 it stays the visit's.
+#[test]
+fn rol_before_the_visit_is_the_patients_care_team() {
+    let resources = mapped(
+        "MSH|^~\\&|ADT|FAC|||202401011200||ADT^A01|R1|P|2.5.1\r\
+         PID|1||123^^^HOSP^MR||Doe^Jane||19800101|F\r\
+         ROL|1|AD|PP^Primary care provider^HL70443|D77^Who^Dr|20200101\r\
+         PV1|1|I|||||||||||||||||V1^^^HOSP\r\
+         ROL|2|AD|AT^Attending^HL70443|D88^Else^Dr\r",
+    );
+    assert_valid(&resources);
+    let teams = of_type(&resources, "CareTeam");
+    assert_eq!(teams.len(), 1);
+    let member = &teams[0]["participant"][0];
+    assert_eq!(member["role"][0]["coding"][0]["code"], "PP");
+    assert_eq!(member["member"]["identifier"]["value"], "D77");
+    assert_eq!(member["period"]["start"], "2020-01-01");
+    let encounter = of_type(&resources, "Encounter")[0];
+    let people = encounter["participant"].as_array().unwrap();
+    assert_eq!(people.len(), 1, "{people:?}");
+    assert_eq!(people[0]["individual"]["identifier"]["value"], "D88");
+}
