@@ -18,7 +18,7 @@ use crate::LookupTable;
 use crate::template::{Compiler, Names, RenderBuf, Scope, ScopeShared};
 
 const COLUMNS: &[&str] = &[
-    "id", "birth", "seen", "sex", "code", "empty", "nothing", "num", "flag", "dec",
+    "id", "birth", "seen", "sex", "code", "empty", "nothing", "num", "flag", "dec", "lat",
 ];
 
 fn record() -> Record {
@@ -33,6 +33,7 @@ fn record() -> Record {
         Value::Integer(42),
         Value::Bool(true),
         Value::Decimal("3.50".into()),
+        Value::Text(" 42.12345678901234567".into()),
     ];
     Record {
         stream: Arc::from("patients"),
@@ -149,10 +150,20 @@ fn every_native_shape_agrees_with_minijinja() {
     check("flag", r#"{"text":"true","typed":true}"#);
     diverges(
         "dec",
-        r#"{"text":"3.50","typed":3.5}"#,
+        r#"{"text":"3.50","typed":3.50}"#,
         r#"{"text":"3.50","typed":"3.50"}"#,
         "a decimal is its digits in minijinja (text must keep 3.50), a JSON number natively",
     );
+    // exact decimals: the source's digits, never through f64 (issue 20:
+    // a 17-digit latitude lost its last digit with `| float`)
+    check(
+        "lat | decimal",
+        r#"{"text":"42.12345678901234567","typed":42.12345678901234567}"#,
+    );
+    check("dec | decimal", r#"{"text":"3.50","typed":3.50}"#);
+    check("num | decimal", r#"{"text":"42","typed":42}"#);
+    check("sex | decimal", "error");
+    check("empty | decimal", "");
     check("empty", "");
     check("nothing", "");
     // a lookup's column

@@ -1,7 +1,7 @@
 //! Filter names, checked when a mapping compiles.
 //!
 //! minijinja looks a filter up only when it runs, so a misspelled filter
-//! (`| decimal`, `| regex_replace`) would pass `check` and reject every
+//! (`| decmal`, `| regex_replace`) would pass `check` and reject every
 //! record at run time. [`unknown_filters`] reads the names after each `|`
 //! of an expression (outside string literals) and asks the environment
 //! whether it knows each one, once per name; an unknown one comes back
@@ -65,6 +65,7 @@ const CANDIDATES: &[&str] = &[
     "urlencode",
     "zip",
     "code",
+    "decimal",
     "fhir_date",
     "fhir_datetime",
 ];
@@ -176,12 +177,13 @@ mod tests {
 
     #[test]
     fn misspelled_filters_are_named_with_the_nearest_known_one() {
-        let found = unknown_filters(env(), "amount | decimal | trim | uper");
+        let found = unknown_filters(env(), "amount | decmal | trim | uper | checksum");
         assert_eq!(
             found,
             [
-                ("decimal".to_owned(), None),
-                ("uper".to_owned(), Some("upper"))
+                ("decmal".to_owned(), Some("decimal")),
+                ("uper".to_owned(), Some("upper")),
+                ("checksum".to_owned(), None)
             ]
         );
         let found = unknown_filters(env(), "x | regex_replace('a', 'b')");

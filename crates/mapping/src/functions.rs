@@ -98,6 +98,16 @@ fn text_arg(value: &Mj) -> String {
     }
 }
 
+/// `| decimal`: the source's digits as an exact FHIR decimal.
+fn decimal(value: Mj) -> Result<Mj, Error> {
+    if is_empty(&value) {
+        return Ok(Mj::from(()));
+    }
+    crate::decimal::to_fhir_decimal(&text_arg(&value))
+        .map(crate::decimal::to_mj)
+        .map_err(invalid)
+}
+
 fn fhir_date(value: Mj, format: Option<String>) -> Result<Mj, Error> {
     if is_empty(&value) {
         return Ok(Mj::from(()));
@@ -188,6 +198,7 @@ pub fn environment() -> Environment<'static> {
     env.add_filter("code", code);
     env.add_filter("fhir_date", fhir_date);
     env.add_filter("fhir_datetime", fhir_datetime);
+    env.add_filter("decimal", decimal);
     env.add_function("ref", reference);
     env.add_function("local", local);
     env.add_function("system_uri", system_uri);

@@ -15,6 +15,7 @@
 
 pub mod config;
 mod dates;
+mod decimal;
 #[cfg(test)]
 mod differential;
 mod filters;

@@ -48,6 +48,8 @@ pub(crate) enum Native {
         map: HashMap<String, serde_json::Value>,
         default: Option<serde_json::Value>,
     },
+    /// `| decimal`: the digits, written verbatim as a JSON number.
+    Decimal,
 }
 
 /// How one expression is evaluated.
@@ -512,6 +514,7 @@ impl<'a> Compiler<'a> {
         }
         let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
         match name {
+            "decimal" if named.is_empty() && positional.is_empty() => Some(Native::Decimal),
             "fhir_date" if named.is_empty() && positional.len() <= 1 => {
                 let format = match positional.first() {
                     Some(f) => Some(text(f)?),

@@ -237,6 +237,9 @@ impl Native {
             )
             .map(serde_json::Value::String)
             .map_err(|e| e.0),
+            Native::Decimal => {
+                crate::decimal::to_fhir_decimal(&text).map(serde_json::Value::String)
+            }
             Native::Code { map, default } => {
                 let key = text.trim();
                 map.get(key)
@@ -256,9 +259,9 @@ impl Eval {
         leaf: &Leaf,
     ) -> Result<Option<serde_json::Value>, LeafError> {
         let value = match self {
-            Eval::Column(i) => scope.record.values[*i].to_json(),
+            Eval::Column(i) => filter_input(&scope.record.values[*i]),
             Eval::LookupColumn { lookup, column } => match &scope.lookups[*lookup] {
-                Some(row) => row[*column].to_json(),
+                Some(row) => filter_input(&row[*column]),
                 None => serde_json::Value::Null,
             },
             Eval::Local(i) => serde_json::json!({ "reference": scope.locals[*i] }),
@@ -380,11 +383,47 @@ impl Eval {
                 write_reference(out, &url);
                 Ok(true)
             }
-            Eval::Filtered { .. } | Eval::Expr(_) => Ok(match self.value(scope, leaf)? {
+            // `| decimal` last: its digits, as they are, for a JSON number
+            Eval::Filtered { filters, .. } if matches!(filters.last(), Some(Native::Decimal)) => {
+                Ok(match self.value(scope, leaf)? {
+                    Some(serde_json::Value::String(digits)) => {
+                        out.extend_from_slice(digits.as_bytes());
+                        true
+                    }
+                    Some(v) => write_pruned(out, v),
+                    None => false,
+                })
+            }
+            Eval::Expr(expr) => {
+                let v = expr
+                    .eval(scope.context())
+                    .map_err(|e| leaf_error(leaf, expr_error(&e)))?;
+                if let Some(d) = v.downcast_object_ref::<crate::decimal::DecimalDigits>() {
+                    out.extend_from_slice(d.0.as_bytes());
+                    return Ok(true);
+                }
+                if v.is_undefined() || v.is_none() {
+                    return Ok(false);
+                }
+                let json = serde_json::to_value(&v).map_err(|e| {
+                    leaf_error(leaf, format!("the value is not representable as JSON: {e}"))
+                })?;
+                Ok(write_pruned(out, json))
+            }
+            Eval::Filtered { .. } => Ok(match self.value(scope, leaf)? {
                 Some(v) => write_pruned(out, v),
                 None => false,
             }),
         }
+    }
+}
+
+/// A record value as a filter reads it: a decimal as its digits (`3.50`
+/// stays `3.50`, as minijinja sees it), anything else as JSON.
+fn filter_input(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Decimal(d) => serde_json::Value::String(d.clone()),
+        other => other.to_json(),
     }
 }
 
@@ -397,6 +436,18 @@ fn write_value(out: &mut Vec<u8>, value: &Value) -> bool {
             true
         }
         Value::Null => false,
+        // an exact decimal (PostgreSQL numeric) keeps its digits
+        Value::Decimal(d) => match crate::decimal::to_fhir_decimal(d) {
+            Ok(digits) => {
+                out.extend_from_slice(digits.as_bytes());
+                true
+            }
+            // NaN, Infinity: as text, which validation refuses by name
+            Err(_) => {
+                write_json_str(out, d);
+                true
+            }
+        },
         other => write_pruned(out, other.to_json()),
     }
 }
