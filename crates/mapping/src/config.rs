@@ -28,6 +28,8 @@ pub struct MigrationConfig {
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub connector: String,
+    /// `zone:`: the default zone of every stream (see [`StreamConfig::zone`]).
+    pub zone: Option<String>,
     /// Everything under `source:` but `connector`, for the connector to read.
     pub settings: serde_json::Value,
     pub pos: Pos,
@@ -87,6 +89,11 @@ pub struct StreamConfig {
     /// What two records writing one identity with different content do
     /// (`collisions:`); none: the connector's kind decides.
     pub collisions: Option<CollisionPolicy>,
+    /// `zone:` (the stream's, else the source's): the zone of date-times
+    /// written without an offset, an IANA name (`America/New_York`) or a
+    /// fixed offset (`-05:00`), for `fhir_datetime` without `offset=` or
+    /// `zone=` and for a built-in map that names no zone of its own.
+    pub zone: Option<String>,
 }
 
 /// What happens when two records of a run write one identity with
@@ -381,6 +388,21 @@ fn read_root(
         ));
     }
     let target = target.unwrap_or_else(|| TargetConfig::unset(&root.pos));
+    // the source's zone is every stream's default, and a built-in map's
+    // when its settings name none
+    let source_zone = source.as_ref().and_then(|s| s.zone.clone());
+    for stream in &mut streams {
+        if stream.zone.is_none() {
+            stream.zone = source_zone.clone();
+        }
+        if let (Some(zone), Some(map)) = (&stream.zone, &mut stream.map)
+            && let Some(options) = map.options.as_object_mut()
+        {
+            options
+                .entry("zone")
+                .or_insert_with(|| serde_json::Value::String(zone.clone()));
+        }
+    }
     Some(MigrationConfig {
         path: path.to_path_buf(),
         base_dir,
@@ -393,10 +415,13 @@ fn read_root(
 
 fn read_source(node: &Node, errors: &mut Vec<ConfigError>) -> Option<SourceConfig> {
     let mut connector = None;
+    let mut zone = None;
     let mut settings = serde_json::Map::new();
     for (k, v) in map_entries(node, "source", errors) {
         if k.as_str() == Some("connector") {
             connector = string_of(v, "source.connector", errors);
+        } else if k.as_str() == Some("zone") {
+            zone = zone_of(v, "source.zone", errors);
         } else {
             settings.insert(k.key_text(), v.to_json());
         }
@@ -404,6 +429,7 @@ fn read_source(node: &Node, errors: &mut Vec<ConfigError>) -> Option<SourceConfi
     match connector {
         Some(connector) => Some(SourceConfig {
             connector,
+            zone,
             settings: settings.into(),
             pos: node.pos.clone(),
         }),
@@ -474,7 +500,24 @@ pub(crate) const STREAM_KEYS: &[&str] = &[
     "map",
     "emit",
     "collisions",
+    "zone",
 ];
+
+/// A `zone:` value: an IANA zone name or a fixed offset (`+01:00`),
+/// checked now so that a typo fails `check`, not every record.
+fn zone_of(v: &Node, what: &str, errors: &mut Vec<ConfigError>) -> Option<String> {
+    let zone = string_of(v, what, errors)?;
+    if crate::dates::is_offset(&zone) || jiff::tz::TimeZone::get(&zone).is_ok() {
+        return Some(zone);
+    }
+    errors.push(ConfigError::at(
+        &v.pos,
+        format!(
+            "{what}: {zone:?} is neither an IANA time zone (America/New_York, Europe/Paris) nor an offset (-05:00)"
+        ),
+    ));
+    None
+}
 
 fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Option<StreamConfig> {
     let stream_name = name.key_text();
@@ -490,6 +533,7 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
         map: None,
         options: serde_json::Value::Null,
         collisions: None,
+        zone: None,
     };
     let mut options = serde_json::Map::new();
     let mut has_from = false;
@@ -522,6 +566,7 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
                 }
             }
             Some("map") => stream.map = read_builtin_map(v, errors),
+            Some("zone") => stream.zone = zone_of(v, &format!("{stream_name}.zone"), errors),
             Some("collisions") => match v.as_str() {
                 Some("later-wins") => stream.collisions = Some(CollisionPolicy::LaterWins),
                 Some("reject") => stream.collisions = Some(CollisionPolicy::Reject),
@@ -673,6 +718,29 @@ mod tests {
         assert_eq!(s.options["delimiter"], ";");
         assert_eq!(s.lookups[0].by, "cond_id");
         assert_eq!(s.emit.len(), 1);
+    }
+
+    #[test]
+    fn a_zone_is_the_streams_else_the_sources_and_a_bad_one_names_its_line() {
+        let text = "source: { connector: csv, zone: Europe/Paris }\nstreams:\n  a:\n    from: a.csv\n    emit: { resourceType: Patient }\n  b:\n    from: b.csv\n    zone: '-05:00'\n    map: { builtin: hl7v2 }\n";
+        let cfg = MigrationConfig::parse(Path::new("m.yaml"), text).unwrap();
+        assert_eq!(cfg.source.zone.as_deref(), Some("Europe/Paris"));
+        assert!(
+            cfg.source.settings.get("zone").is_none(),
+            "not a connector setting"
+        );
+        assert_eq!(cfg.streams[0].zone.as_deref(), Some("Europe/Paris"));
+        assert_eq!(cfg.streams[1].zone.as_deref(), Some("-05:00"));
+        let map = cfg.streams[1].map.as_ref().unwrap();
+        assert_eq!(map.options["zone"], "-05:00", "a built-in map's default");
+        let bad = text.replace("Europe/Paris", "Europe/Pariss");
+        let e = MigrationConfig::parse(Path::new("m.yaml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.yaml:1:") && e.contains("\"Europe/Pariss\" is neither an IANA time zone"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub fn to_fhir_datetime(
             (None, Some(z)) => zone_offset(z, &p, month, day, hour)?,
             (None, None) => {
                 return Err(DateError(format!(
-                    "{trimmed:?} has a time but no UTC offset; FHIR needs one: pass it, e.g. fhir_datetime(offset='+01:00') or fhir_datetime(zone='Europe/Berlin')"
+                    "{trimmed:?} has a time but no UTC offset; FHIR needs one: pass it, e.g. fhir_datetime(offset='+01:00') or fhir_datetime(zone='Europe/Berlin'), or give the stream or source a `zone:`"
                 )));
             }
         });
@@ -300,6 +300,11 @@ pub fn to_fhir_datetime(
 }
 
 /// The offset (minutes east of UTC) `zone` had at the parsed local time.
+/// Whether `s` is a fixed offset (`Z`, `+01:00`) rather than a zone name.
+pub(crate) fn is_offset(s: &str) -> bool {
+    parse_offset(s.as_bytes()).is_some()
+}
+
 fn zone_offset(zone: &str, p: &Parts, month: u32, day: u32, hour: u32) -> Result<i32, DateError> {
     let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
         DateError(format!(

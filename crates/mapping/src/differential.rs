@@ -79,15 +79,26 @@ fn render(expr: &str, engine_only: bool) -> String {
 /// A YAML template rendered against the test record by one path: its
 /// JSON, or `error`.
 fn render_yaml(yaml: &str, engine_only: bool, expr: &str) -> String {
+    render_yaml_in_zone(yaml, engine_only, expr, None)
+}
+
+/// [`render_yaml`] for a stream whose `zone:` is `zone`.
+fn render_yaml_in_zone(yaml: &str, engine_only: bool, expr: &str, zone: Option<&str>) -> String {
     static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
     let env = ENV.get_or_init(crate::functions::environment);
     let node = crate::yaml::parse(Path::new("differential.yaml"), yaml).unwrap();
     let record = Arc::new(record());
     let lookups = vec![lookup()];
-    let vars = vec![(
+    let mut vars = vec![(
         "src".to_owned(),
         serde_json::json!("http://clinic.example/mrn"),
     )];
+    if let Some(zone) = zone {
+        vars.push((
+            crate::functions::ZONE_KEY.to_owned(),
+            serde_json::json!(zone),
+        ));
+    }
     let locals = vec!["enc".to_owned()];
     let mut compiler = Compiler::new(Names {
         env,
@@ -233,6 +244,26 @@ fn every_native_shape_agrees_with_minijinja() {
         r#"{"text":"Patient?identifier=http://clinic.example/mrn|p-1","typed":{"reference":"Patient?identifier=http://clinic.example/mrn|p-1"}}"#,
     );
     check("ref('Patient', 'http://clinic.example/mrn', empty)", "");
+}
+
+/// A stream's `zone:` is the zone of `fhir_datetime` without one (issue
+/// 20: CSV and PostgreSQL timestamps had only a fixed offset per call);
+/// an explicit offset or zone still wins.
+#[test]
+fn a_streams_zone_is_the_default_of_fhir_datetime() {
+    let yaml = "a: '{{ seen | fhir_datetime }}'\nb: \"{{ seen | fhir_datetime(offset='+01:00') }}\"\nc: '= seen | fhir_datetime ~ \"\"'\n";
+    for engine_only in [false, true] {
+        let in_zone = |zone| render_yaml_in_zone(yaml, engine_only, "zone", Some(zone));
+        assert_eq!(
+            in_zone("America/New_York"),
+            r#"{"a":"2023-06-15T09:30:00-04:00","b":"2023-06-15T09:30:00+01:00","c":"2023-06-15T09:30:00-04:00"}"#,
+            "engine only: {engine_only}"
+        );
+        assert_eq!(
+            in_zone("-05:00"),
+            r#"{"a":"2023-06-15T09:30:00-05:00","b":"2023-06-15T09:30:00+01:00","c":"2023-06-15T09:30:00-05:00"}"#
+        );
+    }
 }
 
 /// `when:` on an object or list item leaves just that part out when it is

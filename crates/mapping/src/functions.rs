@@ -24,6 +24,19 @@ use fhirlift_core::group::conditional_url;
 
 /// The name under which a record's local urn:uuids are visible to `local()`.
 pub(crate) const LOCALS_KEY: &str = "__fhirlift_locals";
+/// The variable holding the stream's `zone:` (an IANA name or an offset),
+/// for `fhir_datetime` without `offset=` or `zone=`.
+pub(crate) const ZONE_KEY: &str = "__fhirlift_zone";
+
+/// The stream's default zone as `(offset, zone)` arguments of
+/// `fhir_datetime`.
+pub(crate) fn default_zone(zone: &str) -> (Option<String>, Option<String>) {
+    if dates::is_offset(zone) {
+        (Some(zone.to_owned()), None)
+    } else {
+        (None, Some(zone.to_owned()))
+    }
+}
 
 /// Names callable in expressions, not columns: skipped by the column check.
 pub(crate) const GLOBAL_NAMES: &[&str] = &[
@@ -117,9 +130,20 @@ fn fhir_date(value: Mj, format: Option<String>) -> Result<Mj, Error> {
         .map_err(|e| invalid(e.0))
 }
 
-fn fhir_datetime(value: Mj, format: Option<String>, kwargs: Kwargs) -> Result<Mj, Error> {
-    let offset: Option<String> = kwargs.get("offset")?;
-    let zone: Option<String> = kwargs.get("zone")?;
+fn fhir_datetime(
+    state: &State,
+    value: Mj,
+    format: Option<String>,
+    kwargs: Kwargs,
+) -> Result<Mj, Error> {
+    let mut offset: Option<String> = kwargs.get("offset")?;
+    let mut zone: Option<String> = kwargs.get("zone")?;
+    if offset.is_none()
+        && zone.is_none()
+        && let Some(default) = state.lookup(ZONE_KEY).filter(|z| !z.is_none())
+    {
+        (offset, zone) = default_zone(&default.to_string());
+    }
     let format = match format {
         Some(f) => Some(f),
         None => kwargs.get("format")?,

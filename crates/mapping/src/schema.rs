@@ -204,16 +204,28 @@ fn props<const N: usize>(entries: [(&str, Value); N]) -> Map<String, Value> {
         .collect()
 }
 
-/// `connector:`, naming the connectors this build knows.
+/// `zone:` of a source or stream.
+fn zone_key() -> Value {
+    json!({
+        "type": "string",
+        "description": "the zone of date-times written without an offset: an IANA name (America/New_York) or an offset (-05:00); fhir_datetime and built-in maps use it when they name none",
+        "examples": ["America/New_York", "Europe/Paris", "-05:00"],
+    })
+}
+
+/// `connector:`, naming the connectors this build knows, and `zone:`.
 fn connector_key(names: &[&str]) -> Map<String, Value> {
-    props([(
-        "connector",
-        json!({
-            "type": "string",
-            "description": "the connector that reads the source (`fhirlift connectors` lists them; plugins too)",
-            "examples": names,
-        }),
-    )])
+    props([
+        (
+            "connector",
+            json!({
+                "type": "string",
+                "description": "the connector that reads the source (`fhirlift connectors` lists them; plugins too)",
+                "examples": names,
+            }),
+        ),
+        ("zone", zone_key()),
+    ])
 }
 
 /// A connector's settings schema with `keys` beside its own settings (an
@@ -334,6 +346,7 @@ fn stream(connector: Option<(&str, &Value)>) -> Option<Value> {
                 "description": "two records writing one identity with other content: the later is written over the earlier (an update feed), or both are rejected",
             }),
         ),
+        ("zone", zone_key()),
     ]);
     let mut schema = keyed(
         keys,

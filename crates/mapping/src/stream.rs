@@ -147,6 +147,15 @@ impl StreamMapper {
         lookups: Vec<Arc<LookupTable>>,
     ) -> Result<StreamMapper, Vec<ConfigError>> {
         let mut errors = Vec::new();
+        // the stream's zone, for fhir_datetime without one of its own
+        let mut vars = vars.to_vec();
+        if let Some(zone) = &stream.zone {
+            vars.push((
+                crate::functions::ZONE_KEY.to_owned(),
+                serde_json::Value::String(zone.clone()),
+            ));
+        }
+        let vars = vars.as_slice();
         let mut bound = Vec::new();
         for cfg in &stream.lookups {
             match columns.index_of(&cfg.by) {

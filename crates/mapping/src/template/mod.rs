@@ -15,7 +15,7 @@ use minijinja::{Environment, Expression};
 
 use crate::config::ConfigError;
 use crate::functions::{CallContext, OPAQUE_KEY};
-use crate::functions::{GLOBAL_NAMES, LOCALS_KEY};
+use crate::functions::{GLOBAL_NAMES, LOCALS_KEY, ZONE_KEY};
 use crate::yaml::{Node, NodeKind, Pos};
 
 mod render;
@@ -536,6 +536,13 @@ impl<'a> Compiler<'a> {
                         "zone" => zone = Some(text(v)?),
                         _ => return None,
                     }
+                }
+                if offset.is_none()
+                    && zone.is_none()
+                    && let Some((_, z)) = self.names.vars.iter().find(|(k, _)| k == ZONE_KEY)
+                    && let Some(z) = z.as_str()
+                {
+                    (offset, zone) = crate::functions::default_zone(z);
                 }
                 Some(Native::FhirDateTime {
                     format,
