@@ -279,6 +279,53 @@ streams:
     assert!(result.stdout.contains("Condition 2"), "{}", result.stdout);
 }
 
+/// A lookup is held in memory whole: one past its `max_rows` (500,000 by
+/// default; a full OMOP `concept` table has millions) is refused by
+/// `check`, naming the lookup's line and saying to join in the query.
+#[test]
+fn a_lookup_over_its_row_limit_is_refused_before_it_fills_memory() {
+    let dir = scratch("lookup-too-big");
+    let yaml = r#"source: { connector: csv, path: . }
+streams:
+  conditions:
+    from: pc.csv
+    key: id
+    lookup:
+      condition: { from: c.csv, key: code, by: condition_code, max_rows: 2 }
+    emit:
+      - resourceType: Condition
+        identifier: [{ system: "http://s/pc", value: "{{ id }}" }]
+        code: { text: "{{ condition.name }}" }
+        subject: { reference: "Patient/1" }
+"#;
+    std::fs::write(dir.join("migration.yaml"), yaml).unwrap();
+    std::fs::write(dir.join("pc.csv"), "id,condition_code\n1,HT\n").unwrap();
+    std::fs::write(
+        dir.join("c.csv"),
+        "code,name\nHT,Hypertension\nDM,Diabetes\n",
+    )
+    .unwrap();
+    assert_eq!(
+        run(&dir, "check", &[]).code,
+        0,
+        "two rows: within the limit"
+    );
+    std::fs::write(
+        dir.join("c.csv"),
+        "code,name\nHT,Hypertension\nDM,Diabetes\nAS,Asthma\n",
+    )
+    .unwrap();
+    let result = run(&dir, "check", &[]);
+    assert_eq!(result.code, 1, "{}", result.stderr);
+    assert!(
+        result.stderr.contains("migration.yaml:7:")
+            && result.stderr.contains("c.csv has more than 2 rows")
+            && result.stderr.contains("join it in the stream's query"),
+        "{}",
+        result.stderr
+    );
+}
+
 #[test]
 fn latin1_files_are_read_when_the_stream_says_so() {
     let yaml = PATIENTS_ONLY.replace(

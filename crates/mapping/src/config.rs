@@ -131,8 +131,14 @@ pub struct LookupConfig {
     pub by: String,
     /// A record with no matching row goes on without it instead of being rejected.
     pub optional: bool,
+    /// The most rows the side table may have (`max_rows:`): it is held in
+    /// memory whole, so a larger one is refused with what to do instead.
+    pub max_rows: usize,
     pub options: serde_json::Value,
 }
+
+/// A lookup's row limit when it names none: about 100 MB of typical rows.
+pub const LOOKUP_MAX_ROWS: usize = 500_000;
 
 impl TargetConfig {
     /// What a migration file without `target:` (or with an empty one) means.
@@ -663,6 +669,7 @@ fn read_lookup(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
     let mut key = None;
     let mut by = None;
     let mut optional = false;
+    let mut max_rows = LOOKUP_MAX_ROWS;
     let mut options = serde_json::Map::new();
     for (k, v) in map_entries(body, &format!("lookup {lookup_name}"), errors) {
         match k.as_str() {
@@ -670,6 +677,9 @@ fn read_lookup(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
             Some("key") => key = string_of(v, "lookup key", errors),
             Some("by") => by = string_of(v, "lookup by", errors),
             Some("optional") => optional = bool_of(v, "lookup optional", errors),
+            Some("max_rows") => {
+                max_rows = usize_of(v, "lookup max_rows", errors).unwrap_or(LOOKUP_MAX_ROWS)
+            }
             _ => {
                 options.insert(k.key_text(), v.to_json());
             }
@@ -691,6 +701,7 @@ fn read_lookup(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
         by: by.unwrap_or_else(|| key.clone()),
         key,
         optional,
+        max_rows,
         options: options.into(),
     })
 }

@@ -377,6 +377,10 @@ fn lookup(connector: Option<(&str, &Value)>) -> Option<Value> {
             "optional",
             json!({ "type": "boolean", "description": "a record with no matching row goes on without it instead of being rejected" }),
         ),
+        (
+            "max_rows",
+            json!({ "type": "integer", "minimum": 1, "description": "the most rows the side table may have (default 500000): a lookup is held in memory whole; join a larger table in the stream's query" }),
+        ),
     ]);
     keyed(
         keys,

@@ -91,10 +91,17 @@ pub(crate) fn load_lookups(
         let result = connector.schema(&source).and_then(|schema| {
             let mut records = Vec::new();
             let mut bad = None;
+            let mut too_many = false;
             let mut open = connector.open(&source)?;
-            while let Some(chunk) = open.blocking_next_chunk() {
+            'read: while let Some(chunk) = open.blocking_next_chunk() {
                 for event in chunk {
                     match event {
+                        // held in memory whole: a table past the limit is
+                        // refused before it fills memory
+                        SourceEvent::Record(_) if records.len() == lookup.max_rows => {
+                            too_many = true;
+                            break 'read;
+                        }
                         SourceEvent::Record(r) => records.push(r),
                         SourceEvent::Rejected(e) => {
                             bad.get_or_insert(format!(
@@ -106,17 +113,24 @@ pub(crate) fn load_lookups(
                     }
                 }
             }
-            Ok((schema, records, bad))
+            Ok((schema, records, bad, too_many))
         });
         match result {
-            Ok((_, _, Some(bad))) => errors.push(ConfigError::at(
+            Ok((_, _, _, true)) => errors.push(ConfigError::at(
+                &lookup.pos,
+                format!(
+                    "lookup {}: {} has more than {} rows, and a lookup is held in memory whole (for each stream that uses it): join it in the stream's query instead (PostgreSQL: `from: SELECT ... FROM visits v JOIN concept c ON c.concept_id = v.visit_concept_id`), narrow it with a query, or raise `max_rows:` if memory allows",
+                    lookup.name, lookup.from, lookup.max_rows
+                ),
+            )),
+            Ok((_, _, Some(bad), _)) => errors.push(ConfigError::at(
                 &lookup.pos,
                 format!(
                     "lookup {}: a row of {} is unreadable: {bad}",
                     lookup.name, lookup.from
                 ),
             )),
-            Ok((schema, records, None)) => {
+            Ok((schema, records, None, _)) => {
                 match LookupTable::build(&lookup.name, &lookup.from, schema, &lookup.key, records) {
                     Ok(t) => tables.push(Arc::new(t)),
                     Err(message) => errors.push(ConfigError::at(&lookup.pos, message)),
