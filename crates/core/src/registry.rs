@@ -39,6 +39,55 @@ macro_rules! register_map {
     };
 }
 
+/// A built-in map written in the mapping language (`map: omop`): a
+/// migration file's `streams:` (and `vars:` defaults), embedded in the
+/// binary, that a stream naming it stands for. Unlike a [`MapRegistration`]
+/// it is expanded when the migration file is read: each of its streams
+/// becomes a stream of the migration (`<stream>.<name>`), and is then
+/// checked, phased and run like any other.
+pub struct TemplateMapRegistration {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The name its positions are shown under (`omop.yaml:40:9`).
+    pub file: &'static str,
+    /// The YAML text.
+    pub text: &'static str,
+}
+
+inventory::collect!(TemplateMapRegistration);
+
+/// Registers a built-in map written in the mapping language.
+#[macro_export]
+macro_rules! register_template_map {
+    (name: $name:expr, description: $description:expr, file: $file:expr, text: $text:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::registry::TemplateMapRegistration {
+                name: $name,
+                description: $description,
+                file: $file,
+                text: $text,
+            }
+        }
+    };
+}
+
+/// The built-in map written in the mapping language called `name`, if one
+/// is linked in.
+pub fn template_map(name: &str) -> Option<&'static TemplateMapRegistration> {
+    inventory::iter::<TemplateMapRegistration>
+        .into_iter()
+        .find(|m| m.name == name)
+}
+
+/// Every built-in map written in the mapping language, by name.
+pub fn template_maps() -> Vec<&'static TemplateMapRegistration> {
+    let mut all: Vec<_> = inventory::iter::<TemplateMapRegistration>
+        .into_iter()
+        .collect();
+    all.sort_by_key(|m| m.name);
+    all
+}
+
 /// Builds a connector from the mapping's `source:` settings.
 pub type CreateConnector =
     fn(&serde_json::Value, &ConnectorContext) -> Result<Box<dyn SourceConnector>, ConnectorError>;

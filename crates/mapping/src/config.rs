@@ -94,6 +94,12 @@ pub struct StreamConfig {
     /// fixed offset (`-05:00`), for `fhir_datetime` without `offset=` or
     /// `zone=` and for a built-in map that names no zone of its own.
     pub zone: Option<String>,
+    /// Written by a built-in map in the mapping language (`map: omop`),
+    /// not by the user ([`crate::template_maps`]).
+    pub generated: bool,
+    /// A generated stream whose table may be absent from the source: then
+    /// the stream is left out (said by `check`), not an error.
+    pub optional_table: Option<String>,
 }
 
 /// What happens when two records of a run write one identity with
@@ -252,8 +258,12 @@ impl MigrationConfig {
         MigrationConfig::parse(path, &text)
     }
 
-    /// Shape-checks migration YAML; `path` names it in errors and sets the base folder.
-    pub fn parse(path: &Path, text: &str) -> Result<MigrationConfig, ConfigErrors> {
+    /// [`MigrationConfig::parse`] before built-in maps in the mapping
+    /// language are expanded (`crate::template_maps`).
+    pub(crate) fn parse_unexpanded(
+        path: &Path,
+        text: &str,
+    ) -> Result<MigrationConfig, ConfigErrors> {
         let root = yaml::parse(path, text).map_err(|e| ConfigError {
             pos: None,
             message: e.to_string(),
@@ -276,7 +286,7 @@ impl MigrationConfig {
     }
 }
 
-fn map_entries<'a>(
+pub(crate) fn map_entries<'a>(
     node: &'a Node,
     what: &str,
     errors: &mut Vec<ConfigError>,
@@ -525,7 +535,11 @@ fn zone_of(v: &Node, what: &str, errors: &mut Vec<ConfigError>) -> Option<String
     None
 }
 
-fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Option<StreamConfig> {
+pub(crate) fn read_stream(
+    name: &Node,
+    body: &Node,
+    errors: &mut Vec<ConfigError>,
+) -> Option<StreamConfig> {
     let stream_name = name.key_text();
     let mut stream = StreamConfig {
         name: stream_name.clone(),
@@ -540,6 +554,8 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
         options: serde_json::Value::Null,
         collisions: None,
         zone: None,
+        generated: false,
+        optional_table: None,
     };
     let mut options = serde_json::Map::new();
     let mut has_from = false;
@@ -611,7 +627,12 @@ fn read_stream(name: &Node, body: &Node, errors: &mut Vec<ConfigError>) -> Optio
             }
         }
     }
-    if !has_from {
+    // a built-in map in the mapping language brings its own streams
+    let template = stream
+        .map
+        .as_ref()
+        .is_some_and(|m| fhirlift_core::registry::template_map(&m.name).is_some());
+    if !has_from && !template {
         errors.push(ConfigError::at(
             &name.pos,
             format!("stream {stream_name} needs `from:` (the file, table or query to read)"),

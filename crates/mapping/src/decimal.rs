@@ -26,6 +26,11 @@ impl Object for DecimalDigits {
     }
 }
 
+/// Source text that is no decimal number, with what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecimalError(pub String);
+
 /// The value as an expression sees it.
 pub fn to_mj(digits: String) -> Mj {
     Mj::from_object(DecimalDigits(digits))
@@ -36,7 +41,7 @@ pub fn to_mj(digits: String) -> Mj {
 /// Surrounding spaces and a `+` sign are dropped, and leading zeros of the
 /// integer part (`007.50` → `7.50`); the fraction's digits, trailing zeros
 /// included, are kept (FHIR decimals carry their precision).
-pub fn to_fhir_decimal(input: &str) -> Result<String, String> {
+pub fn to_fhir_decimal(input: &str) -> Result<String, DecimalError> {
     let text = input.trim();
     let unsigned = text.strip_prefix('+').unwrap_or(text);
     let (negative, body) = match unsigned.strip_prefix('-') {
@@ -57,9 +62,9 @@ pub fn to_fhir_decimal(input: &str) -> Result<String, String> {
         digits(e)
     });
     if !digits(integer) || !fraction.is_none_or(digits) || !exponent_ok {
-        return Err(format!(
+        return Err(DecimalError(format!(
             "{text:?} is not a decimal number (digits, an optional point and fraction, an optional exponent); fix the source value, or convert it first (a decimal comma: `| replace(',', '.') | decimal`)"
-        ));
+        )));
     }
     let integer = integer.trim_start_matches('0');
     let mut out = String::with_capacity(text.len());
@@ -99,7 +104,7 @@ mod tests {
             assert_eq!(to_fhir_decimal(input).as_deref(), Ok(want), "{input}");
         }
         for bad in ["", "1,5", "12 mg", ".5", "5.", "1e", "NaN", "--1"] {
-            let e = to_fhir_decimal(bad).unwrap_err();
+            let e = to_fhir_decimal(bad).unwrap_err().0;
             assert!(e.contains("is not a decimal number"), "{bad}: {e}");
         }
     }

@@ -215,6 +215,14 @@ fn every_native_shape_agrees_with_minijinja() {
     );
     check("system_uri(empty)", "");
     check("system_uri(sex)", "error");
+    check(
+        "system_uri(sex, 'urn:local:' ~ sex)",
+        r#"{"text":"urn:local:F","typed":"urn:local:F"}"#,
+    );
+    check(
+        "system_uri('LOINC', 'urn:local')",
+        r#"{"text":"http://loinc.org","typed":"http://loinc.org"}"#,
+    );
     // codes: keyword and dict forms, trimmed keys, defaults, chains
     check(
         "sex | code(F='female', M='male')",

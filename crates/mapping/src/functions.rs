@@ -118,7 +118,7 @@ fn decimal(value: Mj) -> Result<Mj, Error> {
     }
     crate::decimal::to_fhir_decimal(&text_arg(&value))
         .map(crate::decimal::to_mj)
-        .map_err(invalid)
+        .map_err(|e| invalid(e.0))
 }
 
 fn fhir_date(value: Mj, format: Option<String>) -> Result<Mj, Error> {
@@ -178,13 +178,16 @@ fn reference(resource_type: String, system: Mj, value: Mj) -> Result<Mj, Error> 
 /// `fhirlift_core::terminology`, the table the HL7v2 map reads). Empty in,
 /// empty out; an unknown name is an error naming the nearest known one
 /// (write the URI itself for a local system).
-fn system_uri(name: Mj) -> Result<Mj, Error> {
+/// `system_uri(name)`, or `system_uri(name, otherwise)`: `otherwise` for a
+/// name the table does not know, instead of an error (a local vocabulary).
+fn system_uri(name: Mj, otherwise: Option<Mj>) -> Result<Mj, Error> {
     if is_empty(&name) {
         return Ok(Mj::from(()));
     }
     let text = text_arg(&name);
     match fhirlift_core::terminology::system_uri(&text) {
         Some(uri) => Ok(Mj::from(uri)),
+        None if otherwise.is_some() => Ok(otherwise.unwrap_or_default()),
         None => {
             let hint = fhirlift_core::spelling::nearest(
                 text.trim(),

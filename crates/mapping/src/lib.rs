@@ -24,6 +24,7 @@ mod overrides;
 pub mod schema;
 pub mod stream;
 mod template;
+mod template_maps;
 pub mod yaml;
 
 pub use config::{ConfigError, ConfigErrors, MigrationConfig};

@@ -351,8 +351,8 @@ fn stream(connector: Option<(&str, &Value)>) -> Option<Value> {
     let mut schema = keyed(
         keys,
         connector.map(|c| c.1),
-        "one stream: what it reads (from, key, its connector's settings) and what it writes (emit, or a built-in map)",
-        &["from"],
+        "one stream: what it reads (from, key, its connector's settings) and what it writes (emit, or a built-in map; a built-in map in the mapping language, such as omop, brings its own from)",
+        &[],
     )?;
     schema["anyOf"] = json!([{ "required": ["emit"] }, { "required": ["map"] }]);
     Some(schema)

@@ -58,6 +58,9 @@ pub struct Plan {
     pub(crate) connector: Box<dyn SourceConnector>,
     pub streams: Vec<PlannedStream>,
     pub phases: Vec<Phase>,
+    /// Streams of a built-in map left out because their table is absent
+    /// from the source (`omop.device_exposure: table device_exposure`).
+    pub absent: Vec<String>,
 }
 
 pub(crate) fn stream_source(
@@ -247,6 +250,11 @@ fn stream_mapper(
 fn unwritten_references(deps: &[StreamDeps], config: &MigrationConfig) -> Vec<ConfigError> {
     let mut unwritten = Vec::new();
     for (d, c) in deps.iter().zip(&config.streams) {
+        // a built-in map refers to what its other streams write, which a
+        // source without their tables lacks: those references stay empty
+        if c.generated {
+            continue;
+        }
         for t in &d.referenced_types {
             let written = deps.iter().any(|o| o.emitted_types.contains(t));
             if !written && !config.target.holds.contains(t) {
@@ -277,7 +285,7 @@ impl Plan {
     /// Checks a migration against its source: the connector exists, every
     /// stream opens, every column an expression uses exists, phases order.
     /// Nothing is sent anywhere.
-    pub fn prepare(config: MigrationConfig, registry: &Registry) -> Result<Plan, ConfigErrors> {
+    pub fn prepare(mut config: MigrationConfig, registry: &Registry) -> Result<Plan, ConfigErrors> {
         let profile = config.target.server_profile().map_err(|m| ConfigError {
             pos: None,
             message: m,
@@ -290,6 +298,19 @@ impl Plan {
         };
         let connector = (registration.create)(&config.source.settings, &context)
             .map_err(|e| ConfigError::at(&config.source.pos, format!("source: {e}")))?;
+        // a built-in map's stream whose table the source lacks is left out
+        let mut absent = Vec::new();
+        config.streams.retain(|s| {
+            let Some(table) = s.optional_table.as_deref() else {
+                return true;
+            };
+            let probe = stream_source(&s.name, table, &[], &s.options);
+            let present = connector.schema(&probe).is_ok();
+            if !present {
+                absent.push(format!("{}: table {table}", s.name));
+            }
+            present
+        });
         let mut errors = Vec::new();
         let streams: Vec<PlannedStream> = config
             .streams
@@ -327,6 +348,7 @@ impl Plan {
             connector,
             streams,
             phases,
+            absent,
         })
     }
 
@@ -336,7 +358,13 @@ impl Plan {
     /// limit and what to do.
     pub fn warnings(&self) -> Vec<String> {
         let p = &self.profile;
-        let mut out = Vec::new();
+        let mut out: Vec<String> = self
+            .absent
+            .iter()
+            .map(|a| {
+                format!("stream {a} is not in the source: the built-in map's stream is left out")
+            })
+            .collect();
         for s in &self.streams {
             if !s.shape.transaction {
                 continue;

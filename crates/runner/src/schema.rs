@@ -33,7 +33,14 @@ pub(crate) fn migration_schema(registry: &Registry) -> Value {
             stream: &c.settings.stream,
         })
         .collect();
-    let maps: Vec<&str> = registry.maps().map(|m| m.name).collect();
+    // built-in maps in Rust (hl7v2) and in the mapping language (omop)
+    let mut maps: Vec<&str> = registry.maps().map(|m| m.name).collect();
+    maps.extend(
+        fhirlift_core::registry::template_maps()
+            .iter()
+            .map(|m| m.name),
+    );
+    maps.sort_unstable();
     mapping::migration_schema(&connectors, &maps, resources)
 }
 

@@ -237,9 +237,9 @@ impl Native {
             )
             .map(serde_json::Value::String)
             .map_err(|e| e.0),
-            Native::Decimal => {
-                crate::decimal::to_fhir_decimal(&text).map(serde_json::Value::String)
-            }
+            Native::Decimal => crate::decimal::to_fhir_decimal(&text)
+                .map(serde_json::Value::String)
+                .map_err(|e| e.0),
             Native::Code { map, default } => {
                 let key = text.trim();
                 map.get(key)
