@@ -1,9 +1,9 @@
-//! Links every built-in connector listed in this crate's Cargo.toml.
+//! Links every built-in connector and map listed in this crate's Cargo.toml.
 //!
 //! A connector registers itself with `inventory`, but the linker keeps a
 //! crate only when something refers to it. This script writes one
-//! `use fhirlift_connector_x as _;` per `fhirlift-connector-*` dependency, so
-//! adding a connector stays one line in Cargo.toml.
+//! `use fhirlift_connector_x as _;` per `fhirlift-connector-*` (and
+//! `fhirlift-map-*`) dependency, so adding one stays one line in Cargo.toml.
 
 use std::fmt::Write;
 
@@ -18,7 +18,7 @@ fn main() {
             .split(['=', ' ', '.'])
             .next()
             .unwrap_or("");
-        if name.starts_with("fhirlift-connector-") {
+        if name.starts_with("fhirlift-connector-") || name.starts_with("fhirlift-map-") {
             let _ = writeln!(out, "use {} as _;", name.replace('-', "_"));
         }
     }

@@ -9,6 +9,7 @@ mod ledger;
 mod medplum;
 mod merges;
 mod network;
+mod omop;
 mod plugins;
 mod postgres;
 mod postgres_schema;
