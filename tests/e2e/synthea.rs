@@ -1,5 +1,7 @@
 //! The Synthea CSV export of the shared corpus, mapped by
-//! `examples/synthea/migration.yaml`: every resource is valid R4, and a
+//! `examples/synthea/migration.yaml`: every resource is valid R4, the
+//! export migrates into the sandbox with no reject and a re-run sends
+//! nothing, repeated provider ids are handled as the example says, and a
 //! copy of the mapping with one typo per kind of mistake gives exactly
 //! those issues, each at the mapping line that holds the typo.
 
@@ -139,6 +141,82 @@ fn the_synthea_export_maps_to_valid_r4() {
     ] {
         assert!(run.stdout.contains(expected), "{expected}\n{}", run.stdout);
     }
+}
+
+/// The export into the sandbox: every record accounted for, none
+/// rejected, and a re-run sends nothing. Then a copy whose providers.csv
+/// repeats ids, as real exports do: a repeat with the same mapped content
+/// is skipped, one with another address is written after the first (the
+/// last row wins), and nothing is rejected.
+#[test]
+fn the_synthea_export_migrates_with_no_reject_and_repeated_provider_ids_are_handled() {
+    let Some(corpus) = corpus() else {
+        eprintln!("the shared corpus is not beside the workspace: skipped");
+        return;
+    };
+    let dir = scratch("synthea-migrate");
+    let export = corpus.join("synthea-csv/OHDSI__dbt-synthea/seeds/synthea");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for entry in std::fs::read_dir(&export).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, data.join(path.file_name().unwrap())).unwrap();
+    }
+    let text =
+        std::fs::read_to_string(workspace().join("examples/synthea/migration.yaml")).unwrap();
+    let config = dir.join("migration.yaml");
+    std::fs::write(&config, text).unwrap();
+    let run = || crate::rerun::migrate_into_store_with(&config, &dir, &[]);
+    let first = run();
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    let r = crate::support::report(&dir);
+    let total = |o: &str| crate::support::total(&r, o);
+    assert_eq!(total("created"), 3228, "{}", first.stdout);
+    assert_eq!(total("rejected"), 0, "{}", first.stdout);
+    let again = run();
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert_eq!(
+        crate::support::report(&dir)["traffic"]["writes"],
+        0,
+        "{}",
+        again.stdout
+    );
+
+    // two more rows for the first provider: the same, and moved
+    let providers = data.join("providers.csv");
+    let csv = std::fs::read_to_string(&providers).unwrap();
+    let first_row = csv.lines().nth(1).unwrap().to_owned();
+    let id = first_row.split(',').next().unwrap().to_owned();
+    let stored_address = |dir: &Path| {
+        crate::rerun::stored(dir, "Practitioner")
+            .into_values()
+            .find(|p| p["identifier"][0]["value"] == id.as_str())
+            .unwrap()["address"][0]["city"]
+            .clone()
+    };
+    let city_before = stored_address(&dir);
+    let city = city_before.as_str().unwrap().to_owned();
+    let moved = first_row.replacen(&format!(",{city},"), ",Springfield,", 1);
+    assert_ne!(moved, first_row, "the row names its city");
+    std::fs::write(&providers, format!("{csv}{first_row}\n{moved}\n")).unwrap();
+    let repeated = run();
+    assert_eq!(repeated.code, 0, "{}{}", repeated.stdout, repeated.stderr);
+    let r = crate::support::report(&dir);
+    assert_eq!(
+        crate::support::total(&r, "rejected"),
+        0,
+        "{}",
+        repeated.stdout
+    );
+    assert!(
+        repeated
+            .stdout
+            .contains("skipped 1: repeats an earlier record (same key, same content)")
+            && repeated.stdout.contains("repeated keys 1"),
+        "{}",
+        repeated.stdout
+    );
+    assert_eq!(stored_address(&dir), "Springfield", "the last row wins");
 }
 
 /// One mistake per kind, as new users make them: (stream, text, typo).
