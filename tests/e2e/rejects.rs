@@ -738,3 +738,52 @@ streams:
     let check = run(&dir, "check", &["--no-count"]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
 }
+
+/// `| decimal` (issue 20): the digits go into the request as written (a
+/// dry run's bundle holds `42.12345678901234567`, which `| float` would
+/// cut), and text that is no number rejects its record, naming the row
+/// and the mapping line.
+#[test]
+fn decimals_keep_their_digits_and_a_bad_one_names_its_row_and_mapping_line() {
+    let dir = scratch("decimal");
+    let yaml = r#"source: { connector: csv, path: . }
+streams:
+  places:
+    from: places.csv
+    key: id
+    emit:
+      - resourceType: Location
+        identifier: [{ system: "urn:example:loc", value: "{{ id }}" }]
+        position:
+          latitude: "= lat | decimal"
+          longitude: "= lng | decimal"
+"#;
+    std::fs::write(dir.join("migration.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.join("places.csv"),
+        "id,lat,lng\n1,42.12345678901234567,-71.0\n2,\"1,5\",3\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let result = run(&dir, "migrate", &["--dry-run", out.to_str().unwrap()]);
+    assert_eq!(result.code, 2, "{}{}", result.stdout, result.stderr);
+    let bundles: String = std::fs::read_dir(out.join("phase-1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("places"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        bundles.contains("\"latitude\":42.12345678901234567,\"longitude\":-71.0"),
+        "{bundles}"
+    );
+    let rejects = std::fs::read_to_string(out.join("fhirlift-rejects.ndjson")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
+    assert!(
+        rejects.contains("\"line\":3")
+            && rejects.contains("Location.position.latitude at ")
+            && rejects.contains("migration.yaml:10:")
+            && rejects.contains("is not a decimal number"),
+        "{rejects}"
+    );
+}
