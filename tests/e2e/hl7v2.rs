@@ -517,22 +517,50 @@ fn a_message_with_one_changed_resource_writes_only_that_one() {
 }
 
 /// A map setting written on the stream instead of under `map:` was passed
-/// to the connector and ignored: the archive's times took no zone.
+/// to the connector and ignored: the archive's times took no zone. Now a
+/// stream's `zone:` is the map's (issue 20), and another map setting there
+/// is named by check.
 #[test]
 fn a_map_setting_on_the_stream_is_named_by_check() {
     let dir = scratch("hl7v2-stream-setting");
     std::fs::write(dir.join("a.hl7"), "").unwrap();
     let config = dir.join("migration.yaml");
+    let write = |setting: &str| {
+        std::fs::write(
+            &config,
+            format!("source:\n  connector: hl7v2\nstreams:\n  adt:\n    from: a.hl7\n    {setting}\n    map: hl7v2\n"),
+        )
+        .unwrap();
+        fhirlift(["check".into(), "-c".into(), config.clone().into_os_string()])
+    };
+    let zone = write("zone: America/New_York");
+    assert_eq!(zone.code, 0, "{}{}", zone.stdout, zone.stderr);
+    // and the map reads the archive's times in it
     std::fs::write(
-        &config,
-        "source:\n  connector: hl7v2\nstreams:\n  adt:\n    from: a.hl7\n    zone: Europe/Lisbon\n    map: hl7v2\n",
+        dir.join("a.hl7"),
+        "MSH|^~\\&|EHR|FAC|||202401011200||ADT^A01|Z1|P|2.5.1\rPID|1||123^^^FAC^MR||Doe^Jane\rPV1|1|I|||||||||||||||||V1^^^FAC|||||||||||||||||||||||||202401011200\r",
     )
     .unwrap();
-    let check = fhirlift(["check".into(), "-c".into(), config.into_os_string()]);
-    assert_eq!(check.code, 1, "{}", check.stdout);
+    let out = dir.join("out");
+    let run = fhirlift([
+        "migrate".into(),
+        "-c".into(),
+        config.clone().into_os_string(),
+        "--dry-run".into(),
+        out.clone().into_os_string(),
+    ]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let bundle = std::fs::read_to_string(out.join("phase-1/000001-adt.json")).unwrap();
     assert!(
-        check.stderr.contains("stream adt.zone") && check.stderr.contains("go under map:"),
+        bundle.contains("\"start\":\"2024-01-01T12:00:00-05:00\""),
+        "{bundle}"
+    );
+    let misplaced = write("default_authority: urn:oid:1.2.3");
+    assert_eq!(misplaced.code, 1, "{}", misplaced.stdout);
+    assert!(
+        misplaced.stderr.contains("stream adt.default_authority")
+            && misplaced.stderr.contains("go under map:"),
         "{}",
-        check.stderr
+        misplaced.stderr
     );
 }

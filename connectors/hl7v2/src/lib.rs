@@ -97,7 +97,7 @@ fn map_settings_go_under_map(e: ConnectorError) -> ConnectorError {
         ConnectorError::Setting { what, message } => ConnectorError::Setting {
             what,
             message: format!(
-                "{message}; the map's settings (zone, authorities) go under map: in the stream"
+                "{message}; the map's settings (authorities, default_authority) go under map: in the stream (zone: may also be the stream's or the source's)"
             ),
         },
         other => other,
