@@ -25,7 +25,7 @@ use crate::maps::{self, MapOptions, MessageMap};
 
 fhirlift_core::register_map! {
     name: "hl7v2",
-    description: "HL7 v2 to FHIR after the V2-to-FHIR guide: ADT (A01-A13, A28, A31, ...), ORU^R01, VXU^V04",
+    description: "HL7 v2 to FHIR after the V2-to-FHIR guide: ADT (A01-A16, A25-A31, A40, A41, A60), ORU^R01, ORM^O01, OML^O21, VXU^V04, MDM^T01-T11, SIU^S12-S26",
     create: create,
 }
 

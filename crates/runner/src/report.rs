@@ -24,11 +24,18 @@ pub fn write_connectors(out: &mut dyn Write, registry: &Registry) -> std::io::Re
             c.name, origin, c.version, c.description
         )?;
     }
-    let mut maps = registry.maps().peekable();
-    if maps.peek().is_some() {
+    // in Rust (hl7v2) and in the mapping language (omop)
+    let mut maps: Vec<(&str, &str)> = registry.maps().map(|m| (m.name, m.description)).collect();
+    maps.extend(
+        fhirlift_core::registry::template_maps()
+            .iter()
+            .map(|m| (m.name, m.description)),
+    );
+    maps.sort_unstable();
+    if !maps.is_empty() {
         writeln!(out, "\nbuilt-in maps (a stream's `map:`):")?;
-        for m in maps {
-            writeln!(out, "{:<12} {}", m.name, m.description)?;
+        for (name, description) in maps {
+            writeln!(out, "{name:<12} {description}")?;
         }
     }
     Ok(())
