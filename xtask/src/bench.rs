@@ -1,14 +1,15 @@
 //! The benchmarks behind `cargo xtask bench`: map + plan throughput and
 //! memory, sending to a sink sandbox, the write strategies against the
 //! sandbox in Medplum mode, the ledger, PostgreSQL and HL7 v2; the run
-//! against the real Medplum server is in `bench_medplum.rs`.
+//! against the real Medplum server is in `bench_medplum.rs`, the OMOP map's
+//! in `bench_omop.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, pg, root, run};
+use crate::{build_release, cargo, number_after, pg, root, run};
 
 /// `cargo xtask bench [medplum [--real] | postgres | ledger | hl7v2] [--patients N]`.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
@@ -33,33 +34,15 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             "medplum" => strategies_only = true,
             "postgres" => postgres_only = true,
             "ledger" => ledger_only = true,
-            "--patients" => {
-                patients = it
-                    .next()
-                    .and_then(|n| n.replace('_', "").parse().ok())
-                    .context("--patients takes a number")?
-            }
+            "--patients" => patients = number_after(a, &mut it)?,
             other => bail!("unknown bench option {other:?}"),
         }
     }
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "--package",
-        "fhirlift",
-        "--package",
-        "fhirlift-tests",
-        "--bin",
-        "fhirlift",
-        "--bin",
-        "fhirlift-gen",
-        "--package",
-        "fhirlift-sandbox",
-        "--bin",
-        "fhirlift-sandbox",
-    ]);
-    run(build)?;
+    build_release(&[
+        ("fhirlift", "fhirlift"),
+        ("fhirlift-tests", "fhirlift-gen"),
+        ("fhirlift-sandbox", "fhirlift-sandbox"),
+    ])?;
     if postgres_only {
         return bench_postgres(if args.iter().any(|a| a == "--patients") {
             patients
@@ -141,16 +124,22 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
 /// The sandbox in sink mode (parses and counts) in its own process on
 /// `port`, so the peak memory a run prints is fhirlift's alone.
 fn start_sink(port: &str) -> anyhow::Result<std::process::Child> {
-    let mut sink = Command::new(root().join("target/release/fhirlift-sandbox"))
-        .args(["--sink", "--port", port])
+    start_sandbox(port, &["--sink"])
+}
+
+/// The release sandbox with `options` in its own process on `port`.
+pub fn start_sandbox(port: &str, options: &[&str]) -> anyhow::Result<std::process::Child> {
+    let mut sandbox = Command::new(root().join("target/release/fhirlift-sandbox"))
+        .args(options)
+        .args(["--port", port])
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("cannot start the sandbox")?;
     std::thread::sleep(std::time::Duration::from_millis(500));
-    if let Some(status) = sink.try_wait()? {
+    if let Some(status) = sandbox.try_wait()? {
         bail!("the sandbox stopped at once ({status})");
     }
-    Ok(sink)
+    Ok(sandbox)
 }
 
 /// The ledger: what an unchanged re-run costs next to the first run.
@@ -282,19 +271,25 @@ fn bench_hl7v2(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// `fhirlift migrate CONFIG` (release build) into the sink sandbox on
-/// `port`. The sink answers no searches: the conditional strategy measures
-/// the planned bundles.
+/// `port`, every record sent whatever an earlier bench left in the ledger.
 fn send_to_sink(config: &Path, port: &str, dir: &Path) -> anyhow::Result<()> {
+    let mut send = migrate_into(config, port, &dir.join("bench-rejects.ndjson"));
+    send.arg("--full");
+    run(send)
+}
+
+/// The release `fhirlift migrate CONFIG` into the sandbox on `port`, its
+/// rejects in `rejects`. A sink answers no searches: the conditional
+/// strategy measures the planned bundles.
+pub fn migrate_into(config: &Path, port: &str, rejects: &Path) -> Command {
     let mut send = Command::new(root().join("target/release/fhirlift"));
     send.args(["migrate", "--config"])
         .arg(config)
         .args(["--server", &format!("http://127.0.0.1:{port}/fhir/R4")])
         .args(["--strategy", "conditional"])
-        // every record sent, whatever an earlier bench left in the ledger
-        .arg("--full")
         .arg("--rejects")
-        .arg(dir.join("bench-rejects.ndjson"));
-    run(send)
+        .arg(rejects);
+    send
 }
 
 /// The PostgreSQL connector: `rows` patients in a table of a throwaway

@@ -27,7 +27,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use crate::medplum::{Medplum, Project};
-use crate::{cargo, interrupt, root, run, shown};
+use crate::{build_release, interrupt, number_after, root, run, shown};
 use serde_json::Value;
 
 /// The environment variable the benchmark hands a project's secret in.
@@ -47,32 +47,15 @@ pub fn real(args: &[String]) -> anyhow::Result<()> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--real" => {}
-            "--patients" => {
-                patients = it
-                    .next()
-                    .and_then(|n| n.replace('_', "").parse().ok())
-                    .filter(|n| *n > 0)
-                    .context("--patients takes a positive number")?
-            }
+            "--patients" => patients = number_after(a, &mut it)?,
             other => bail!("unknown option {other:?} for `bench medplum --real`"),
         }
     }
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "--package",
-        "fhirlift",
-        "--package",
-        "fhirlift-tests",
-        "--bin",
-        "fhirlift",
-        "--bin",
-        "fhirlift-gen",
-        "--bin",
-        "fhirlift-ceiling",
-    ]);
-    run(build)?;
+    build_release(&[
+        ("fhirlift", "fhirlift"),
+        ("fhirlift-tests", "fhirlift-gen"),
+        ("fhirlift-tests", "fhirlift-ceiling"),
+    ])?;
     // Ctrl-C stops the step in progress; a server started here is stopped
     // when `medplum` is dropped
     interrupt::catch();

