@@ -543,7 +543,10 @@ impl Plan {
                     phase: phase.number,
                     ..StreamSummary::default()
                 });
-                accounts.tracks.push(StreamTrack::default());
+                accounts.tracks.push(StreamTrack {
+                    followed: accounts.ledger.is_some(),
+                    ..StreamTrack::default()
+                });
             }
         }
         let mut index = 0;
