@@ -340,6 +340,14 @@ pub fn derived_urn_uuid(parts: &[&str]) -> String {
     out
 }
 
+/// Whether `s` is a UUID's text: hex digits of either case grouped
+/// 8-4-4-4-12 (FHIR's `uuid` type wants them lower-case after `urn:uuid:`).
+pub fn is_uuid_text(s: &str) -> bool {
+    s.len() == 36
+        && s.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit())
+}
+
 /// Appends a UUID's text: 32 lower-case hex digits grouped 8-4-4-4-12.
 pub fn write_uuid(uuid: u128, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -7,6 +7,19 @@
 //! ...), HL7 v2 table 0396 names (`LN`, `SCT`, `I10C`, `HL7nnnn`, ...) and
 //! the OIDs of the same systems.
 
+/// Whether `s` is an OID as FHIR's `oid` type writes it after `urn:oid:`:
+/// two or more arcs of digits, the first 0, 1 or 2, none with a leading 0.
+pub fn is_oid(s: &str) -> bool {
+    let mut arcs = s.split('.');
+    matches!(arcs.next(), Some("0" | "1" | "2"))
+        && s.contains('.')
+        && arcs.all(|a| {
+            !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_digit())
+                && (a == "0" || !a.starts_with('0'))
+        })
+}
+
 /// (names, URI): every spelling of one system.
 const SYSTEMS: &[(&[&str], &str)] = &[
     (

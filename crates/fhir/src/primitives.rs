@@ -3,6 +3,8 @@
 //! specification, written out; the calendar by jiff).
 
 use base64::Engine as _;
+use fhirlift_core::group::is_uuid_text;
+use fhirlift_core::terminology::is_oid;
 use serde_json::Value;
 
 /// Why a value is not a valid primitive of its type.
@@ -123,24 +125,9 @@ fn digits(s: &str, n: usize) -> Option<u32> {
         .flatten()
 }
 
-fn is_oid(s: &str) -> bool {
-    let mut parts = s.split('.');
-    matches!(parts.next(), Some("0" | "1" | "2"))
-        && s.contains('.')
-        && parts.all(|p| {
-            !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (p == "0" || !p.starts_with('0'))
-        })
-}
-
+/// FHIR's `uuid`: lower-case hex only.
 fn is_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    is_uuid_text(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, a day that exists, year 1 or later.

@@ -5,7 +5,9 @@
 use serde_json::{Map, Value};
 
 use super::Composite;
-use super::datatypes::{CODING_SYSTEM_FALLBACK_BASE, dashed, is_oid, text};
+use fhirlift_core::terminology::is_oid;
+
+use super::datatypes::{CODING_SYSTEM_FALLBACK_BASE, dashed, text};
 use crate::Delimiters;
 
 /// The CWE triplets: (code, display, system name, version).

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use fhirlift_core::group::is_uuid_text as is_uuid;
+use fhirlift_core::terminology::is_oid;
 use serde_json::{Map, Value, json};
 
 use super::Composite;
@@ -161,28 +163,6 @@ fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> &'s str {
         Some(head) if head.eq_ignore_ascii_case(prefix) => s.get(prefix.len()..).unwrap_or(s),
         _ => s,
     }
-}
-
-/// `0.x`, `1.x` or `2.x` arcs of digits, as FHIR's `oid` type wants.
-pub(super) fn is_oid(s: &str) -> bool {
-    let mut arcs = s.split('.');
-    let first_ok = matches!(arcs.next(), Some("0" | "1" | "2"));
-    let mut rest = 0;
-    let rest_ok = arcs.all(|a| {
-        rest += 1;
-        !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) && (a == "0" || !a.starts_with('0'))
-    });
-    first_ok && rest_ok && rest > 0
-}
-
-/// `8-4-4-4-12` hex digits.
-fn is_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// An Identifier.type CodeableConcept for a table 0203 code (THO
