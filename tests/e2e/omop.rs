@@ -3,7 +3,7 @@
 //! map reads, and rows of our own: NULLs, a death, concepts of several
 //! vocabularies): one resource per row and type, every reference resolves,
 //! a re-run sends nothing; in the sandbox and in the real Medplum of the
-//! kit. Also: a user's `emit:` replaces the map's resource of its type, an
+//! kit; the generated data of `cargo xtask bench omop` row for row. Also: a user's `emit:` replaces the map's resource of its type, an
 //! absent table leaves its stream out, and a misspelled setting is named.
 
 use std::collections::{BTreeMap, HashSet};
@@ -54,12 +54,16 @@ fn migration(db: &TestDb, dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-/// Checks counts per type and that every `Type/id` reference of every
-/// resource names a resource of the set; `all(type)` lists a type.
-fn assert_landed(all: &dyn Fn(&str) -> Vec<Value>) -> BTreeMap<String, Vec<Value>> {
+/// Checks the counts per type (`expected`) and that every `Type/id`
+/// reference of every resource names a resource of the set; `all(type)`
+/// lists a type.
+fn assert_landed(
+    expected: &[(&str, usize)],
+    all: &dyn Fn(&str) -> Vec<Value>,
+) -> BTreeMap<String, Vec<Value>> {
     let mut held = BTreeMap::new();
     let mut ids = HashSet::new();
-    for (t, n) in EXPECTED {
+    for (t, n) in expected {
         let resources = all(t);
         assert_eq!(resources.len(), *n, "{t}: {resources:#?}");
         for r in &resources {
@@ -176,7 +180,7 @@ fn the_omop_map_writes_one_resource_per_row_and_a_rerun_sends_nothing() {
     let run = || migrate_into_store_with(&config, &dir, &[]);
     let first = run();
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
-    let held = assert_landed(&|t| stored(&dir, t).into_values().collect());
+    let held = assert_landed(EXPECTED, &|t| stored(&dir, t).into_values().collect());
     assert_mapped_as_documented(&held);
     let again = run();
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
@@ -196,9 +200,60 @@ fn the_omop_map_lands_in_real_medplum_and_a_rerun_sends_nothing() {
     let first = migrate(&config, &project.url, &dir, &args);
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
     let fhir = project.fhir();
-    let held = assert_landed(&|t| fhir.all(t, &[]));
+    let held = assert_landed(EXPECTED, &|t| fhir.all(t, &[]));
     assert_mapped_as_documented(&held);
     let again = migrate(&config, &project.url, &dir, &args);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert_eq!(report(&dir)["traffic"]["writes"], 0, "{}", again.stdout);
+}
+
+/// `examples/omop/generate.sql` (the data of `cargo xtask bench omop`)
+/// gives the rows its header promises, and every one of them maps to valid
+/// R4: per type, the seed's resources plus the generated ones, nothing
+/// rejected, every reference resolving; a re-run sends nothing.
+#[test]
+fn every_generated_cdm_row_maps_and_lands() {
+    const PERSONS: usize = 50;
+    let db = omop_db("omop_generated");
+    let generate = workspace().join("examples/omop/generate.sql");
+    db.execute(&std::fs::read_to_string(generate).unwrap());
+    db.execute(&format!("SELECT cdm_generate({PERSONS})"));
+    let dir = scratch("omop-generated");
+    let config = migration(&db, &dir, "");
+    let run = || migrate_into_store_with(&config, &dir, &[]);
+    let first = run();
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    let r = report(&dir);
+    assert_eq!(total(&r, "rejected"), 0, "{}", first.stdout);
+    let n = PERSONS;
+    // generate.sql: 100 care sites, 400 providers; per person 3 visits, 3
+    // conditions, 10 measurements, 3 observations, 2 drug exposures (a
+    // prescription and a record of use), 1 procedure, a device for 1 in 5
+    let generated = [
+        ("Organization", 100),
+        ("Practitioner", 400),
+        ("Patient", n),
+        ("Encounter", 3 * n),
+        ("Condition", 3 * n),
+        ("Observation", 13 * n),
+        ("MedicationRequest", n),
+        ("MedicationStatement", n),
+        ("Procedure", n),
+        ("Device", n / 5),
+        ("DeviceUseStatement", n / 5),
+    ];
+    let expected: Vec<(&str, usize)> = EXPECTED
+        .iter()
+        .zip(generated)
+        .map(|((t, seeded), (t2, more))| {
+            assert_eq!(*t, t2);
+            (*t, seeded + more)
+        })
+        .collect();
+    assert_landed(&expected, &|t| stored(&dir, t).into_values().collect());
+    let created: usize = expected.iter().map(|(_, n)| n).sum();
+    assert_eq!(total(&r, "created"), created as u64, "{}", first.stdout);
+    let again = run();
     assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
     assert_eq!(report(&dir)["traffic"]["writes"], 0, "{}", again.stdout);
 }
