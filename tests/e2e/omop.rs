@@ -3,7 +3,8 @@
 //! map reads, and rows of our own: NULLs, a death, concepts of several
 //! vocabularies): one resource per row and type, every reference resolves,
 //! a re-run sends nothing; in the sandbox and in the real Medplum of the
-//! kit; the generated data of `cargo xtask bench omop` row for row. Also: a user's `emit:` replaces the map's resource of its type, an
+//! kit; and the generated data of `cargo xtask bench omop`, row for row.
+//! Also: a user's `emit:` replaces the map's resource of its type, an
 //! absent table leaves its stream out, and a misspelled setting is named.
 
 use std::collections::{BTreeMap, HashSet};
