@@ -259,6 +259,34 @@ fn every_generated_cdm_row_maps_and_lands() {
     assert_eq!(report(&dir)["traffic"]["writes"], 0, "{}", again.stdout);
 }
 
+/// Regression: the birth date was built with SQL's make_date(), so one
+/// person with an impossible day (a CDM column is a plain integer) failed
+/// the whole person query. Now that row alone is rejected, named by its
+/// key, and the others are mapped.
+#[test]
+fn an_impossible_birth_date_rejects_its_person_alone() {
+    let db = omop_db("omop_bad_birth");
+    db.execute(
+        "INSERT INTO cdm.person (person_id, gender_concept_id, year_of_birth, month_of_birth,
+             day_of_birth, race_concept_id, ethnicity_concept_id)
+         VALUES (99, 8507, 1980, 2, 30, 0, 0), (98, 8507, 1980, 13, NULL, 0, 0);",
+    );
+    let dir = scratch("omop-bad-birth");
+    let config = migration(&db, &dir, "");
+    let check = fhirlift(["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);
+    let out = &check.stdout;
+    assert!(out.contains("2 records would be rejected"), "{out}");
+    assert!(out.contains("bad-format Patient.birthDate"), "{out}");
+    assert!(out.contains("cdm.person"), "{out}");
+    assert!(out.contains("99") && out.contains("98"), "{out}");
+    let stream = out.lines().find(|l| l.contains(" cdm.person ")).unwrap();
+    assert!(
+        stream.split_whitespace().any(|w| w == "6"),
+        "six persons read: {stream}"
+    );
+}
+
 /// A stream's `emit:` entry replaces the map's resource of its type (in
 /// each stream writing it), an absent table leaves its stream out, and a
 /// misspelled setting is named with the settings there are.
