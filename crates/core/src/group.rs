@@ -71,6 +71,14 @@ impl ResourceJson {
         serde_json::from_str(&self.0).expect("ResourceJson holds valid JSON")
     }
 
+    /// Parsed, or why not. The renderer writes only JSON that a reader
+    /// holding numbers as 64-bit floats reads, so an error is a bug (a
+    /// plugin's mapper, or a number fhirlift let through): the pipeline
+    /// rejects the record with it instead of stopping the stream.
+    pub fn try_to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
     /// The first identifier's system and value, read without building a tree.
     pub fn first_identifier(&self) -> Option<(String, String)> {
         #[derive(serde::Deserialize)]

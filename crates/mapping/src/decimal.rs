@@ -83,6 +83,16 @@ pub fn to_fhir_decimal(input: &str) -> Result<String, DecimalError> {
     if out == "-0" {
         out.remove(0);
     }
+    // JSON readers, fhirlift's own and FHIR servers' (Medplum's is
+    // JavaScript), hold a number as a 64-bit float: past its range the
+    // number is lost (an error, an infinity, or a silent 0)
+    let float: f64 = out.parse().unwrap_or(f64::INFINITY);
+    let nonzero = mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'));
+    if !float.is_finite() || (float == 0.0 && nonzero) {
+        return Err(DecimalError(format!(
+            "{text:?} is beyond what a JSON number can carry to a server (a 64-bit float: about 1e-308 to 1.8e308); write it as text (a string element), or rescale it with its unit"
+        )));
+    }
     Ok(out)
 }
 
@@ -106,6 +116,25 @@ mod tests {
         for bad in ["", "1,5", "12 mg", ".5", "5.", "1e", "NaN", "--1"] {
             let e = to_fhir_decimal(bad).unwrap_err().0;
             assert!(e.contains("is not a decimal number"), "{bad}: {e}");
+        }
+    }
+
+    /// Regression: `1e999` passed as digits, and the JSON reader of the
+    /// validation step (serde_json) refused the rendered resource: the
+    /// mapping thread panicked and the stream stopped. `1e-999` would have
+    /// reached a server as 0.
+    #[test]
+    fn numbers_no_json_reader_can_carry_are_refused() {
+        for bad in ["1e999", "-1e309", "1e-999", "0.1e-400"] {
+            let e = to_fhir_decimal(bad).unwrap_err().0;
+            assert!(
+                e.contains("beyond what a JSON number can carry"),
+                "{bad}: {e}"
+            );
+        }
+        let huge = format!("1{}", "0".repeat(300));
+        for fine in ["0e-999", "0.000e999", "1.7e308", "2.2e-308", huge.as_str()] {
+            assert_eq!(to_fhir_decimal(fine).as_deref(), Ok(fine), "{fine}");
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod yaml;
 
 pub use config::{ConfigError, ConfigErrors, MigrationConfig};
 pub use dates::{DateError, to_fhir_date, to_fhir_datetime};
+pub use decimal::{DecimalError, to_fhir_decimal};
 pub use functions::environment;
 pub use overrides::WithOverrides;
 pub use stream::{LookupTable, StreamMapper};

@@ -45,6 +45,13 @@ pub(crate) fn validate(
     provenance: &Provenance,
 ) -> (Result<Mapped, MapError>, Findings) {
     let mut findings = Findings::default();
+    let refuse = |message: String| MapError {
+        stream: stream.clone(),
+        key: key.to_owned(),
+        provenance: provenance.clone(),
+        at: None,
+        message,
+    };
     let Ok(Mapped::Group(group)) = &mapped else {
         return (mapped, findings);
     };
@@ -52,11 +59,21 @@ pub(crate) fn validate(
         return (mapped, findings);
     }
     let mut quoted = Vec::new();
-    let resources: Vec<serde_json::Value> = group
+    let resources: Result<Vec<serde_json::Value>, _> = group
         .operations
         .iter()
-        .map(|op| op.resource.to_value())
+        .map(|op| op.resource.try_to_value())
         .collect();
+    let resources = match resources {
+        Ok(r) => r,
+        Err(e) => {
+            let error = refuse(format!(
+                "a mapped resource is not JSON a server can read ({e}); this is a bug in \
+                 fhirlift or in a plugin's mapper: please report it with this record"
+            ));
+            return (Err(error), findings);
+        }
+    };
     let mut issues: Vec<(usize, fhirlift_fhir::Issue)> = Vec::new();
     for (i, resource) in resources.iter().enumerate() {
         // an amendment names only what it changes: the resource it goes
@@ -110,21 +127,15 @@ pub(crate) fn validate(
         return (mapped, findings);
     }
     let more = errors.saturating_sub(quoted.len());
-    let error = MapError {
-        stream: stream.clone(),
-        key: key.to_owned(),
-        provenance: provenance.clone(),
-        at: None,
-        message: format!(
-            "not valid FHIR R4, so not sent (target.validate: reject): {}{}; fix the mapping, \
-             or set target.validate: warn to send it anyway",
-            quoted.join("; "),
-            if more > 0 {
-                format!("; and {more} more")
-            } else {
-                String::new()
-            }
-        ),
-    };
+    let error = refuse(format!(
+        "not valid FHIR R4, so not sent (target.validate: reject): {}{}; fix the mapping, \
+         or set target.validate: warn to send it anyway",
+        quoted.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    ));
     (Err(error), findings)
 }
