@@ -68,7 +68,7 @@ impl ResourceJson {
 
     /// Parsed, for the rare consumer that needs to look inside.
     pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.0).expect("ResourceJson holds valid JSON")
+        self.try_to_value().expect("ResourceJson holds valid JSON")
     }
 
     /// Parsed, or why not. The renderer writes only JSON that a reader
