@@ -185,6 +185,29 @@ pub fn map_message(message: &Message<'_>, options: &MapOptions) -> Result<Messag
     Ok(MessageMap::Mapped(m.finish()))
 }
 
+/// Every `code` string as FHIR's `code` type allows it: a message may
+/// carry doubled or odd whitespace inside a code (`A  B`, from a table
+/// field, a class, a role), which R4 refuses; one pass over what every
+/// map wrote, rather than a rule at each of the places that read a code.
+fn tidy_codes(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    Value::String(code) if key == "code" => {
+                        if code.contains(char::is_whitespace) {
+                            *code = fhir::code_text(code);
+                        }
+                    }
+                    other => tidy_codes(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy_codes),
+        _ => {}
+    }
+}
+
 /// A resource's JSON object, `resourceType` first.
 fn resource(resource_type: &str) -> Map<String, Value> {
     let mut m = Map::new();
@@ -243,7 +266,10 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
     }
 
-    fn finish(self) -> Vec<MappedResource> {
+    fn finish(mut self) -> Vec<MappedResource> {
+        for r in &mut self.out {
+            tidy_codes(&mut r.resource);
+        }
         self.out
     }
 

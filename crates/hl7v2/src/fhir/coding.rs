@@ -52,12 +52,25 @@ fn is_uri(name: &str) -> bool {
     scheme_ok && rest_ok && (!web || rest.starts_with("//") && rest.len() > 2)
 }
 
+/// Text as a FHIR `code`: trimmed, each run of whitespace one space (a
+/// code holds single spaces only: `A  B` would be refused as R4).
+pub fn code_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
 /// One triplet as a Coding, when it has a code.
 fn triplet_coding(
     c: &Composite,
     (code, display, system, version): (usize, usize, usize, usize),
 ) -> Option<Map<String, Value>> {
-    let code = text(c, code)?;
+    let code = code_text(&text(c, code)?);
     let mut m = Map::new();
     if let Some(system) = text(c, system).and_then(|name| system_for_name(&name)) {
         m.insert("system".into(), system.into());
@@ -343,5 +356,18 @@ mod tests {
             )
         );
         assert_eq!(quantity_unit("", &d()), (None, None, None));
+    }
+
+    /// Regression (found by tests/mutations.rs of the connector): a code
+    /// with doubled spaces inside (`+  XC8`) was written as it was, and
+    /// R4 refuses it.
+    #[test]
+    fn codes_hold_single_spaces_only() {
+        assert_eq!(code_text(" +  XC8\t A "), "+ XC8 A");
+        assert_eq!(code_text("MR"), "MR");
+        assert_eq!(
+            crate::fhir::identifier_type("M  R")["coding"][0]["code"],
+            "M R"
+        );
     }
 }

@@ -169,12 +169,10 @@ fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> &'s str {
 /// v2-0203, with the display when known): for CX.5 and for the types the
 /// maps set themselves (VN, PLAC, FILL…).
 pub fn identifier_type(code: &str) -> Value {
-    let code = code.trim();
-    let mut coding = Map::new();
-    coding.insert("system".into(), V2_0203.into());
-    coding.insert("code".into(), code.into());
-    if let Some(display) = tables::identifier_type_display(code) {
-        coding.insert("display".into(), display.into());
+    let code = super::coding::code_text(code);
+    let mut coding = json!({ "system": V2_0203, "code": code });
+    if let Some(display) = tables::identifier_type_display(&code) {
+        coding["display"] = display.into();
     }
     json!({ "coding": [coding] })
 }
